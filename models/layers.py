@@ -1,0 +1,155 @@
+"""Building blocks shared by the Transformer family: FFN, embeddings, the residual block."""
+
+import math
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from models.attention import DEFAULT_INIT, Implementation, Mask, MultiHeadAttention
+
+
+def quick_gelu(x):
+    """x * sigmoid(1.702 x): the GELU approximation of the released CLIP models."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,                                     # Transformer (Vaswani)
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),     # GPT-1 (erf form)
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True), # GPT-2/3 (tanh form)
+    "quick_gelu": quick_gelu,                                # CLIP
+}
+
+
+def activation(name: str) -> Callable:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def layer_norm(name: str, eps: float, dtype, param_dtype) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+class FFN(nn.Module):
+    """Position-wise feed-forward network: FFN(x) = act(x W1 + b1) W2 + b2."""
+
+    d_ff: int
+    act: str = "relu"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    out_init: nn.initializers.Initializer = DEFAULT_INIT
+
+    @nn.compact
+    def __call__(self, x):
+        d_model = x.shape[-1]
+        h = nn.Dense(
+            self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype, name="fc",
+            kernel_init=nn.with_logical_partitioning(DEFAULT_INIT, ("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
+        h = activation(self.act)(h)
+        return nn.Dense(
+            d_model, dtype=self.dtype, param_dtype=self.param_dtype, name="proj",
+            kernel_init=nn.with_logical_partitioning(self.out_init, ("mlp", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h)
+
+
+class TokenEmbedding(nn.Module):
+    """Token embedding matrix W_e, also used (transposed) as the output projection when tied."""
+
+    vocab_size: int
+    d_model: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(DEFAULT_INIT, ("vocab", "embed")),
+            (self.vocab_size, self.d_model), self.param_dtype)
+
+    def __call__(self, tokens):
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+    def attend(self, h):
+        """Logits h W_e^T against every token."""
+        return jnp.einsum("...d,vd->...v", h, self.embedding.astype(self.dtype))
+
+
+class LearnedPositions(nn.Module):
+    """W_p: one learned vector per position (GPT-1/2/3, ViT)."""
+
+    max_len: int
+    d_model: int
+    init_std: float = 0.01
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, length: int):
+        wpe = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(self.init_std), (None, "embed")),
+            (self.max_len, self.d_model), self.param_dtype)
+        return wpe[:length]
+
+
+def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d))."""
+    pos = np.arange(max_len)[:, None]
+    two_i = np.arange(0, d_model, 2)[None, :]
+    angle = pos / np.power(10000.0, two_i / d_model)
+    pe = np.zeros((max_len, d_model), np.float32)
+    pe[:, 0::2] = np.sin(angle)
+    pe[:, 1::2] = np.cos(angle[:, : d_model // 2])
+    return pe
+
+
+class Block(nn.Module):
+    """One Transformer layer: self-attention then FFN, each wrapped in a residual connection.
+
+    norm="post" (Vaswani, GPT-1): x = LN(x + Dropout(Sublayer(x)))
+    norm="pre"  (GPT-2/3, ViT, CLIP): x = x + Dropout(Sublayer(LN(x)))
+    """
+
+    num_heads: int
+    head_dim: int
+    d_ff: int
+    norm: Literal["pre", "post"] = "pre"
+    act: str = "gelu_tanh"
+    mask: Mask = "causal"
+    window: int | None = None
+    dropout_rate: float = 0.0
+    attn_dropout_rate: float = 0.0
+    ln_eps: float = 1e-5
+    out_init_std: float = 0.02  # GPT-2 scales the residual projections by 1/sqrt(2 n_layer)
+    attention_impl: Implementation = "auto"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, pad_mask=None, deterministic: bool = True):
+        out_init = nn.initializers.normal(self.out_init_std)
+        attn = MultiHeadAttention(
+            self.num_heads, self.head_dim, mask=self.mask, window=self.window,
+            dropout_rate=self.attn_dropout_rate, implementation=self.attention_impl,
+            dtype=self.dtype, param_dtype=self.param_dtype, out_init=out_init, name="attn")
+        ffn = FFN(self.d_ff, act=self.act, dtype=self.dtype, param_dtype=self.param_dtype,
+                  out_init=out_init, name="ffn")
+        drop = nn.Dropout(self.dropout_rate, deterministic=deterministic)
+        ln_1 = layer_norm("ln_1", self.ln_eps, self.dtype, self.param_dtype)
+        ln_2 = layer_norm("ln_2", self.ln_eps, self.dtype, self.param_dtype)
+        if self.norm == "pre":
+            x = x + drop(attn(ln_1(x), pad_mask, deterministic))
+            return x + drop(ffn(ln_2(x)))
+        x = ln_1(x + drop(attn(x, pad_mask, deterministic)))
+        return ln_2(x + drop(ffn(x)))
+
+
+def scaled_init_std(base_std: float, n_layer: int) -> float:
+    """GPT-2: residual-path projections initialised with std base / sqrt(2 * n_layer)."""
+    return base_std / math.sqrt(2 * n_layer)
