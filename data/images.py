@@ -159,7 +159,8 @@ class DigitScenes:
     def __init__(self, config: SceneConfig = SceneConfig()):
         self.config = c = config
         if c.canvas < c.crop or c.crop < 2 * c.digit_size:
-            raise ValueError(f"canvas {c.canvas} / crop {c.crop} cannot hold two {c.digit_size}px digits")
+            raise ValueError(f"canvas {c.canvas} / crop {c.crop} cannot hold two "
+                             f"{c.digit_size}px digits")
         images, labels = mnist_digits()
         images = downsample(images, 28 // c.digit_size)
         self.pools = {
@@ -203,7 +204,8 @@ class DigitScenes:
             if rng.random() < self.config.single_fraction:
                 digits, templates = (int(rng.integers(10)),), SINGLE_CAPTIONS
             else:
-                digits, templates = self.train_pairs[rng.integers(len(self.train_pairs))], PAIR_CAPTIONS
+                digits = self.train_pairs[rng.integers(len(self.train_pairs))]
+                templates = PAIR_CAPTIONS
             form = "word" if rng.random() < 0.5 else "numeral"
             images.append(self.render(digits, split, rng))
             captions.append(caption(digits, templates[rng.integers(len(templates))], form))
@@ -244,12 +246,14 @@ def load_image_captions(path: str, split: str = "train", image_column: str = "im
     ds = datasets.load_dataset(path, split=split, **load_kwargs)
     missing = {image_column, caption_column} - set(ds.column_names or ())
     if missing:
-        raise ValueError(f"dataset {path!r} lacks column(s) {sorted(missing)}; has {ds.column_names}")
+        raise ValueError(f"dataset {path!r} lacks column(s) {sorted(missing)}; "
+                         f"has {ds.column_names}")
     return ds
 
 
 def image_caption_batches(ds, batch_size: int, resize: int, image_column: str = "image",
-                          caption_column: str = "caption") -> Iterator[tuple[np.ndarray, list[str]]]:
+                          caption_column: str = "caption",
+                          ) -> Iterator[tuple[np.ndarray, list[str]]]:
     """Batches (uint8 [b, resize, resize, 3], captions) from a dataset of image + caption rows;
     crops and normalisation are applied by the caller, as for the digit scenes."""
     images, captions = [], []

@@ -13,7 +13,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import load_file
 
-from models import gpt
+from models import clip, gpt, vit
 
 ACTIVATION_NAMES = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
                     "relu": "relu", "quick_gelu": "quick_gelu"}
@@ -121,3 +121,89 @@ def gpt2_from_pretrained(path) -> tuple[gpt.GPTConfig, dict]:
     if t:
         raise ValueError(f"checkpoint tensors left unused: {sorted(t)[:5]}")
     return cfg, params
+
+
+# --------------------------------------------------------------------------- CLIP
+def clip_block(t: dict, prefix: str, width: int, heads: int) -> dict[tuple, np.ndarray]:
+    """A CLIPEncoderLayer (separate q/k/v, torch Linear weights [out, in]) -> our pre-norm Block
+    with its fused qkv kernel [in, 3, heads, head_dim]."""
+    dh = width // heads
+    attn = f"{prefix}self_attn."
+    qkv_w = [pop(t, f"{attn}{n}_proj.weight").T for n in "qkv"]
+    qkv_b = [pop(t, f"{attn}{n}_proj.bias") for n in "qkv"]
+    return {
+        ("ln_1", "scale"): pop(t, f"{prefix}layer_norm1.weight"),
+        ("ln_1", "bias"): pop(t, f"{prefix}layer_norm1.bias"),
+        ("attn", "qkv", "kernel"): np.stack(qkv_w, axis=1).reshape(width, 3, heads, dh),
+        ("attn", "qkv", "bias"): np.stack(qkv_b).reshape(3, heads, dh),
+        ("attn", "out", "kernel"): pop(t, f"{attn}out_proj.weight").T.reshape(heads, dh, width),
+        ("attn", "out", "bias"): pop(t, f"{attn}out_proj.bias"),
+        ("ln_2", "scale"): pop(t, f"{prefix}layer_norm2.weight"),
+        ("ln_2", "bias"): pop(t, f"{prefix}layer_norm2.bias"),
+        ("ffn", "fc", "kernel"): pop(t, f"{prefix}mlp.fc1.weight").T,
+        ("ffn", "fc", "bias"): pop(t, f"{prefix}mlp.fc1.bias"),
+        ("ffn", "proj", "kernel"): pop(t, f"{prefix}mlp.fc2.weight").T,
+        ("ffn", "proj", "bias"): pop(t, f"{prefix}mlp.fc2.bias"),
+    }
+
+
+def clip_config(hf: dict) -> clip.CLIPConfig:
+    """A Hugging Face CLIPConfig dict (ViT image tower) -> our CLIPConfig."""
+    if hf.get("model_type", "clip") != "clip":
+        raise ValueError(f"a {hf.get('model_type')!r} model is not CLIP")
+    v, t = hf.get("vision_config", {}), hf.get("text_config", {})
+    eos = t.get("eos_token_id", 49407)
+    vision = vit.ViTConfig(
+        image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32),
+        channels=v.get("num_channels", 3), width=v.get("hidden_size", 768),
+        layers=v.get("num_hidden_layers", 12), heads=v.get("num_attention_heads", 12),
+        mlp_dim=v.get("intermediate_size", 3072),
+        act=activation_name(v.get("hidden_act", "quick_gelu")),
+        ln_eps=v.get("layer_norm_eps", 1e-5))
+    text = clip.TextConfig(
+        vocab_size=t.get("vocab_size", 49408), context_length=t.get("max_position_embeddings", 77),
+        width=t.get("hidden_size", 512), layers=t.get("num_hidden_layers", 12),
+        heads=t.get("num_attention_heads", 8), mlp_dim=t.get("intermediate_size", 2048),
+        act=activation_name(t.get("hidden_act", "quick_gelu")),
+        ln_eps=t.get("layer_norm_eps", 1e-5),
+        eot_token_id=-1 if eos == 2 else eos)  # eos 2: old configs, pooled at the largest id
+    return clip.CLIPConfig(embed_dim=hf.get("projection_dim", 512), vision=vision, text=text)
+
+
+def clip_from_pretrained(path) -> tuple[clip.CLIPConfig, dict]:
+    """A Hugging Face CLIPModel directory with a ViT image tower -> (CLIPConfig, params)."""
+    cfg = clip_config(read_config(path))
+    t = read_tensors(path)
+    v, x = cfg.vision, cfg.text
+    if "vision_model.embeddings.patch_embedding.weight" not in t:
+        raise ValueError(f"{path} has no ViT image tower (vision_model.embeddings.patch_embedding)")
+    emb = "vision_model.embeddings."
+    flat = {
+        ("image_encoder", "patch_embed", "kernel"):
+            pop(t, f"{emb}patch_embedding.weight").transpose(2, 3, 1, 0),  # OIHW -> HWIO
+        ("image_encoder", "class_embedding"): pop(t, f"{emb}class_embedding"),
+        ("image_encoder", "positions", "embedding"): pop(t, f"{emb}position_embedding.weight"),
+        ("image_encoder", "ln_pre", "scale"): pop(t, "vision_model.pre_layrnorm.weight"),
+        ("image_encoder", "ln_pre", "bias"): pop(t, "vision_model.pre_layrnorm.bias"),
+        ("image_encoder", "ln_post", "scale"): pop(t, "vision_model.post_layernorm.weight"),
+        ("image_encoder", "ln_post", "bias"): pop(t, "vision_model.post_layernorm.bias"),
+        ("text_encoder", "token_embedding", "embedding"):
+            pop(t, "text_model.embeddings.token_embedding.weight"),
+        ("text_encoder", "positions", "embedding"):
+            pop(t, "text_model.embeddings.position_embedding.weight"),
+        ("text_encoder", "ln_final", "scale"): pop(t, "text_model.final_layer_norm.weight"),
+        ("text_encoder", "ln_final", "bias"): pop(t, "text_model.final_layer_norm.bias"),
+        ("W_i",): pop(t, "visual_projection.weight").T,
+        ("W_t",): pop(t, "text_projection.weight").T,
+        ("t",): pop(t, "logit_scale").reshape(()),
+    }
+    towers = (("image_encoder", "vision_model", v.layers, v.width, v.heads),
+              ("text_encoder", "text_model", x.layers, x.width, x.heads))
+    for ours, theirs, layers, width, heads in towers:
+        for layer in range(layers):
+            block = clip_block(t, f"{theirs}.encoder.layers.{layer}.", width, heads)
+            flat.update({(ours, f"block_{layer}") + k: val for k, val in block.items()})
+    t = {k: val for k, val in t.items() if not k.endswith("position_ids")}
+    if t:
+        raise ValueError(f"checkpoint tensors left unused: {sorted(t)[:5]}")
+    return cfg, check_and_build(flat, clip.abstract_params(cfg))

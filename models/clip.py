@@ -1,0 +1,172 @@
+"""CLIP (Radford et al. 2021): an image and a text encoder trained so matching pairs align.
+
+The paper's pseudo-code (figure 3):
+
+    I_f = image_encoder(I)                    # [n, d_i]
+    T_f = text_encoder(T)                     # [n, d_t]
+    I_e = l2_normalize(I_f @ W_i)             # [n, d_e]
+    T_e = l2_normalize(T_f @ W_t)             # [n, d_e]
+    logits = I_e @ T_e.T * exp(t)             # [n, n]
+
+t is a learned log inverse temperature, initialised to log(1/0.07); exp(t) is clipped at 100
+"to prevent training instability". Here the clip is applied in the forward pass, so it holds
+whatever the optimiser does to t (the gradient through t stops while clipped).
+The text encoder is a causal Transformer whose feature is the final LayerNorm's output at the
+end-of-text token. The symmetric loss lives in train/objectives.py.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from models.layers import Block, LearnedPositions, TokenEmbedding, layer_norm
+from models.vit import ViT, ViTConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int = 49408
+    context_length: int = 77
+    width: int = 512
+    layers: int = 12
+    heads: int = 8
+    mlp_dim: int = 0  # 0: 4 * width
+    act: str = "quick_gelu"
+    ln_eps: float = 1e-5
+    eot_token_id: int = -1  # -1: each sequence's largest id (CLIP's tokenizer gives EOT the top id)
+    attention_impl: str = "auto"
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+    embed_dim: int = 512
+    vision: ViTConfig = dataclasses.field(default_factory=ViTConfig)
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
+    init_temperature: float = 0.07  # t = log(1 / 0.07) at initialisation
+    max_logit_scale: float = 100.0
+    learn_temperature: bool = True  # False: t stays at log(1 / init_temperature) (ablation)
+
+
+def _clip(embed_dim, image_size, patch, v_width, v_layers, v_heads, t_width, t_layers, t_heads):
+    return CLIPConfig(
+        embed_dim=embed_dim,
+        vision=ViTConfig(image_size=image_size, patch_size=patch, width=v_width, layers=v_layers,
+                         heads=v_heads),
+        text=TextConfig(width=t_width, layers=t_layers, heads=t_heads))
+
+
+PRESETS: dict[str, CLIPConfig] = {
+    # Paper table 20 (ViT hyperparameters): embed dim, input resolution, vision layers / width /
+    # heads, text layers / width / heads; text context 77, vocabulary 49,408 for all.
+    "vit-b-32": _clip(512, 224, 32, 768, 12, 12, 512, 12, 8),
+    "vit-b-16": _clip(512, 224, 16, 768, 12, 12, 512, 12, 8),
+    "vit-l-14": _clip(768, 224, 14, 1024, 24, 16, 768, 12, 12),
+    "vit-l-14-336": _clip(768, 336, 14, 1024, 24, 16, 768, 12, 12),
+    # CPU-sized: 32x32 one-channel digit scenes, captions of at most a few words.
+    "tiny": CLIPConfig(
+        embed_dim=64,
+        vision=ViTConfig(image_size=32, patch_size=4, channels=1, width=64, layers=3, heads=4),
+        text=TextConfig(vocab_size=512, context_length=16, width=64, layers=2, heads=4)),
+}
+
+
+def preset(name: str) -> CLIPConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown CLIP preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def l2_normalize(x, axis=-1, eps=1e-12):
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps))
+
+
+class TextTransformer(nn.Module):
+    cfg: TextConfig
+
+    @nn.compact
+    def __call__(self, tokens):
+        """tokens int [batch, T <= context] -> LN(h_L) at the end-of-text token: [batch, width]."""
+        cfg = self.cfg
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        if tokens.ndim != 2 or tokens.shape[1] > cfg.context_length:
+            raise ValueError(f"expected tokens [batch, <= {cfg.context_length}], "
+                             f"got shape {tuple(tokens.shape)}")
+        wte = TokenEmbedding(cfg.vocab_size, cfg.width, dtype=dtype, param_dtype=param_dtype,
+                             name="token_embedding")
+        wpe = LearnedPositions(cfg.context_length, cfg.width, init_std=0.01,
+                               param_dtype=param_dtype, name="positions")
+        h = wte(tokens) + wpe(tokens.shape[1]).astype(dtype)
+        out_std = cfg.width ** -0.5 * (2 * cfg.layers) ** -0.5
+        for layer in range(cfg.layers):
+            h = Block(cfg.heads, cfg.width // cfg.heads, cfg.mlp_dim or 4 * cfg.width,
+                      norm="pre", act=cfg.act, mask="causal", ln_eps=cfg.ln_eps,
+                      out_init_std=out_std, attention_impl=cfg.attention_impl,
+                      dtype=dtype, param_dtype=param_dtype, name=f"block_{layer}")(h)
+        h = layer_norm("ln_final", cfg.ln_eps, dtype, param_dtype)(h)
+        if cfg.eot_token_id < 0:
+            eot = jnp.argmax(tokens, axis=-1)
+        else:  # the first end-of-text token (padding may reuse its id)
+            eot = jnp.argmax(tokens == cfg.eot_token_id, axis=-1)
+        return h[jnp.arange(h.shape[0]), eot]
+
+
+class CLIP(nn.Module):
+    cfg: CLIPConfig
+
+    def setup(self):
+        cfg = self.cfg
+        pdt = jnp.dtype(cfg.vision.param_dtype)
+        self.image_encoder = ViT(cfg.vision)
+        self.text_encoder = TextTransformer(cfg.text)
+        self.W_i = self.param(
+            "W_i", nn.with_logical_partitioning(
+                nn.initializers.normal(cfg.vision.width ** -0.5), ("embed", None)),
+            (cfg.vision.width, cfg.embed_dim), pdt)
+        self.W_t = self.param(
+            "W_t", nn.with_logical_partitioning(
+                nn.initializers.normal(cfg.text.width ** -0.5), ("embed", None)),
+            (cfg.text.width, cfg.embed_dim), pdt)
+        t0 = math.log(1.0 / cfg.init_temperature)
+        if cfg.learn_temperature:
+            self.t = self.param("t", nn.with_logical_partitioning(
+                nn.initializers.constant(t0), ()), (), jnp.float32)
+        else:
+            self.t = jnp.asarray(t0, jnp.float32)
+
+    def encode_image(self, images):
+        """I_e = l2_normalize(image_encoder(I) W_i)."""
+        I_f = self.image_encoder(images)
+        return l2_normalize(I_f @ self.W_i.astype(I_f.dtype))
+
+    def encode_text(self, tokens):
+        """T_e = l2_normalize(text_encoder(T) W_t)."""
+        T_f = self.text_encoder(tokens)
+        return l2_normalize(T_f @ self.W_t.astype(T_f.dtype))
+
+    def logit_scale(self):
+        """exp(t), clipped at max_logit_scale (100 in the paper)."""
+        return jnp.exp(jnp.minimum(self.t, math.log(self.cfg.max_logit_scale)))
+
+    def __call__(self, images, tokens):
+        """-> (I_e [n, d_e], T_e [m, d_e], logits_per_image = I_e T_e^T exp(t) [n, m])."""
+        I_e = self.encode_image(images)
+        T_e = self.encode_text(tokens)
+        logits = (I_e @ T_e.T).astype(jnp.float32) * self.logit_scale()
+        return I_e, T_e, logits
+
+
+def dummy_inputs(cfg: CLIPConfig, batch: int = 1):
+    v = cfg.vision
+    return (jnp.zeros((batch, v.image_size, v.image_size, v.channels), jnp.float32),
+            jnp.zeros((batch, cfg.text.context_length), jnp.int32))
+
+
+def abstract_params(cfg: CLIPConfig):
+    """Parameter shapes of a config, computed without allocating them."""
+    variables = jax.eval_shape(lambda: CLIP(cfg).init(jax.random.key(0), *dummy_inputs(cfg)))
+    return nn.meta.unbox(variables["params"])
