@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -105,8 +105,8 @@ PAIR_CAPTIONS = (
     "the number {x} followed by the number {y}.",
     "{x} on the left and {y} on the right.",
 )
-# Zero-shot prompts: (template, form of the digit mention). The first is the single prompt; some
-# templates never occur as training captions.
+# Zero-shot prompts: (template, form of the digit mention). The first is the single prompt. Some
+# phrasings never occur as training captions (their words all do).
 DIGIT_PROMPTS = (
     ("a photo of the number {x}.", "word"),
     ("a photo of the number {x}.", "numeral"),
@@ -114,7 +114,7 @@ DIGIT_PROMPTS = (
     ("the digit {x}.", "word"),
     ("a {x} written by hand.", "word"),
     ("a photo of a {x}.", "numeral"),
-    ("a drawing of the number {x}.", "word"),
+    ("the number {x}.", "word"),
 )
 PAIR_PROMPTS = (
     ("a {x} to the left of a {y}.", "numeral"),
@@ -123,7 +123,7 @@ PAIR_PROMPTS = (
     ("a {y} to the right of a {x}.", "word"),
     ("the number {x} followed by the number {y}.", "word"),
     ("{x} on the left and {y} on the right.", "numeral"),
-    ("a photo of a {x} and a {y}, in that order.", "numeral"),
+    ("the number {x} to the left of the number {y}.", "word"),
 )
 # Unordered pairs held out of training in both orders: never drawn together in a training scene.
 HELDOUT_PAIRS = ((0, 6), (1, 7), (2, 5), (3, 8), (4, 9))
@@ -218,6 +218,55 @@ class DigitScenes:
         return np.stack([self.render(classes[k], split, rng) for k in labels]), labels
 
 
+def tokenize(tokenizer, captions: Sequence[str], context_length: int, sot_id: int,
+             eot_id: int) -> np.ndarray:
+    """CLIP's text input: [SOT] caption [EOT], zero-padded to context_length (int32 [n, ctx]).
+    Captions that are too long are cut, keeping the end-of-text token last, as CLIP does."""
+    out = np.zeros((len(captions), context_length), np.int32)
+    for row, ids in zip(out, tokenizer.encode_batch(list(captions))):
+        ids = [sot_id, *ids[: context_length - 2], eot_id]
+        row[: len(ids)] = ids
+    return out
+
+
+class SceneBatches:
+    """Endless training batches {"images": float32 NHWC, "tokens": int32} of captioned scenes.
+
+    Batch k is a pure function of (seed, k), so the iterator position is one integer and a
+    resumed run sees exactly the batches it would have. Each process keeps its rows of the
+    global batch, so the data do not depend on the number of processes."""
+
+    def __init__(self, scenes: DigitScenes, encode, batch_size: int, mean, std, *, seed: int,
+                 split: str = "train", process_index: int = 0, process_count: int = 1):
+        if batch_size % process_count:
+            raise ValueError(f"batch {batch_size} is not divisible by {process_count} processes")
+        self.scenes, self.encode, self.batch_size = scenes, encode, batch_size
+        self.mean, self.std, self.seed, self.split = mean, std, seed, split
+        local = batch_size // process_count
+        self.rows = slice(process_index * local, (process_index + 1) * local)
+        self.step = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng((self.seed, self.step))
+        self.step += 1
+        images, captions = self.scenes.captioned(self.batch_size, rng, self.split)
+        images = random_square_crop(images, self.scenes.config.crop, rng)[self.rows]
+        return {"images": normalize(images, self.mean, self.std),
+                "tokens": self.encode(captions[self.rows])}
+
+    def get_state(self) -> dict:
+        return {"step": self.step, "seed": self.seed, "batch_size": self.batch_size}
+
+    def set_state(self, state: dict) -> None:
+        if (state["seed"], state["batch_size"]) != (self.seed, self.batch_size):
+            raise ValueError(f"iterator state {state} is not from this data "
+                             f"(seed {self.seed}, batch {self.batch_size})")
+        self.step = int(state["step"])
+
+
 # --------------------------------------------------------------------------- hub image-caption data
 def resize_square(image, size: int) -> np.ndarray:
     """A PIL image -> uint8 [size, size, 3]: shorter side resized to `size` (bicubic), then the
@@ -251,17 +300,47 @@ def load_image_captions(path: str, split: str = "train", image_column: str = "im
     return ds
 
 
-def image_caption_batches(ds, batch_size: int, resize: int, image_column: str = "image",
-                          caption_column: str = "caption",
-                          ) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """Batches (uint8 [b, resize, resize, 3], captions) from a dataset of image + caption rows;
-    crops and normalisation are applied by the caller, as for the digit scenes."""
-    images, captions = [], []
-    for row in ds:
-        images.append(resize_square(row[image_column], resize))
-        captions.append(str(row[caption_column]))
-        if len(images) == batch_size:
-            yield np.stack(images), captions
-            images, captions = [], []
-    if images:
-        yield np.stack(images), captions
+class HubBatches:
+    """Endless training batches from a map-style image-caption dataset, in the same form as
+    SceneBatches: each epoch a (seed, epoch) permutation; images resized to `resize`
+    (shorter side, centre square), then a random `crop` square, then normalised."""
+
+    def __init__(self, ds, encode, batch_size: int, resize: int, crop: int, mean, std, *,
+                 seed: int, image_column: str = "image", caption_column: str = "caption",
+                 process_index: int = 0, process_count: int = 1):
+        if len(ds) < batch_size:
+            raise ValueError(f"{len(ds)} examples are fewer than one batch of {batch_size}")
+        if batch_size % process_count:
+            raise ValueError(f"batch {batch_size} is not divisible by {process_count} processes")
+        self.ds, self.encode, self.batch_size = ds, encode, batch_size
+        self.resize, self.crop, self.mean, self.std, self.seed = resize, crop, mean, std, seed
+        self.columns = (image_column, caption_column)
+        local = batch_size // process_count
+        self.rows = slice(process_index * local, (process_index + 1) * local)
+        self.steps_per_epoch = len(ds) // batch_size
+        self.epoch, self.index = 0, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.index == self.steps_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.ds))
+        start = self.index * self.batch_size
+        picked = order[start : start + self.batch_size][self.rows]
+        rng = np.random.default_rng((self.seed, self.epoch, self.index))
+        self.index += 1
+        rows = self.ds[picked.tolist()]
+        images = np.stack([resize_square(im, self.resize) for im in rows[self.columns[0]]])
+        images = random_square_crop(images, self.crop, rng)
+        return {"images": normalize(images, self.mean, self.std),
+                "tokens": self.encode([str(c) for c in rows[self.columns[1]]])}
+
+    def get_state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "size": len(self.ds)}
+
+    def set_state(self, state: dict) -> None:
+        if state["size"] != len(self.ds):
+            raise ValueError(f"iterator state is for {state['size']} examples, not {len(self.ds)}")
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])

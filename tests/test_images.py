@@ -87,15 +87,51 @@ def _write_imagefolder(root, n=5):
             f.write(json.dumps({"file_name": f"{i}.png", "caption": f"picture {i}"}) + "\n")
 
 
+class WordTokenizer:
+    """Stand-in with the encode_batch of data.tokenizer.Tokenizer: one id per word."""
+
+    def encode_batch(self, texts):
+        return [[10 + len(w) for w in t.split()] for t in texts]
+
+
+def encode(captions):
+    return I.tokenize(WordTokenizer(), captions, context_length=6, sot_id=1, eot_id=2)
+
+
+def test_tokenize_pads_and_truncates():
+    tokens = encode(["a bb", "a b c d e f g"])
+    np.testing.assert_array_equal(tokens, [[1, 11, 12, 2, 0, 0], [1, 11, 11, 11, 11, 2]])
+    assert tokens.dtype == np.int32
+
+
+def test_scene_batches_resume(scenes):
+    it = I.SceneBatches(scenes, encode, 8, I.MNIST_MEAN, I.MNIST_STD, seed=3)
+    first = [next(it) for _ in range(3)]
+    assert first[0]["images"].shape == (8, 32, 32, 1) and first[0]["tokens"].shape == (8, 6)
+    resumed = I.SceneBatches(scenes, encode, 8, I.MNIST_MEAN, I.MNIST_STD, seed=3)
+    resumed.set_state(it.get_state())
+    again = I.SceneBatches(scenes, encode, 8, I.MNIST_MEAN, I.MNIST_STD, seed=3)
+    [next(again) for _ in range(3)]
+    np.testing.assert_array_equal(next(resumed)["images"], next(again)["images"])
+    # Two processes see the two halves of the one-process batch.
+    halves = [next(I.SceneBatches(scenes, encode, 8, I.MNIST_MEAN, I.MNIST_STD, seed=3,
+                                  process_index=p, process_count=2)) for p in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate([h["images"] for h in halves]),
+                                  first[0]["images"])
+
+
 def test_hub_loader_imagefolder(tmp_path):
     data = tmp_path / "pairs"
     data.mkdir()
     _write_imagefolder(data)
     ds = I.load_image_captions("imagefolder", data_dir=str(data), cache_dir=str(tmp_path / "cache"))
-    batches = list(I.image_caption_batches(ds, batch_size=2, resize=20))
-    assert [len(c) for _, c in batches] == [2, 2, 1]
-    assert batches[0][0].shape == (2, 20, 20, 3) and batches[0][0].dtype == np.uint8
-    assert sorted(c for _, cs in batches for c in cs) == [f"picture {i}" for i in range(5)]
+    it = I.HubBatches(ds, encode, 2, resize=20, crop=16, mean=I.CLIP_MEAN, std=I.CLIP_STD,
+                      seed=0)
+    assert it.steps_per_epoch == 2
+    batches = [next(it) for _ in range(3)]  # the third starts a new epoch
+    assert batches[0]["images"].shape == (2, 16, 16, 3) and batches[0]["images"].dtype == np.float32
+    assert batches[0]["tokens"].shape == (2, 6) and it.get_state()["epoch"] == 1
+    assert I.resize_square(ds[0]["image"], 20).shape == (20, 20, 3)
     with pytest.raises(ValueError, match="lacks column"):
         I.load_image_captions("imagefolder", data_dir=str(data), caption_column="text",
                               cache_dir=str(tmp_path / "cache"))
@@ -106,11 +142,14 @@ def test_hub_loader_parquet(tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    rows = {"image": [Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)) for _ in range(3)],
-            "text": ["a", "b", "c"]}
+    rows = {"image": [Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8))
+                      for _ in range(3)],
+            "text": ["a", "b c", "d"]}
     features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
-    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "pairs.parquet"))
-    ds = I.load_image_captions("parquet", data_files=str(tmp_path / "pairs.parquet"),
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "p.parquet"))
+    ds = I.load_image_captions("parquet", data_files=str(tmp_path / "p.parquet"),
                                caption_column="text", cache_dir=str(tmp_path / "cache"))
-    (x, captions), = I.image_caption_batches(ds, 8, resize=16, caption_column="text")
-    assert x.shape == (3, 16, 16, 3) and captions == ["a", "b", "c"]
+    batch = next(I.HubBatches(ds, encode, 3, resize=16, crop=16, mean=I.CLIP_MEAN,
+                              std=I.CLIP_STD, seed=0, caption_column="text"))
+    assert batch["images"].shape == (3, 16, 16, 3)
+    assert sorted(batch["tokens"][:, 1].tolist()) == [11, 11, 11]
