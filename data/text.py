@@ -1,0 +1,385 @@
+"""Text corpora -> cached BPE token streams -> packed, resumable training windows.
+
+Sources (`data_cfg.source`):
+  "stdlib"  the Python standard library's own .py files (ships with every Python), split by file;
+  "files"   local text files (comma-separated paths/globs), split by file like the stdlib;
+  "hf"      any Hugging Face `datasets` dataset (hub name or a local builder such as "json").
+
+A document is one file or one dataset row; empty documents are dropped. The token stream of a
+split is every document followed by `<|endoftext|>`, concatenated, as in GPT-2's WebText.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import pathlib
+import sys
+import sysconfig
+
+import datasets
+import ml_collections
+import numpy as np
+import pyarrow.compute as pc
+from filelock import FileLock
+
+from data.tokenizer import Tokenizer, from_gpt2_files, train_bpe
+
+SPLITS = ("train", "val", "test")
+_FORMAT = 1  # bump to invalidate every cached tokenizer / token stream
+_HF_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"),
+                   "test": ("test",)}
+
+
+_DEFAULTS = dict(
+    source="stdlib",          # "stdlib" | "hf" | "files"
+    hf_dataset="",            # e.g. "wikitext", or a builder such as "json" / "text"
+    hf_config="",             # e.g. "wikitext-103-raw-v1"; "" = none
+    hf_data_files="",         # "a.jsonl,b.jsonl" or "train=a.jsonl,test=b.jsonl"; "" = none
+    hf_text_column="text",
+    files="",                 # source="files": comma-separated paths/globs/directories
+    max_docs=0,               # first N non-empty documents of each split; 0 = all
+    tokenizer="",             # tokenizer.json, or a directory with vocab.json + merges.txt
+    vocab_size=8192,          # BPE trained on the train split when `tokenizer` is ""
+    cache_dir="~/.cache/flaxpapers",
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field `data_cfg` is read for, with its default."""
+    return ml_collections.ConfigDict(_DEFAULTS)
+
+
+def _get(cfg, name):
+    """A field of `data_cfg`; configs that lack it get the default."""
+    return getattr(cfg, name, _DEFAULTS[name])
+
+
+def _cache_dir(cfg) -> pathlib.Path:
+    path = pathlib.Path(os.path.expanduser(_get(cfg, "cache_dir") or "~/.cache/flaxpapers"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+
+
+# ----------------------------------------------------------------------------- split by file
+
+
+def _split_of(rel_path: str) -> str:
+    """90/5/5 bucket from a hash of the relative path: stable across machines and runs."""
+    bucket = int(hashlib.sha1(rel_path.encode()).hexdigest()[:8], 16) % 100
+    return "train" if bucket < 90 else "val" if bucket < 95 else "test"
+
+
+def stdlib_root() -> pathlib.Path:
+    return pathlib.Path(sysconfig.get_paths()["stdlib"])
+
+
+def _stdlib_all() -> list[pathlib.Path]:
+    root, out = stdlib_root(), []
+    for dirpath, dirnames, filenames in os.walk(root):  # does not follow symlinked dirs
+        dirnames[:] = [d for d in dirnames
+                       if d not in ("site-packages", "dist-packages", "__pycache__")]
+        out += [pathlib.Path(dirpath, f) for f in filenames if f.endswith(".py")]
+    return sorted(p for p in out if p.is_file() and p.stat().st_size > 0)
+
+
+def stdlib_files(split: str) -> list[pathlib.Path]:
+    """Non-empty .py files of the standard library in `split`, sorted."""
+    _check_split(split)
+    root = stdlib_root()
+    return [p for p in _stdlib_all() if _split_of(p.relative_to(root).as_posix()) == split]
+
+
+def _local_all(spec: str) -> tuple[list[pathlib.Path], pathlib.Path]:
+    """Files matched by comma-separated paths/globs/directories, and their common parent."""
+    found = set()
+    for pattern in filter(None, (s.strip() for s in spec.split(","))):
+        for match in glob.glob(os.path.expanduser(pattern), recursive=True):
+            path = pathlib.Path(match).resolve()
+            if path.is_dir():  # every visible file below it
+                found |= {p for p in path.rglob("*") if p.is_file()
+                          and not any(part.startswith(".") for part in p.relative_to(path).parts)}
+            else:
+                found.add(path)
+    files = sorted(p for p in found if p.stat().st_size > 0)
+    root = pathlib.Path(os.path.commonpath([p.parent for p in files])) if files else None
+    return files, root
+
+
+def local_files(spec: str, split: str) -> list[pathlib.Path]:
+    """source="files": the matched non-empty files of `split`, hashed relative to their parent."""
+    _check_split(split)
+    files, root = _local_all(spec)
+    return [p for p in files if _split_of(p.relative_to(root).as_posix()) == split]
+
+
+def _read(path: pathlib.Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+# ----------------------------------------------------------------------------- Hugging Face
+
+
+def _hf_data_files(spec: str):
+    """"a,b" -> [a, b]; "train=a,test=b" -> {"train": [a], "test": [b]}; "" -> None."""
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
+        return None
+    if not all("=" in s for s in items):
+        return items
+    out: dict[str, list[str]] = {}
+    for item in items:
+        name, path = item.split("=", 1)
+        out.setdefault(name.strip(), []).append(path.strip())
+    return out
+
+
+def _hf_split(cfg, split: str) -> datasets.Dataset:
+    """Loads `split`; a missing val/test split is carved out of train (5% each, fixed seed)."""
+    if not _get(cfg, "hf_dataset"):
+        raise ValueError("source 'hf' needs data_cfg.hf_dataset (a hub name, or 'json'/'text'/"
+                         "'parquet'/'csv' with hf_data_files)")
+    dd = datasets.load_dataset(_get(cfg, "hf_dataset"), _get(cfg, "hf_config") or None,
+                               data_files=_hf_data_files(_get(cfg, "hf_data_files")))
+    names = {s: next((n for n in _HF_SPLIT_NAMES[s] if n in dd), None) for s in SPLITS}
+    if names[split] is not None and (split != "train" or all(names.values())):
+        return dd[names[split]]
+    if names["train"] is None:
+        raise ValueError(f"hf dataset {_get(cfg, 'hf_dataset')!r} has no split for {split!r} "
+                         f"and no train split to carve it from (has {list(dd)})")
+    train, missing = dd[names["train"]], [s for s in ("val", "test") if names[s] is None]
+    n = len(train)
+    k = max(1, round(0.05 * n)) if n > len(missing) else 0
+    perm = np.random.default_rng(0).permutation(n)  # fixed seed: the same carve every run
+    if split != "train":
+        i = missing.index(split)
+        return train.select(np.sort(perm[i * k:(i + 1) * k]))
+    return train.select(np.sort(perm[len(missing) * k:]))
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+def load_texts(data_cfg, split: str) -> list[str]:
+    """The non-empty documents of `split` (the first `max_docs` of them when max_docs > 0)."""
+    _check_split(split)
+    source, max_docs = _get(data_cfg, "source"), int(_get(data_cfg, "max_docs"))
+    limit = max_docs if max_docs > 0 else None
+    if source in ("stdlib", "files"):
+        paths = (stdlib_files(split) if source == "stdlib"
+                 else local_files(_get(data_cfg, "files"), split))
+        texts = []
+        for p in paths:  # read lazily so a small max_docs stays cheap
+            if len(texts) == limit:
+                break
+            if text := _read(p):
+                texts.append(text)
+    elif source == "hf":
+        ds, column = _hf_split(data_cfg, split), _get(data_cfg, "hf_text_column")
+        if column not in ds.column_names:
+            raise ValueError(f"hf dataset {_get(data_cfg, 'hf_dataset')!r} has no column "
+                             f"{column!r} (has {ds.column_names})")
+        # Arrow format reads the column in one go and honours a carved split's index mapping.
+        texts = [t for t in ds.with_format("arrow")[column].to_pylist() if t][:limit]
+    else:
+        raise ValueError(f"unknown data source {source!r}; expected 'stdlib', 'hf' or 'files'")
+    if not texts:
+        raise ValueError(f"source {_describe(data_cfg)} has no documents in split {split!r}")
+    return texts
+
+
+def _describe(cfg) -> str:
+    source = _get(cfg, "source")
+    if source == "hf":
+        return f"'hf' ({_get(cfg, 'hf_dataset')!r}, config {_get(cfg, 'hf_config')!r})"
+    if source == "files":
+        return f"'files' ({_get(cfg, 'files')!r})"
+    return repr(source)
+
+
+def _file_stats(paths) -> str:
+    return _digest([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths])
+
+
+def _source_identity(cfg, split: str) -> dict:
+    """What the documents of `split` depend on, cheap to compute (file stats, not contents)."""
+    source = _get(cfg, "source")
+    ident = dict(source=source, split=split, max_docs=int(_get(cfg, "max_docs")), format=_FORMAT)
+    if source == "stdlib":
+        ident.update(python=sys.version, files=_file_stats(stdlib_files(split)))
+    elif source == "files":
+        ident.update(files=_file_stats(local_files(_get(cfg, "files"), split)))
+    elif source == "hf":
+        data_files = _hf_data_files(_get(cfg, "hf_data_files")) or []
+        patterns = [p for v in (data_files.values() if isinstance(data_files, dict)
+                                else [data_files]) for p in v]
+        local = sorted(pathlib.Path(m) for p in patterns
+                       for m in glob.glob(os.path.expanduser(p), recursive=True))
+        ident.update({k: _get(cfg, k) for k in ("hf_dataset", "hf_config", "hf_data_files",
+                                               "hf_text_column")},
+                     files=_file_stats(p for p in local if p.is_file()))
+    return ident
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def get_tokenizer(data_cfg) -> Tokenizer:
+    """`data_cfg.tokenizer` if set, else a BPE of `vocab_size` trained on train, cached on disk."""
+    if path := _get(data_cfg, "tokenizer"):
+        return _load_tokenizer(pathlib.Path(os.path.expanduser(path)))
+    vocab_size = int(_get(data_cfg, "vocab_size"))
+    key = _digest(dict(_source_identity(data_cfg, "train"), vocab_size=vocab_size))
+    path = _cache_dir(data_cfg) / "tokenizers" / f"bpe{vocab_size}-{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):  # one process trains, the others wait and load
+        if not path.exists():
+            train_bpe(load_texts(data_cfg, "train"), vocab_size).save(path)
+    return Tokenizer.load(path)
+
+
+def _load_tokenizer(path: pathlib.Path) -> Tokenizer:
+    if path.is_file():
+        return Tokenizer.load(path)
+    if (path / "tokenizer.json").is_file():
+        return Tokenizer.load(path / "tokenizer.json")
+    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        return from_gpt2_files(path / "vocab.json", path / "merges.txt")
+    raise FileNotFoundError(f"no tokenizer.json, nor vocab.json + merges.txt, at {path}")
+
+
+# ----------------------------------------------------------------------------- token stream
+
+
+def token_stream(data_cfg, split: str, tokenizer: Tokenizer) -> np.ndarray:
+    """All documents of `split`, each followed by <|endoftext|>, as one flat read-only array.
+
+    uint16 when the vocabulary fits, else int32. Tokenised once through `datasets.map` (its Arrow
+    file is kept in the cache dir) and flattened into a .npy that later runs memory-map.
+    """
+    key = _digest(dict(_source_identity(data_cfg, split),
+                       tokenizer=hashlib.sha1(tokenizer.to_str().encode()).hexdigest()))
+    stem = _cache_dir(data_cfg) / "tokens" / f"{split}-{key}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    npy = stem.with_suffix(".npy")
+    with FileLock(f"{stem}.lock"):
+        if not npy.exists():
+            flat = _tokenize(load_texts(data_cfg, split), tokenizer, stem.with_suffix(".arrow"),
+                             key)
+            tmp = stem.with_suffix(f".tmp{os.getpid()}.npy")
+            np.save(tmp, flat)
+            os.replace(tmp, npy)
+    return np.load(npy, mmap_mode="r")
+
+
+def _tokenize(texts: list[str], tokenizer: Tokenizer, arrow_path: pathlib.Path,
+              fingerprint: str) -> np.ndarray:
+    dtype = "uint16" if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else "int32"
+    eot = tokenizer.eot_id
+
+    def encode(batch):
+        return {"ids": [ids + [eot] for ids in tokenizer.encode_batch(batch["text"])]}
+
+    ds = datasets.Dataset.from_dict({"text": texts}).map(
+        encode, batched=True, batch_size=1000, num_proc=1, remove_columns=["text"],
+        features=datasets.Features({"ids": datasets.List(datasets.Value(dtype))}),
+        cache_file_name=str(arrow_path), new_fingerprint=fingerprint, desc="Tokenizing")
+    chunks = ds.data.column("ids").chunks
+    return np.concatenate([pc.list_flatten(c).to_numpy(zero_copy_only=False) for c in chunks]
+                          ).astype(dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+class PackedWindows:
+    """Batches of non-overlapping windows over a flat token array, resumable and sharded.
+
+    Window i is tokens[i*seq_len : i*seq_len + seq_len + 1]; inputs are its first seq_len tokens,
+    targets the last seq_len. Epoch e visits windows in the order
+    `default_rng((seed, e)).permutation` (shuffle=True, forever) or in order once (shuffle=False).
+    `batch_size` is global; process p gets rows [p*B/P, (p+1)*B/P) of every global batch, so the
+    data seen does not depend on the number of processes.
+
+    drop_remainder=False keeps the last partial batch, padded to full size with window 0, and
+    then every batch also carries "weights": float32[B/P, seq_len], 0 on padding rows.
+    """
+
+    def __init__(self, tokens, seq_len: int, batch_size: int, *, seed: int, shuffle: bool = True,
+                 process_index: int = 0, process_count: int = 1, drop_remainder: bool = True):
+        if batch_size % process_count:
+            raise ValueError(f"global batch {batch_size} is not divisible by {process_count} "
+                             "processes")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        if len(tokens) < seq_len + 1:
+            raise ValueError(f"{len(tokens)} tokens, but one window of seq_len {seq_len} needs "
+                             f"{seq_len + 1}")
+        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
+        self.shuffle, self.drop_remainder = shuffle, drop_remainder
+        self.local_batch_size = batch_size // process_count
+        self._rows = slice(process_index * self.local_batch_size,
+                           (process_index + 1) * self.local_batch_size)
+        self.num_windows = (len(tokens) - 1) // seq_len
+        self.steps_per_epoch = (self.num_windows // batch_size if drop_remainder
+                                else -(-self.num_windows // batch_size))
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(tokens)} tokens make {self.num_windows} windows of "
+                             f"{seq_len + 1}, fewer than one global batch of {batch_size} "
+                             f"(needs {batch_size * seq_len + 1} tokens)")
+        self._epoch, self._index, self._order_epoch, self._order = 0, 0, None, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._index >= self.steps_per_epoch:
+            if not self.shuffle:
+                raise StopIteration
+            self._epoch, self._index = self._epoch + 1, 0
+        order = self._epoch_order()
+        start = self._index * self.batch_size
+        windows = order[start:start + self.batch_size]
+        self._index += 1
+        return self._batch(windows)
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order_epoch != self._epoch:
+            self._order = (np.random.default_rng((self.seed, self._epoch)).permutation(
+                self.num_windows) if self.shuffle else np.arange(self.num_windows))
+            self._order_epoch = self._epoch
+        return self._order
+
+    def _batch(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        real = np.arange(self.batch_size) < len(windows)
+        windows = np.pad(windows, (0, self.batch_size - len(windows)))[self._rows]
+        # One fancy-indexing gather: row r is tokens[w_r*seq_len : w_r*seq_len + seq_len + 1].
+        idx = windows[:, None] * self.seq_len + np.arange(self.seq_len + 1)
+        chunk = np.asarray(self.tokens[idx], dtype=np.int32)
+        batch = {"inputs": chunk[:, :-1], "targets": chunk[:, 1:]}
+        if not self.drop_remainder:
+            batch["weights"] = np.repeat(real[self._rows, None], self.seq_len, 1).astype(
+                np.float32)
+        return batch
+
+    def get_state(self) -> dict:
+        return {"epoch": self._epoch, "index": self._index, "num_windows": self.num_windows,
+                "seq_len": self.seq_len, "batch_size": self.batch_size}
+
+    def set_state(self, state: dict) -> None:
+        for name in ("num_windows", "seq_len", "batch_size"):
+            if name in state and state[name] != getattr(self, name):
+                raise ValueError(f"iterator state has {name}={state[name]}, this iterator "
+                                 f"{getattr(self, name)}: not the same data")
+        self._epoch, self._index = int(state["epoch"]), int(state["index"])

@@ -1,0 +1,125 @@
+"""Byte-level BPE (GPT-2), a thin wrapper of Hugging Face `tokenizers`.
+
+GPT-2 maps every byte to a printable unicode character, splits text with its regex and runs BPE
+over those characters. With all 256 byte characters in the vocabulary nothing is ever unknown, and
+decoding maps the characters back to bytes, so `decode(encode(s)) == s` for every string.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+EOT = "<|endoftext|>"
+
+
+def _byte_level(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    # GPT-2: no normaliser, its regex, no prefix space (it would not be reversible).
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+class Tokenizer:
+    """Thin wrapper of tokenizers.Tokenizer."""
+
+    def __init__(self, tok: tokenizers.Tokenizer):
+        self._tok = tok
+        self._special_ids = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+        self.add_special_tokens([EOT])
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eot_id(self) -> int:
+        return self.token_id(EOT)
+
+    @property
+    def backend(self) -> tokenizers.Tokenizer:
+        """The wrapped `tokenizers.Tokenizer` (read-only use)."""
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        # Rust side, parallel over texts; no offsets are computed.
+        encs = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [e.ids for e in encs]
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        if self._special_ids.isdisjoint(ids):
+            return self._tok.decode(ids, skip_special_tokens=False)
+        # The byte-level decoder would remap the characters of a special token (e.g. "é") as if
+        # they were bytes, so special tokens are written out verbatim between regular runs.
+        out, run = [], []
+        for i in ids:
+            if i in self._special_ids:
+                out.append(self._tok.decode(run, skip_special_tokens=False))
+                out.append(self._tok.id_to_token(i))
+                run = []
+            else:
+                run.append(i)
+        out.append(self._tok.decode(run, skip_special_tokens=False))
+        return "".join(out)
+
+    def token_id(self, token: str) -> int:
+        i = self._tok.token_to_id(token)
+        if i is None:
+            raise KeyError(f"token {token!r} is not in the vocabulary (size {self.vocab_size})")
+        return i
+
+    def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
+        """Adds tokens that BPE never splits; returns their ids (existing ids are kept)."""
+        # Idempotent in `tokenizers`: a token already present keeps its id.
+        self._tok.add_special_tokens(
+            [tokenizers.AddedToken(t, special=True, normalized=False) for t in tokens])
+        ids = [self.token_id(t) for t in tokens]
+        self._special_ids.update(ids)
+        return ids
+
+    def save(self, path) -> None:
+        """Writes one tokenizer.json file (atomically, so readers never see half a file)."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        self._tok.save(tmp)
+        os.replace(tmp, path)
+
+    def to_str(self) -> str:
+        return self._tok.to_str()
+
+    @classmethod
+    def load(cls, path) -> "Tokenizer":
+        return cls(tokenizers.Tokenizer.from_file(os.fspath(path)))
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int,
+              special_tokens: Sequence[str] = (EOT,)) -> Tokenizer:
+    """Trains a GPT-2 style byte-level BPE with `vocab_size` entries, special tokens included."""
+    special_tokens = list(dict.fromkeys([*special_tokens, EOT]))
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + len(special_tokens):
+        raise ValueError(f"vocab_size {vocab_size} < 256 byte tokens + {len(special_tokens)} "
+                         "special tokens")
+    tok = _byte_level(tokenizers.Tokenizer(models.BPE()))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
+                                  initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    out = Tokenizer(tok)
+    out.add_special_tokens(special_tokens)
+    return out
+
+
+def from_gpt2_files(vocab_json, merges_txt) -> Tokenizer:
+    """GPT-2's released vocab.json + merges.txt, tokenising exactly as OpenAI's encoder.py."""
+    vocab, merges = models.BPE.read_file(os.fspath(vocab_json), os.fspath(merges_txt))
+    bpe = models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="",
+                     fuse_unk=False, dropout=None)
+    return Tokenizer(_byte_level(tokenizers.Tokenizer(bpe)))
