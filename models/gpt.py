@@ -162,3 +162,30 @@ def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:
     [d, V] matmul per token); the second term is the attention scores and weighted sum."""
     n = count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.d_model
     return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_head * cfg.d_head * seq_len
+
+
+def generate(cfg: GPTConfig, params, prompt: list[int], num_tokens: int, rng,
+             temperature: float = 1.0, top_k: int = 0) -> list[int]:
+    """Sample num_tokens after prompt, autoregressively: u_t ~ softmax(h_{t-1} W_e^T / temp).
+
+    The sequence lives in a fixed [1, n_ctx] buffer so one compiled step serves every position
+    (causal attention makes the padding after position t irrelevant); a longer text slides."""
+    model = GPT(cfg)
+
+    @jax.jit
+    def next_token(buffer, position, key):
+        logits = model.apply({"params": params}, buffer)[0, position - 1].astype(jnp.float32)
+        if top_k:
+            kth = jnp.sort(logits)[-top_k]
+            logits = jnp.where(logits < kth, -jnp.inf, logits)
+        if temperature == 0:
+            return jnp.argmax(logits)
+        return jax.random.categorical(key, logits / temperature)
+
+    tokens = list(prompt)
+    for i in range(num_tokens):
+        window = tokens[-cfg.n_ctx + 1:] if len(tokens) >= cfg.n_ctx else tokens
+        buffer = np.zeros((1, cfg.n_ctx), np.int32)
+        buffer[0, :len(window)] = window
+        tokens.append(int(next_token(buffer, len(window), jax.random.fold_in(rng, i))))
+    return tokens[len(prompt):]

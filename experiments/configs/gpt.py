@@ -1,0 +1,87 @@
+"""GPT language-model pretraining presets: get_config("PRESET").
+
+    tiny        4 layers x 128 wide on the standard-library corpus; a few minutes on 2 CPU cores
+    bench-cpu   6 layers / 6 heads / 384 wide / context 256 / vocab 8192 / batch 8, float32
+    gpt1        GPT-1: 12 x 768, context 512, post-norm, Adam 2.5e-4, batch 64
+    gpt2-124m   GPT-2 small (and gpt2-355m, gpt2-774m, gpt2-1.5b): context 1024, batch 512
+    gpt3-125m   ... gpt3-175b: GPT-3 Table 2.1 (width, depth, heads, lr, batch in tokens)
+"""
+
+import dataclasses
+
+import ml_collections
+
+from data import text
+from models import gpt
+
+# GPT-3 Table 2.1: learning rate and batch size in tokens (2048-token sequences).
+GPT3_TRAIN = {"gpt3-125m": (6e-4, 0.5e6), "gpt3-350m": (3e-4, 0.5e6),
+              "gpt3-760m": (2.5e-4, 0.5e6), "gpt3-1.3b": (2e-4, 1e6), "gpt3-2.7b": (1.6e-4, 1e6),
+              "gpt3-6.7b": (1.2e-4, 2e6), "gpt3-13b": (1e-4, 2e6), "gpt3-175b": (0.6e-4, 3.2e6)}
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    t = ml_collections.ConfigDict(dict(
+        steps=1000, batch_size=32, grad_accum=1, lr=6e-4, schedule="cosine", warmup_steps=100,
+        min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
+        freeze="", log_every=10, eval_every=100, eval_steps=20, ckpt_every=500, keep_ckpts=2,
+        max_nonfinite=10))
+    t.update(overrides)
+    return t
+
+
+def mesh_config(data=-1, fsdp=1, tensor=1) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data = text.default_config()
+    config.data.seq_len = 128
+    config.mesh = mesh_config()
+    config.sample = ml_collections.ConfigDict(dict(prompt="def ", num_tokens=64,
+                                                   temperature=0.8, top_k=40))
+    if arg == "tiny":
+        model = gpt.preset("tiny")
+        config.data.vocab_size = model.vocab_size
+        config.data.seq_len = model.n_ctx
+        config.train = train_config(steps=300, batch_size=16, lr=3e-3, warmup_steps=30,
+                                    eval_every=50, eval_steps=8, ckpt_every=100, log_every=10)
+    elif arg == "bench-cpu":
+        model = gpt.GPTConfig(vocab_size=8192, n_ctx=256, n_layer=6, n_head=6, d_model=384,
+                              dropout=0.0, attn_dropout=0.0)
+        config.data.vocab_size, config.data.seq_len = 8192, 256
+        config.train = train_config(steps=50, batch_size=8, lr=6e-4, warmup_steps=10,
+                                    eval_every=1000, ckpt_every=1000)
+    elif arg == "gpt1":
+        # GPT-1 section 4.1: Adam max lr 2.5e-4, linear warmup 2000 updates then cosine to 0,
+        # 100 epochs of minibatches of 64 sequences of 512 tokens, L2 weight decay 0.01.
+        model = gpt.preset("gpt1")
+        config.data.vocab_size, config.data.seq_len = 40478, 512
+        config.train = train_config(steps=100_000, batch_size=64, lr=2.5e-4, warmup_steps=2000,
+                                    min_lr_ratio=0.0, b2=0.999, weight_decay=0.01,
+                                    eval_every=1000, ckpt_every=1000)
+    elif arg.startswith("gpt2-"):
+        # GPT-2 section 2.3: context 1024, batch 512; lr tuned per size (2.5e-4 as GPT-1).
+        model = gpt.preset(arg)
+        config.data.vocab_size, config.data.seq_len = 50257, 1024
+        config.train = train_config(steps=100_000, batch_size=512, lr=2.5e-4, warmup_steps=2000,
+                                    eval_every=1000, ckpt_every=1000)
+        config.mesh = mesh_config(data=1, fsdp=-1)
+    elif arg in GPT3_TRAIN:
+        # GPT-3 section 2.3 / appendix B: Adam(0.9, 0.95, 1e-8), clip 1.0, weight decay 0.1,
+        # 375M-token warmup, cosine to 10% over 260B tokens.
+        model = gpt.preset(arg)
+        lr, batch_tokens = GPT3_TRAIN[arg]
+        batch = int(batch_tokens // model.n_ctx)
+        config.data.vocab_size, config.data.seq_len = 50257, model.n_ctx
+        config.train = train_config(
+            steps=int(300e9 // batch_tokens), batch_size=batch, lr=lr,
+            warmup_steps=int(375e6 // batch_tokens), min_lr_ratio=0.1,
+            eval_every=1000, ckpt_every=1000)
+        config.mesh = mesh_config(data=1, fsdp=-1)
+    else:
+        raise ValueError(f"unknown preset {arg!r}; see experiments/configs/gpt.py")
+    config.model = ml_collections.ConfigDict(dataclasses.asdict(model))
+    return config

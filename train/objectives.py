@@ -1,0 +1,56 @@
+"""Training objectives. Every loss is a mean over the examples (or tokens) that count."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits, labels, mask=None, label_smoothing: float = 0.0):
+    """Mean of -log softmax(logits)[label] over positions where mask is true (float32).
+
+    With label_smoothing eps the target is (1 - eps) one-hot + eps / K (Szegedy et al. 2016),
+    as the Transformer's training uses (eps = 0.1)."""
+    logits = logits.astype(jnp.float32)
+    if label_smoothing:
+        k = logits.shape[-1]
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
+        nll = optax.softmax_cross_entropy(logits, targets)
+    else:
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if mask is None:
+        return nll.mean()
+    mask = mask.astype(jnp.float32)
+    return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def accuracy(logits, labels, mask=None):
+    hit = (logits.argmax(-1) == labels).astype(jnp.float32)
+    if mask is None:
+        return hit.mean()
+    mask = mask.astype(jnp.float32)
+    return (hit * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def lm_loss(logits, targets, mask=None):
+    """GPT-1's unsupervised objective L1(U) = -sum_i log P(u_i | u_{i-k}, ..., u_{i-1}; Theta),
+    here averaged over the predicted tokens: logits [B, T, V] at position i predict targets[i]."""
+    return cross_entropy(logits, targets, mask)
+
+
+def clip_loss(logits):
+    """CLIP's symmetric cross-entropy (figure 3), logits[i, j] = <I_e[i], T_e[j]> exp(t):
+
+        labels = arange(n)
+        loss_i = cross_entropy_loss(logits, labels, axis=0)
+        loss_t = cross_entropy_loss(logits, labels, axis=1)
+        loss = (loss_i + loss_t) / 2
+
+    With labels = arange(n) the target of either softmax is the diagonal. Under jit with the
+    batch sharded, logits span the global batch, so each image is contrasted with every text."""
+    logits = logits.astype(jnp.float32)
+
+    def cross_entropy_loss(axis):
+        return -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=axis)))
+
+    loss_i, loss_t = cross_entropy_loss(0), cross_entropy_loss(1)
+    return (loss_i + loss_t) / 2

@@ -1,0 +1,71 @@
+"""Device mesh ('data', 'fsdp', 'tensor') and the one table mapping logical axes to it."""
+
+import math
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical axis names used by models/ -> mesh axes. Parameters are split over 'fsdp' along their
+# model dimension (ZeRO-3 style) and over 'tensor' along heads / FFN width / vocabulary
+# (Megatron style); activations' batch dimension over data and fsdp together.
+LOGICAL_RULES = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+)
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+    """Sizes for ('data','fsdp','tensor'); one -1 takes whatever the others leave."""
+    sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh {sizes}: at most one axis may be -1")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh {sizes}: sizes must be positive or -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if num_devices % known:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not divide the "
+                         f"{num_devices} available devices")
+    sizes = [num_devices // known if s == -1 else s for s in sizes]
+    if math.prod(sizes) != num_devices:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices "
+                         f"but {num_devices} are available; set one axis to -1 to fill")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(mesh_cfg, len(devices))
+    try:
+        array = mesh_utils.create_device_mesh(shape, devices)
+    except (AssertionError, ValueError, NotImplementedError):
+        array = np.asarray(devices).reshape(shape)
+    return Mesh(array, MESH_AXES)
+
+
+def logical_shardings(abstract_tree, mesh: Mesh):
+    """NamedShardings for a tree whose leaves may be nn.LogicallyPartitioned boxes."""
+    specs = nn.get_partition_spec(abstract_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
