@@ -66,8 +66,9 @@ def _gpt3(n_layer, d_model, n_head, head_dim):
 
 
 PRESETS: dict[str, GPTConfig] = {
-    # GPT-1: 12 layers, 768 wide, 12 heads, 3072 FFN, context 512, 40,478 BPE tokens, post-norm.
-    "gpt1": GPTConfig(vocab_size=40478, n_ctx=512, norm="post", act="gelu",
+    # GPT-1: 12 layers, 768 wide, 12 heads, 3072 FFN, context 512, 40,478 BPE tokens, post-norm;
+    # its released code computes GELU with the tanh approximation.
+    "gpt1": GPTConfig(vocab_size=40478, n_ctx=512, norm="post", act="gelu_tanh",
                       scale_residual_init=False),
     "gpt2-124m": _gpt2(12, 12, 768),
     "gpt2-355m": _gpt2(24, 16, 1024),
@@ -104,8 +105,10 @@ class GPT(nn.Module):
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, tokens, *, deterministic: bool = True, return_hidden: bool = False):
-        """tokens int32 [batch, time] -> logits [batch, time, vocab] (or the final states h_n)."""
+    def __call__(self, tokens, *, deterministic: bool = True, return_hidden: bool = False,
+                 with_hidden: bool = False):
+        """tokens int32 [batch, time] -> logits [batch, time, vocab] (or the final states h_n;
+        with_hidden: both, (logits, h_n), as GPT-1's fine-tuning needs with its auxiliary L1)."""
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         if tokens.shape[-1] > cfg.n_ctx:
@@ -135,6 +138,8 @@ class GPT(nn.Module):
             h = layer_norm("ln_f", cfg.ln_eps, dtype, param_dtype)(h)
         if return_hidden:
             return h
+        if with_hidden:
+            return wte.attend(h), h
         return wte.attend(h)                                          # h_n W_e^T
 
 

@@ -207,3 +207,45 @@ def clip_from_pretrained(path) -> tuple[clip.CLIPConfig, dict]:
     if t:
         raise ValueError(f"checkpoint tensors left unused: {sorted(t)[:5]}")
     return cfg, check_and_build(flat, clip.abstract_params(cfg))
+
+
+# --------------------------------------------------------------------------- GPT-1
+# openai-gpt's "gelu" is the tanh approximation (transformers maps it to gelu_new), as in
+# OpenAI's released finetune-transformer-lm code.
+GPT1_ACTIVATIONS = {"gelu": "gelu_tanh", "relu": "relu"}
+
+
+def gpt1_from_pretrained(path) -> tuple[gpt.GPTConfig, dict]:
+    """A Hugging Face GPT-1 directory (OpenAIGPTModel, OpenAIGPTLMHeadModel or
+    OpenAIGPTDoubleHeadsModel) -> (GPTConfig, params): post-norm, learned positions, no final
+    LayerNorm, output projection tied to W_e."""
+    hf = read_config(path)
+    if hf.get("model_type", "openai-gpt") != "openai-gpt":
+        raise ValueError(f"{path} holds a {hf.get('model_type')!r} model, not GPT-1 (openai-gpt)")
+    afn = hf.get("afn", "gelu")
+    if afn not in GPT1_ACTIVATIONS:
+        raise ValueError(f"activation {afn!r} of the checkpoint has no counterpart here")
+    cfg = gpt.GPTConfig(
+        vocab_size=hf["vocab_size"], n_ctx=hf.get("n_positions", 512), n_layer=hf["n_layer"],
+        n_head=hf["n_head"], d_model=hf["n_embd"], norm="post", act=GPT1_ACTIVATIONS[afn],
+        ln_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
+        attn_dropout=hf.get("attn_pdrop", 0.1), scale_residual_init=False)
+    t = read_tensors(path, strip_prefixes=("transformer.",))
+    t = {k: v for k, v in t.items() if not k.startswith("multiple_choice_head.")}
+    lm_head = t.pop("lm_head.weight", None)  # tied to tokens_embed: a file may hold either name
+    t["wte.weight"] = t.pop("tokens_embed.weight") if "tokens_embed.weight" in t else lm_head
+    if t["wte.weight"] is None:
+        raise ValueError(f"{path} has neither tokens_embed.weight nor lm_head.weight")
+    t["wpe.weight"] = pop(t, "positions_embed.weight")
+    params = decoder_params(t, cfg, final_norm=None)
+    if t:
+        raise ValueError(f"checkpoint tensors left unused: {sorted(t)[:5]}")
+    return cfg, params
+
+
+def gpt1_multiple_choice_head(path) -> dict:
+    """The multiple-choice head of an OpenAIGPTDoubleHeadsModel (a [d, 1] linear layer on the
+    extract state) as TaskHead parameters {"W_y": {"kernel", "bias"}}."""
+    t = read_tensors(path)
+    weight = pop(t, "multiple_choice_head.summary.weight")   # torch Linear: [out, in]
+    return {"W_y": {"kernel": weight.T, "bias": pop(t, "multiple_choice_head.summary.bias")}}

@@ -54,3 +54,23 @@ def clip_loss(logits):
 
     loss_i, loss_t = cross_entropy_loss(0), cross_entropy_loss(1)
     return (loss_i + loss_t) / 2
+
+
+def task_lm_loss(lm_logits, tokens, lengths):
+    """L1 on the task inputs themselves (GPT-1 section 3.2): every token after the first of each
+    sequence, padding excluded. lm_logits [..., T, V], tokens [..., T], lengths [...]."""
+    predicted = jnp.arange(1, tokens.shape[-1]) < lengths[..., None]
+    return lm_loss(lm_logits[..., :-1, :], tokens[..., 1:], predicted)
+
+
+def supervised_loss(logits, labels):
+    """GPT-1's L2(C) = sum_(x, y) log P(y | x^1, ..., x^m), here as the mean cross-entropy."""
+    return cross_entropy(logits, labels)
+
+
+def auxiliary_loss(logits, labels, lm_logits, tokens, lengths, lam: float):
+    """GPT-1's L3(C) = L2(C) + lambda * L1(C), L1 on the same task inputs (paper: lambda 0.5).
+    Returns (L3, L2, L1)."""
+    l2 = supervised_loss(logits, labels)
+    l1 = task_lm_loss(lm_logits, tokens, lengths)
+    return l2 + lam * l1, l2, l1

@@ -1,0 +1,86 @@
+"""GPT-1 supervised fine-tuning (Radford et al. 2018, sections 3.2-3.3).
+
+The pretrained decoder reads each input sequence; its final state at the extract token, h_l^m,
+feeds one added linear layer W_y:
+
+    P(y | x^1, ..., x^m) = softmax(h_l^m W_y)
+
+classification / entailment: one sequence, K classes;
+similarity: the states of both orderings are added before W_y;
+multiple choice: W_y gives one scalar per answer sequence, and the softmax runs over answers.
+
+The LM logits of the same pass are returned too, for the auxiliary objective L3 = L2 + lambda L1.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from models.gpt import GPT, GPTConfig
+
+HEAD_INIT = nn.initializers.normal(stddev=0.02)
+
+
+class TaskHead(nn.Module):
+    """W_y (with a bias, as the reference implementation) on the extract states [B, S, d]."""
+
+    kind: str
+    num_classes: int
+    dropout: float = 0.1   # GPT-1: dropout 0.1 on the classifier
+
+    @nn.compact
+    def __call__(self, h_m, deterministic: bool = True):
+        h_m = nn.Dropout(self.dropout, deterministic=deterministic)(h_m)
+        multiple_choice = self.kind == "multiple_choice"
+        w_y = nn.Dense(1 if multiple_choice else self.num_classes, name="W_y",
+                       kernel_init=nn.with_logical_partitioning(HEAD_INIT, ("embed", None)),
+                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
+        if multiple_choice:
+            return w_y(h_m)[..., 0]          # [B, answers]: softmax over the answers
+        return w_y(h_m.sum(axis=1))          # S = 1, or similarity: h_m(a $ b) + h_m(b $ a)
+
+
+class GPTForTasks(nn.Module):
+    """Decoder + task head: tokens [B, S, T] and lengths [B, S] (the extract token is at
+    length - 1) -> (task logits [B, K], LM logits [B, S, T, V])."""
+
+    cfg: GPTConfig
+    kind: str
+    num_classes: int
+    head_dropout: float = 0.1
+
+    @nn.compact
+    def __call__(self, tokens, lengths, *, deterministic: bool = True):
+        b, s, t = tokens.shape
+        lm_logits, h = GPT(self.cfg, name="gpt")(tokens.reshape(b * s, t),
+                                                deterministic=deterministic, with_hidden=True)
+        h = h.reshape(b, s, t, h.shape[-1])
+        h_m = jnp.take_along_axis(h, (lengths - 1)[:, :, None, None], axis=2)[:, :, 0]
+        logits = TaskHead(self.kind, self.num_classes, self.head_dropout, name="head")(
+            h_m, deterministic)
+        return logits, lm_logits.reshape(b, s, t, -1)
+
+
+def with_pretrained(params: dict, pretrained: dict) -> dict:
+    """`params` of GPTForTasks with the decoder replaced by pretrained weights.
+
+    Tokens added for the tasks (start, delimiter, extract) have no pretrained embedding: those
+    rows of W_e keep their fresh initialisation, as the new W_y does."""
+    fresh, old = flatten_dict(params["gpt"]), flatten_dict(pretrained)
+    if set(fresh) != set(old):
+        raise ValueError(f"pretrained decoder does not fit: missing "
+                         f"{sorted(set(fresh) - set(old))[:3]}, unexpected "
+                         f"{sorted(set(old) - set(fresh))[:3]}")
+    merged = {}
+    for key, new in fresh.items():
+        new, was = np.asarray(new), np.asarray(old[key]).astype(np.asarray(new).dtype)
+        added_rows = key == ("wte", "embedding") and new.shape[0] >= was.shape[0]
+        if new.shape == was.shape:
+            merged[key] = was
+        elif added_rows and new.shape[1:] == was.shape[1:]:
+            merged[key] = np.concatenate([was, new[was.shape[0]:]])
+        else:
+            raise ValueError(f"pretrained {'/'.join(key)} has shape {was.shape}, the model "
+                             f"expects {new.shape}")
+    return {**params, "gpt": unflatten_dict(merged)}
