@@ -3,7 +3,8 @@
 Sources (`data_cfg.source`):
   "stdlib"  the Python standard library's own .py files (ships with every Python), split by file;
   "files"   local text files (comma-separated paths/globs), split by file like the stdlib;
-  "hf"      any Hugging Face `datasets` dataset (hub name or a local builder such as "json").
+  "hf"      any Hugging Face `datasets` dataset (hub name or a local builder such as "json");
+  "auto"    (default) hf when hf_dataset is set, files when files is set, else stdlib.
 
 A document is one file or one dataset row; empty documents are dropped. The token stream of a
 split is every document followed by `<|endoftext|>`, concatenated, as in GPT-2's WebText.
@@ -34,7 +35,8 @@ _HF_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "d
 
 
 _DEFAULTS = dict(
-    source="stdlib",          # "stdlib" | "hf" | "files"
+    source="auto",            # "stdlib" | "hf" | "files"; "auto": hf if hf_dataset is set,
+                              # files if files is set, else stdlib
     hf_dataset="",            # e.g. "wikitext", or a builder such as "json" / "text"
     hf_config="",             # e.g. "wikitext-103-raw-v1"; "" = none
     hf_data_files="",         # "a.jsonl,b.jsonl" or "train=a.jsonl,test=b.jsonl"; "" = none
@@ -55,6 +57,13 @@ def default_config() -> ml_collections.ConfigDict:
 def _get(cfg, name):
     """A field of `data_cfg`; configs that lack it get the default."""
     return getattr(cfg, name, _DEFAULTS[name])
+
+
+def _source(cfg) -> str:
+    source = _get(cfg, "source")
+    if source != "auto":
+        return source
+    return "hf" if _get(cfg, "hf_dataset") else "files" if _get(cfg, "files") else "stdlib"
 
 
 def _cache_dir(cfg) -> pathlib.Path:
@@ -174,7 +183,7 @@ def _hf_split(cfg, split: str) -> datasets.Dataset:
 def load_texts(data_cfg, split: str) -> list[str]:
     """The non-empty documents of `split` (the first `max_docs` of them when max_docs > 0)."""
     _check_split(split)
-    source, max_docs = _get(data_cfg, "source"), int(_get(data_cfg, "max_docs"))
+    source, max_docs = _source(data_cfg), int(_get(data_cfg, "max_docs"))
     limit = max_docs if max_docs > 0 else None
     if source in ("stdlib", "files"):
         paths = (stdlib_files(split) if source == "stdlib"
@@ -200,7 +209,7 @@ def load_texts(data_cfg, split: str) -> list[str]:
 
 
 def _describe(cfg) -> str:
-    source = _get(cfg, "source")
+    source = _source(cfg)
     if source == "hf":
         return f"'hf' ({_get(cfg, 'hf_dataset')!r}, config {_get(cfg, 'hf_config')!r})"
     if source == "files":
@@ -214,7 +223,7 @@ def _file_stats(paths) -> str:
 
 def _source_identity(cfg, split: str) -> dict:
     """What the documents of `split` depend on, cheap to compute (file stats, not contents)."""
-    source = _get(cfg, "source")
+    source = _source(cfg)
     ident = dict(source=source, split=split, max_docs=int(_get(cfg, "max_docs")), format=_FORMAT)
     if source == "stdlib":
         ident.update(python=sys.version, files=_file_stats(stdlib_files(split)))

@@ -104,6 +104,8 @@ def test_hf_json_carves_val_and_test(tmp_path):
     assert len(got["val"]) == len(got["test"]) == 10 and len(got["train"]) == 180
     assert sorted(sum(got.values(), [])) == sorted(r["body"] for r in rows)
     assert got == {s: text.load_texts(c, s) for s in text.SPLITS}  # deterministic
+    c.source = "auto"  # the default: naming hf_dataset is enough to select the hub path
+    assert text.load_texts(c, "val") == got["val"]
     c.max_docs = 7
     assert text.load_texts(c, "train") == got["train"][:7]
     c.hf_text_column = "missing"
