@@ -301,7 +301,7 @@ def _tokenize(texts: list[str], tokenizer: Tokenizer, arrow_path: pathlib.Path,
         return {"ids": [ids + [eot] for ids in tokenizer.encode_batch(batch["text"])]}
 
     ds = datasets.Dataset.from_dict({"text": texts}).map(
-        encode, batched=True, batch_size=1000, num_proc=1, remove_columns=["text"],
+        encode, batched=True, batch_size=1000, num_proc=None, remove_columns=["text"],
         features=datasets.Features({"ids": datasets.List(datasets.Value(dtype))}),
         cache_file_name=str(arrow_path), new_fingerprint=fingerprint, desc="Tokenizing")
     chunks = ds.data.column("ids").chunks
