@@ -41,7 +41,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data = text.default_config()
     config.data.seq_len = 128
     config.mesh = mesh_config()
-    config.sample = ml_collections.ConfigDict(dict(prompt="def ", num_tokens=64,
+    config.sample = ml_collections.ConfigDict(dict(prompt="import os\n\n\ndef", num_tokens=64,
                                                    temperature=0.8, top_k=40))
     if arg == "tiny":
         # A 512-token BPE: on 2 CPU cores the small vocabulary buys more steps per minute.
