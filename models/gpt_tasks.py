@@ -13,7 +13,6 @@ The LM logits of the same pass are returned too, for the auxiliary objective L3 
 """
 
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -73,13 +72,13 @@ def with_pretrained(params: dict, pretrained: dict) -> dict:
                          f"{sorted(set(fresh) - set(old))[:3]}, unexpected "
                          f"{sorted(set(old) - set(fresh))[:3]}")
     merged = {}
-    for key, new in fresh.items():
-        new, was = np.asarray(new), np.asarray(old[key]).astype(np.asarray(new).dtype)
+    for key, new in fresh.items():   # jnp throughout: the trainer traces its init function
+        was = jnp.asarray(old[key], new.dtype)
         added_rows = key == ("wte", "embedding") and new.shape[0] >= was.shape[0]
         if new.shape == was.shape:
             merged[key] = was
         elif added_rows and new.shape[1:] == was.shape[1:]:
-            merged[key] = np.concatenate([was, new[was.shape[0]:]])
+            merged[key] = jnp.concatenate([was, new[was.shape[0]:]])
         else:
             raise ValueError(f"pretrained {'/'.join(key)} has shape {was.shape}, the model "
                              f"expects {new.shape}")

@@ -100,9 +100,15 @@ def test_task_tokens_are_single_new_ids():
 PACKAGES = {"alpha": "a", "beta": "b", "gamma": "g", "delta": "d", "eps": "e"}
 
 
+BRANCHES = ("    if {v}:\n        {v} += {m}\n",
+            "    for i in range({v}):\n        {v} += i\n",
+            "    with open({v}) as f:\n        {v} = f.read()\n",
+            "    try:\n        {v} = {v} / y\n    except ZeroDivisionError:\n        raise\n")
+
+
 @pytest.fixture(scope="module")
 def fake_library(tmp_path_factory):
-    """Five packages of three modules, each with documented functions of a few lines."""
+    """Five packages of three modules (one for "eps"), each with 20 documented functions."""
     root = tmp_path_factory.mktemp("lib")
     files = []
     for pkg, p in PACKAGES.items():
@@ -110,13 +116,13 @@ def fake_library(tmp_path_factory):
         for m in range(3 if pkg != "eps" else 1):
             src = []
             for k in range(20):
+                v = f"{p}{m}_{k}"
                 src.append(f"def {p}{m}_f{k}(x, y):\n"
                            f"    \"\"\"Return {p}{m} {k} of x.\"\"\"\n"
-                           f"    {p}{m}_{k} = x + {k}\n"
+                           f"    {v} = x + {k}\n"
                            f"    {p}{m}_y = y * {k + m}\n"
-                           f"    if {p}{m}_{k}:\n"
-                           f"        {p}{m}_{k} += {m}\n"
-                           f"    return {p}{m}_{k} - y {'+-*'[k % 3]} {m}\n\n")
+                           + BRANCHES[k % 4].format(v=v, m=m) +
+                           f"    return {v} - y {'+-*'[k % 3]} {m}\n\n")
             path = root / pkg / f"mod{m}.py"
             path.write_text("".join(src))
             files.append(path)
@@ -137,6 +143,7 @@ def test_functions_drop_docstrings_and_keep_order(fake_library):
     f = funcs[0]
     assert (f.path, f.name, f.package, f.doc) == ("alpha/mod0.py", "a0_f0", "alpha", "Return a0 0 of x.")
     assert f.lines[:2] == ("def a0_f0(x, y):", "    a0_0 = x + 0")
+    assert f.lines[-1] == "    return a0_0 - y + 0"
 
 
 @pytest.mark.parametrize("name", sorted(tasks.DEFAULT_TASKS))
@@ -168,6 +175,30 @@ def test_docstring_negatives_come_from_other_functions(fake_library):
         name = r["premise"].split("(")[0][4:]          # "a0_f3" -> docstring "Return a0 3"
         own = f"Return {name[:2]} {name.split('_f')[1]} of x."
         assert (r["hypothesis"] == own) == (r["label"] == 1)
+
+
+def test_claims_are_read_off_the_lines_shown(fake_library):
+    task = build("claims", fake_library)
+    holds = dict(tasks.CLAIMS)
+    seen = set()
+    for r in task.splits["train"]:
+        lines = r["premise"].split("\n")
+        assert len(lines) == tasks.CLAIM_LINES
+        assert holds[r["hypothesis"]]([ln.strip() for ln in lines[1:]]) == bool(r["label"])
+        seen.add(r["hypothesis"])
+    assert {"The code loops with for.", "The code has a try statement."} <= seen
+    for claim in seen:  # each statement as often true as false
+        labels = [r["label"] for r in task.splits["train"] if r["hypothesis"] == claim]
+        assert 2 * sum(labels) == len(labels)
+
+
+def test_same_package_pairs_follow_their_packages(fake_library):
+    task = build("same_package", fake_library)
+    assert task.description.endswith("alpha, beta, delta, gamma")
+    for r in task.splits["train"]:
+        p1, p2 = (r[t][4] for t in ("text1", "text2"))   # "def a0_f3" -> package letter "a"
+        assert (p1 == p2) == (r["label"] == 1)
+        assert {p1, p2} <= set("abdg")
 
 
 def test_module_pairs_follow_their_files(fake_library):
