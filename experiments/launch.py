@@ -18,7 +18,8 @@ from train import distributed
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, config.json.")
-flags.DEFINE_string("coordinator_address", "", "host:port of process 0 in a multi-process run.")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 in a multi-process run, "
+                    "or 'auto' to let JAX detect it (SLURM, Open MPI, TPU slices).")
 flags.DEFINE_integer("num_processes", 0, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
 FLAGS = flags.FLAGS

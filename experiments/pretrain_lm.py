@@ -11,6 +11,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 
 from data import text
 from experiments import launch
@@ -71,8 +72,10 @@ def main(config, workdir):
         init_fn=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32)),
         loss_fn=lm_loss_fn(model), d_model=cfg.d_model,
         throughput=Throughput(seq_len, gpt.flops_per_token(cfg, seq_len) * seq_len))
+    if config.sample.num_tokens > 0:
+        # Every process takes part in gathering parameters that span processes.
+        params = multihost_utils.process_allgather(state.params, tiled=True)
     if jax.process_index() == 0 and config.sample.num_tokens > 0:
-        params = jax.device_get(state.params)
         prompt = tokenizer.encode(config.sample.prompt)
         out = gpt.generate(dataclasses.replace(cfg, dtype="float32"), params, prompt,
                            config.sample.num_tokens, jax.random.key(config.seed),

@@ -10,6 +10,8 @@ GPU when asked and XLA elsewhere; attention-probability dropout needs the probab
 that case (training only) is written out by hand.
 """
 
+import math
+import warnings
 from typing import Literal
 
 import jax
@@ -22,13 +24,33 @@ Implementation = Literal["auto", "xla", "cudnn"]
 DEFAULT_INIT = nn.initializers.normal(stddev=0.02)
 
 
-def resolve_implementation(implementation: str, dtype) -> str | None:
-    """'auto' asks for cuDNN's fused kernel when it can run (GPU, half precision), XLA elsewhere."""
-    if implementation == "auto":
-        on_gpu = jax.default_backend() == "gpu"
-        half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-        return "cudnn" if on_gpu and half else "xla"
-    return implementation
+def cudnn_supports(dtype, head_dim: int) -> bool:
+    """cuDNN's fused attention: an NVIDIA GPU, half precision, head_dim a multiple of 8 <= 128."""
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return jax.default_backend() == "gpu" and half and head_dim % 8 == 0 and head_dim <= 128
+
+
+def resolve_implementation(implementation: str, dtype, head_dim: int = 64) -> str:
+    """'auto': cuDNN's fused kernel where it can run, XLA elsewhere. An explicit 'cudnn' that
+    cannot run here (a CPU, float32, an odd head size) falls back to XLA with a warning, so a
+    GPU config still runs on a laptop."""
+    if implementation not in ("auto", "xla", "cudnn"):
+        raise ValueError(f"unknown attention implementation {implementation!r}; "
+                         "choose auto, xla or cudnn")
+    if implementation == "xla":
+        return "xla"
+    if cudnn_supports(dtype, head_dim):
+        return "cudnn"
+    if implementation == "cudnn":
+        warnings.warn(f"cuDNN attention cannot run on {jax.default_backend()} with "
+                      f"{jnp.dtype(dtype).name} and head_dim {head_dim}; using XLA's")
+    return "xla"
+
+
+def constrain(x, *names):
+    """Shard activation x over the mesh by logical axis names for its last len(names) dims.
+    A no-op unless the trainer's logical axis rules and a mesh are active."""
+    return nn.with_logical_constraint(x, (None,) * (x.ndim - len(names)) + names)
 
 
 def mask_matrix(kind: Mask, q_len: int, kv_len: int, window: int | None = None) -> jax.Array:
@@ -61,7 +83,36 @@ def attend(q, k, v, *, kind: Mask, window=None, pad_mask=None, implementation="x
     local = (window - 1, 0) if kind == "local" else None
     return jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=kind != "full", local_window_size=local,
-        implementation=resolve_implementation(implementation, q.dtype))
+        implementation=resolve_implementation(implementation, q.dtype, q.shape[-1]))
+
+
+class Projection(nn.Module):
+    """y = x W + b, contracting x's last `n_in` axes with W [*in, *features].
+
+    W carries logical axis names and is initialised as the flat [fan_in, fan_out] matrix (as
+    nn.DenseGeneral does, so the values match), without DenseGeneral's flattening of the boxed
+    kernel, which breaks the sharding constraint of a rank > 2 kernel under axis rules."""
+
+    features: tuple[int, ...]
+    n_in: int
+    kernel_axes: tuple
+    bias_axes: tuple
+    kernel_init: nn.initializers.Initializer = DEFAULT_INIT
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        in_shape = x.shape[x.ndim - self.n_in:]
+        flat = (math.prod(in_shape), math.prod(self.features))
+        init = lambda rng, shape, dtype: self.kernel_init(rng, flat, dtype).reshape(shape)  # noqa
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes),
+                            in_shape + tuple(self.features), self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               self.bias_axes),
+                          tuple(self.features), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return jnp.tensordot(x, kernel, self.n_in) + bias
 
 
 class MultiHeadAttention(nn.Module):
@@ -80,19 +131,17 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, x, pad_mask=None, deterministic: bool = True):
         d_model = x.shape[-1]
-        qkv = nn.DenseGeneral(
-            (3, self.num_heads, self.head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(DEFAULT_INIT, ("embed", None, "heads", "kv")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None, "heads", "kv")),
-            name="qkv")(x)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        qkv = Projection((3, self.num_heads, self.head_dim), 1, ("embed", None, "heads", "kv"),
+                         (None, "heads", "kv"), dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="qkv")(x)
+        qkv = constrain(qkv, "batch", "length", None, "heads", "kv")
+        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         use_dropout = self.dropout_rate > 0.0 and not deterministic
         out = attend(q, k, v, kind=self.mask, window=self.window, pad_mask=pad_mask,
                      implementation=self.implementation,
                      dropout_rate=self.dropout_rate if use_dropout else 0.0,
                      dropout_rng=self.make_rng("dropout") if use_dropout else None)
-        return nn.DenseGeneral(
-            d_model, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(self.out_init, ("heads", "kv", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            name="out")(out)
+        out = constrain(out, "batch", "length", "heads", "kv")
+        return Projection((d_model,), 2, ("heads", "kv", "embed"), ("embed",),
+                          kernel_init=self.out_init, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="out")(out)

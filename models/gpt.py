@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from models.attention import constrain
 from models.layers import Block, LearnedPositions, TokenEmbedding, layer_norm, scaled_init_std
 
 
@@ -118,6 +119,7 @@ class GPT(nn.Module):
         wpe = LearnedPositions(cfg.n_ctx, cfg.d_model, init_std=0.01, param_dtype=param_dtype,
                                name="wpe")
         h = wte(tokens) + wpe(tokens.shape[-1]).astype(dtype)       # h_0 = U W_e + W_p
+        h = constrain(h, "batch", "length", "embed")
         h = nn.Dropout(cfg.dropout, deterministic=deterministic)(h)
         out_std = (scaled_init_std(cfg.init_std, cfg.n_layer) if cfg.scale_residual_init
                    else cfg.init_std)
@@ -138,9 +140,8 @@ class GPT(nn.Module):
             h = layer_norm("ln_f", cfg.ln_eps, dtype, param_dtype)(h)
         if return_hidden:
             return h
-        if with_hidden:
-            return wte.attend(h), h
-        return wte.attend(h)                                          # h_n W_e^T
+        logits = constrain(wte.attend(h), "batch", "length", "vocab")  # h_n W_e^T
+        return (logits, h) if with_hidden else logits
 
 
 def abstract_params(cfg: GPTConfig):

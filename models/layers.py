@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from models.attention import DEFAULT_INIT, Implementation, Mask, MultiHeadAttention
+from models.attention import DEFAULT_INIT, Implementation, Mask, MultiHeadAttention, constrain
 
 
 def quick_gelu(x):
@@ -53,7 +53,7 @@ class FFN(nn.Module):
             self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype, name="fc",
             kernel_init=nn.with_logical_partitioning(DEFAULT_INIT, ("embed", "mlp")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
-        h = activation(self.act)(h)
+        h = constrain(activation(self.act)(h), "batch", "length", "mlp")
         return nn.Dense(
             d_model, dtype=self.dtype, param_dtype=self.param_dtype, name="proj",
             kernel_init=nn.with_logical_partitioning(self.out_init, ("mlp", "embed")),
@@ -74,7 +74,10 @@ class TokenEmbedding(nn.Module):
             (self.vocab_size, self.d_model), self.param_dtype)
 
     def __call__(self, tokens):
-        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+        # Gather the table's width (FSDP) before the lookup, so that the looked-up rows come out
+        # split over the batch like the tokens, not over the width like the table.
+        table = constrain(self.embedding, jax.sharding.PartitionSpec.UNCONSTRAINED, None)
+        return jnp.take(table, tokens, axis=0).astype(self.dtype)
 
     def attend(self, h):
         """Logits h W_e^T against every token."""
@@ -145,9 +148,11 @@ class Block(nn.Module):
         ln_2 = layer_norm("ln_2", self.ln_eps, self.dtype, self.param_dtype)
         if self.norm == "pre":
             x = x + drop(attn(ln_1(x), pad_mask, deterministic))
-            return x + drop(ffn(ln_2(x)))
-        x = ln_1(x + drop(attn(x, pad_mask, deterministic)))
-        return ln_2(x + drop(ffn(x)))
+            x = x + drop(ffn(ln_2(x)))
+        else:
+            x = ln_1(x + drop(attn(x, pad_mask, deterministic)))
+            x = ln_2(x + drop(ffn(x)))
+        return constrain(x, "batch", "length", "embed")
 
 
 def scaled_init_std(base_std: float, n_layer: int) -> float:

@@ -5,25 +5,39 @@ import os
 import jax
 
 
-def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1):
-    """Join a multi-process run.
+def _cluster_detected() -> bool:
+    """A launcher that JAX's own detection understands says there is more than one process."""
+    return (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+            or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+            or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
 
-    Explicit flags win; otherwise JAX's own detection (SLURM, Open MPI, TPU pods, or the
-    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables) is used when the
-    environment names more than one process. A single process needs nothing."""
-    explicit = bool(coordinator_address)
-    detected = (int(os.environ.get("SLURM_NTASKS", "1")) > 1
-                or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-                or "JAX_COORDINATOR_ADDRESS" in os.environ
-                or "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"])
-    if not (explicit or detected):
+
+def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1):
+    """Join a multi-process run, or do nothing for a single process.
+
+    Flags win over the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables.
+    With a coordinator, a process count and an id, they are used as given. Otherwise, under
+    SLURM (srun), Open MPI (mpirun) or on a multi-host TPU slice, or with
+    --coordinator_address=auto, JAX detects what is missing from its environment."""
+    coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    if num_processes <= 0:
+        num_processes = int(os.environ.get("JAX_NUM_PROCESSES", "0"))
+    if process_id < 0:
+        process_id = int(os.environ.get("JAX_PROCESS_ID", "-1"))
+    auto = coordinator_address == "auto"
+    explicit = bool(coordinator_address) and not auto
+    if not (explicit or auto or _cluster_detected()):
+        if num_processes > 1:
+            raise ValueError(f"{num_processes} processes need --coordinator_address=HOST:PORT "
+                             "(or auto under SLURM, Open MPI or on a TPU slice)")
         return
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu" or jax.config.jax_platforms == "cpu":
-        # CPU devices of different processes talk through gloo.
+    if explicit and (num_processes <= 0 or process_id < 0) and not _cluster_detected():
+        raise ValueError("--coordinator_address needs --num_processes and --process_id")
+    # CPU devices of different processes exchange collectives through gloo (the default in
+    # recent JAX; set here so that older ones and a changed default do the same).
+    if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if explicit:
-        if num_processes <= 0 or process_id < 0:
-            raise ValueError("--coordinator_address needs --num_processes and --process_id")
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    else:
-        jax.distributed.initialize()
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address if explicit else None,
+        num_processes=num_processes if num_processes > 0 else None,
+        process_id=process_id if process_id >= 0 else None)

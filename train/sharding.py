@@ -54,9 +54,25 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
 
 
 def logical_shardings(abstract_tree, mesh: Mesh):
-    """NamedShardings for a tree whose leaves may be nn.LogicallyPartitioned boxes."""
-    specs = nn.get_partition_spec(abstract_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+    """NamedShardings for a tree whose leaves may be nn.LogicallyPartitioned boxes.
+
+    A dimension that the mesh axes of its rule do not divide (GPT-2's 50257-token vocabulary
+    over 4 tensor shards) is replicated instead: JAX shards parameters evenly or not at all."""
+    specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), LOGICAL_RULES)
+    shapes = nn.meta.unbox(abstract_tree)
+    return jax.tree.map(lambda x, spec: NamedSharding(mesh, divisible_spec(spec, x.shape, mesh)),
+                        shapes, specs, is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
+def divisible_spec(spec: P | None, shape, mesh: Mesh) -> P:
+    """`spec` without the mesh axes that do not divide their dimension."""
+    if spec is None:
+        return P()
+    def keep(axes, size):
+        names = axes if isinstance(axes, tuple) else (axes,)
+        return axes if axes is None or size % math.prod(mesh.shape[a] for a in names) == 0 \
+            else None
+    return P(*(keep(axes, size) for axes, size in zip(spec, shape)))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -69,3 +85,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_process_rows(mesh: Mesh, batch_size: int) -> None:
+    """Each process feeds only its own batch_size / process_count rows (its data shard), so the
+    devices of one process must not need rows that another process loads: keep the 'tensor'
+    axis (and any replication of the batch) within a host."""
+    per_process = batch_size // jax.process_count()
+    rows: dict[int, set] = {}
+    for device, index in batch_sharding(mesh).devices_indices_map((batch_size,)).items():
+        rows.setdefault(device.process_index, set()).add(index[0].indices(batch_size))
+    for process, blocks in rows.items():
+        need = sum(stop - start for start, stop, _ in blocks)
+        if need != per_process:
+            raise ValueError(
+                f"with mesh {dict(mesh.shape)} the devices of process {process} hold {need} of "
+                f"the {batch_size} rows of each (micro)batch, but every process loads "
+                f"{per_process}: make data x fsdp a multiple of the {jax.process_count()} "
+                f"processes, with the tensor axis inside a host")

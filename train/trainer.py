@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from train import optim, sharding
@@ -72,6 +72,7 @@ def validate(config, mesh) -> None:
     if t.batch_size % jax.process_count():
         raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the "
                          f"{jax.process_count()} processes")
+    sharding.check_process_rows(mesh, t.batch_size)
 
 
 def save_config(config, workdir: pathlib.Path) -> None:
@@ -102,6 +103,15 @@ def _microbatches(batch, n: int):
     """[B, ...] -> [n, B/n, ...], each microbatch drawing from every device's shard."""
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1),
                         batch)
+
+
+def with_logical_rules(loss_fn):
+    """loss_fn traced under the logical axis rules, so the models' activation constraints
+    (nn.with_logical_constraint) resolve to mesh axes."""
+    def wrapped(*args):
+        with nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            return loss_fn(*args)
+    return wrapped
 
 
 def make_train_step(loss_fn, tx, grad_accum: int, batch_spec, seed: int):
@@ -176,6 +186,60 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+@dataclasses.dataclass
+class Program:
+    """The compiled pieces of training on one mesh: state shapes and shardings, init and steps."""
+    mesh: Any
+    tx: optax.GradientTransformation
+    schedule: Callable
+    abstract: TrainState          # ShapeDtypeStructs of the whole train state
+    state_shardings: TrainState
+    batch_sharding: NamedSharding
+    init: Callable                # rng -> TrainState, sharded
+    train_step: Callable          # (state, batch) -> (state, metrics); donates state
+    eval_step: Callable           # (state, batch) -> metrics
+
+
+def build(config, *, init_fn: Callable, loss_fn: Callable, mesh, d_model: int = 0) -> Program:
+    """Shapes and shardings of the train state (from the parameters' logical axis names) and
+    the jitted init, train and eval steps."""
+    t = config.train
+    tx, schedule = optim.make_optimizer(t, d_model)
+    loss_fn = with_logical_rules(loss_fn)
+    batch_sharding = sharding.batch_sharding(mesh)
+    repl = sharding.replicated(mesh)
+    boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))
+    var_shardings = sharding.logical_shardings(boxed, mesh)
+    param_shardings = var_shardings["params"]
+    state_shardings_model = {k: v for k, v in var_shardings.items() if k != "params"}
+
+    def init_state(rng):
+        variables = nn.meta.unbox(init_fn(rng))
+        params = variables.pop("params")
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), model_state=variables,
+                          nonfinite_total=jnp.zeros((), jnp.int32),
+                          nonfinite_run=jnp.zeros((), jnp.int32))
+
+    abstract = jax.eval_shape(init_state, jax.random.key(config.seed))
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract.opt_state, param_shardings,
+        transform_non_params=lambda _: repl,
+        is_leaf=lambda x: isinstance(x, NamedSharding))
+    state_shardings = TrainState(step=repl, params=param_shardings, opt_state=opt_shardings,
+                                 model_state=state_shardings_model, nonfinite_total=repl,
+                                 nonfinite_run=repl)
+    train_step = jax.jit(make_train_step(loss_fn, tx, t.grad_accum, batch_sharding, config.seed),
+                         in_shardings=(state_shardings, batch_sharding),
+                         out_shardings=(state_shardings, repl), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(loss_fn), in_shardings=(state_shardings, batch_sharding),
+                        out_shardings=repl)
+    return Program(mesh=mesh, tx=tx, schedule=schedule, abstract=abstract,
+                   state_shardings=state_shardings, batch_sharding=batch_sharding,
+                   init=jax.jit(init_state, out_shardings=state_shardings),
+                   train_step=train_step, eval_step=eval_step)
+
+
 def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
         eval_data: Callable[[], Iterable] | None = None, mesh=None,
         throughput: Throughput | None = None, d_model: int = 0,
@@ -191,53 +255,26 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
     mesh = mesh or sharding.make_mesh(config.mesh)
     validate(config, mesh)
     save_config(config, workdir)
-    tx, schedule = optim.make_optimizer(t, d_model)
+    if jax.process_index() == 0:
+        print(f"mesh {dict(mesh.shape)}: {mesh.size} {mesh.devices.flat[0].platform} devices in "
+              f"{jax.process_count()} process(es)", file=sys.stderr)
+    program = build(config, init_fn=init_fn, loss_fn=loss_fn, mesh=mesh, d_model=d_model)
+    train_step, eval_step, batch_sharding = (program.train_step, program.eval_step,
+                                             program.batch_sharding)
     writer = MetricWriter(workdir)
-    batch_sharding = sharding.batch_sharding(mesh)
-    repl = sharding.replicated(mesh)
-
-    # Shapes and shardings of the whole train state, from the logical axis names.
-    init_rng = jax.random.key(config.seed)
-    boxed = jax.eval_shape(init_fn, init_rng)
-    var_shardings = sharding.logical_shardings(boxed, mesh)
-    param_shardings = var_shardings["params"]
-    state_shardings_model = {k: v for k, v in var_shardings.items() if k != "params"}
-
-    def init_state(rng):
-        variables = nn.meta.unbox(init_fn(rng))
-        params = variables.pop("params")
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), model_state=variables,
-                          nonfinite_total=jnp.zeros((), jnp.int32),
-                          nonfinite_run=jnp.zeros((), jnp.int32))
-
-    abstract = jax.eval_shape(init_state, init_rng)
-    opt_shardings = optax.tree_map_params(
-        tx, lambda _, s: s, abstract.opt_state, param_shardings,
-        transform_non_params=lambda _: repl,
-        is_leaf=lambda x: isinstance(x, NamedSharding))
-    state_shardings = TrainState(step=repl, params=param_shardings, opt_state=opt_shardings,
-                                 model_state=state_shardings_model, nonfinite_total=repl,
-                                 nonfinite_run=repl)
 
     ckpt = Checkpointer(workdir, keep=t.keep_ckpts)
     start = ckpt.latest_step()
     if start is None:
         with jax.set_mesh(mesh):
-            state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+            state = program.init(jax.random.key(config.seed))
         start = 0
     else:
-        state, data_state = ckpt.restore(start, abstract_like(abstract, state_shardings))
+        state, data_state = ckpt.restore(
+            start, abstract_like(program.abstract, program.state_shardings))
         train_data.set_state(data_state)
         writer.truncate_after(start)
         print(f"resumed from {ckpt.directory}/{start}", file=sys.stderr)
-
-    batch_spec = NamedSharding(mesh, P(sharding.BATCH_AXES))
-    train_step = jax.jit(make_train_step(loss_fn, tx, t.grad_accum, batch_spec, config.seed),
-                         in_shardings=(state_shardings, batch_sharding),
-                         out_shardings=(state_shardings, repl), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(loss_fn), in_shardings=(state_shardings, batch_sharding),
-                        out_shardings=repl)
 
     def evaluate(step):
         if eval_data is None and on_eval is None:
@@ -248,10 +285,10 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
             for i, batch in enumerate(eval_data()):
                 if t.eval_steps and i >= t.eval_steps:
                     break
-                m = eval_step(state, global_batch(batch, batch_sharding))
-                sums = m if not sums else jax.tree.map(jnp.add, sums, m)
+                m = jax.device_get(eval_step(state, global_batch(batch, batch_sharding)))
+                sums = m if not sums else jax.tree.map(np.add, sums, m)
                 n += 1
-            results = {k: float(v) / max(n, 1) for k, v in jax.device_get(sums).items()}
+            results = {k: float(v) / max(n, 1) for k, v in sums.items()}
         if on_eval is not None:
             results.update(on_eval(state))
         writer.write(step, "val", **results)
@@ -259,7 +296,8 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
 
     throughput = throughput or Throughput()
     peak = peak_flops(mesh.devices.flatten().tolist()) if throughput.flops_per_example else None
-    last_val = evaluate(0) if start == 0 else {}
+    with jax.set_mesh(mesh):
+        last_val = evaluate(0) if start == 0 else {}
     window, window_start, window_steps = [], None, 0
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=None,
                dynamic_ncols=True)
@@ -277,7 +315,8 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
                     window_steps += 1
                 if s % t.log_every == 0 or s == t.steps:
                     row = _log_train(writer, s, window, window_steps, window_start,
-                                     throughput, peak, schedule, state, t.batch_size)
+                                     throughput, peak, program.schedule, state,
+                                     t.batch_size)
                     window, window_start, window_steps = [], time.perf_counter(), 0
                     if row.get("nonfinite_run", 0) >= t.max_nonfinite:
                         ckpt.wait()
@@ -306,8 +345,9 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
 
 def _log_train(writer, step, window, window_steps, window_start, throughput, peak, schedule,
                state, batch_size) -> dict:
-    means = jax.device_get(jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *window)) if window \
-        else {}
+    # On the host: eager jnp ops here would compile once per mesh and window length.
+    window = jax.device_get(window)
+    means = jax.tree.map(lambda *m: np.mean(np.stack(m)), *window) if window else {}
     row = {k: float(v) for k, v in means.items()}
     row["lr"] = float(schedule(step - 1))
     row["nonfinite_skipped"] = int(jax.device_get(state.nonfinite_total))

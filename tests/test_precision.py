@@ -1,0 +1,87 @@
+"""Precision and memory options of the GPT: float32 parameters with bfloat16 or float32 compute,
+rematerialisation policies, and the attention implementation (cuDNN falls back to XLA off GPU)."""
+
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from experiments.pretrain_lm import lm_loss_fn
+from models import attention, gpt
+
+CFG = gpt.GPTConfig(vocab_size=128, n_ctx=16, n_layer=2, n_head=2, d_model=32, dropout=0.0,
+                    attn_dropout=0.0, attention_impl="xla")
+TOKENS = np.random.default_rng(0).integers(0, 128, (4, 17)).astype(np.int32)
+BATCH = {"inputs": TOKENS[:, :-1], "targets": TOKENS[:, 1:]}
+
+
+def init(cfg):
+    return nn.meta.unbox(gpt.GPT(cfg).init(jax.random.key(0), BATCH["inputs"]))["params"]
+
+
+def loss_and_grads(cfg, params):
+    loss_fn = lm_loss_fn(gpt.GPT(cfg))
+    (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+        params, {}, BATCH, jax.random.key(1))
+    return loss, grads
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    cfg16 = dataclasses.replace(CFG, dtype="bfloat16")
+    params = init(cfg16)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    logits = gpt.GPT(cfg16).apply({"params": params}, BATCH["inputs"])
+    assert logits.dtype == jnp.bfloat16
+    loss16, grads16 = loss_and_grads(cfg16, params)
+    loss32, grads32 = loss_and_grads(CFG, params)
+    assert loss16.dtype == jnp.float32                       # the softmax is taken in float32
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads16))
+    np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
+    cos = [float(jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + 1e-30))
+           for a, b in zip(jax.tree.leaves(grads16), jax.tree.leaves(grads32))
+           if float(jnp.linalg.norm(b)) > 1e-6]
+    assert min(cos) > 0.98
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_gives_the_same_gradients(policy):
+    cfg = dataclasses.replace(CFG, remat=policy)
+    params = init(CFG)
+    loss, grads = loss_and_grads(cfg, params)
+    want_loss, want_grads = loss_and_grads(CFG, params)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    jaxpr = str(jax.make_jaxpr(lambda p: loss_and_grads(cfg, p))(params))
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
+
+
+def test_unknown_remat_policy_is_an_error():
+    with pytest.raises(ValueError, match="remat policy"):
+        init(dataclasses.replace(CFG, remat="sometimes"))
+
+
+def test_attention_implementation_resolution_on_cpu():
+    assert jax.default_backend() == "cpu"
+    assert attention.resolve_implementation("auto", jnp.bfloat16, 64) == "xla"
+    assert attention.resolve_implementation("xla", jnp.float32, 64) == "xla"
+    with pytest.warns(UserWarning, match="cuDNN attention cannot run"):
+        assert attention.resolve_implementation("cudnn", jnp.bfloat16, 64) == "xla"
+    with pytest.raises(ValueError, match="unknown attention implementation"):
+        attention.resolve_implementation("flash", jnp.float32, 64)
+
+
+def test_gpu_config_falls_back_cleanly_on_cpu():
+    """The GPU settings (bfloat16, cuDNN attention, remat) train on a CPU with XLA attention."""
+    gpu = dataclasses.replace(CFG, dtype="bfloat16", attention_impl="cudnn", remat="dots")
+    params = init(CFG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        loss, grads = loss_and_grads(gpu, params)
+    want, _ = loss_and_grads(dataclasses.replace(gpu, attention_impl="xla"), params)
+    assert np.isfinite(float(loss)) and float(loss) == float(want)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
