@@ -148,6 +148,7 @@ class SceneConfig:
     canvas: int = 36  # rendered scene side; training crops `crop` x `crop` out of it
     crop: int = 32
     digit_size: int = 14  # MNIST 28 -> 14 by 2x2 average pooling
+    jitter: int = 4  # a digit's largest shift from the centre of its place, in pixels
     single_fraction: float = 0.4  # share of one-digit scenes among training scenes
     heldout: tuple = HELDOUT_PAIRS
     seed: int = 0
@@ -181,8 +182,9 @@ class DigitScenes:
         raise ValueError(f"unknown task {name!r}; expected 'digits' or 'heldout_pairs'")
 
     def render(self, digits: Sequence[int], split: str, rng: np.random.Generator) -> np.ndarray:
-        """One uint8 [canvas, canvas] scene: digits left to right, each in its own column band,
-        jittered inside the central crop so a centre crop always shows them whole."""
+        """One uint8 [canvas, canvas] scene: digits left to right, each centred in its own
+        column band of the central crop and shifted by up to `jitter` pixels each way (never
+        out of its band), so a centre crop always shows them whole."""
         c = self.config
         margin = (c.canvas - c.crop) // 2
         band = c.crop // len(digits)
@@ -190,11 +192,18 @@ class DigitScenes:
         for i, d in enumerate(digits):
             pool = self.pools[split][d]
             digit = pool[rng.integers(len(pool))]
-            top = margin + rng.integers(0, c.crop - c.digit_size + 1)
-            left = margin + i * band + rng.integers(0, band - c.digit_size + 1)
+            top = margin + self._offset(c.crop, rng)
+            left = margin + i * band + self._offset(band, rng)
             window = scene[top : top + c.digit_size, left : left + c.digit_size]
             np.maximum(window, digit, out=window)
         return scene
+
+    def _offset(self, span: int, rng: np.random.Generator) -> int:
+        """Where a digit starts in a span: centred, then jittered, kept inside the span."""
+        centre = (span - self.config.digit_size) // 2
+        lo, hi = max(0, centre - self.config.jitter), min(span - self.config.digit_size,
+                                                          centre + self.config.jitter)
+        return int(rng.integers(lo, hi + 1))
 
     def captioned(self, n: int, rng: np.random.Generator, split: str = "train"):
         """n training pairs: uint8 scenes [n, canvas, canvas] and one caption each. Pairs come

@@ -70,7 +70,7 @@ PRESETS: dict[str, CLIPConfig] = {
     # CPU-sized: 32x32 one-channel digit scenes, captions of at most a few words.
     "tiny": CLIPConfig(
         embed_dim=64,
-        vision=ViTConfig(image_size=32, patch_size=4, channels=1, width=64, layers=3, heads=4),
+        vision=ViTConfig(image_size=32, patch_size=8, channels=1, width=64, layers=3, heads=4),
         text=TextConfig(vocab_size=512, context_length=16, width=64, layers=2, heads=4)),
 }
 

@@ -1,0 +1,88 @@
+"""CLIP presets: get_config("PRESET").
+
+    tiny        ViT 3 x 64 (8x8 patches) on 32x32 digit scenes, text 2 x 64; about seven
+                minutes on 2 CPU cores
+    vit-b-32    the paper's ViT-B/32 (and vit-b-16, vit-l-14, vit-l-14-336): 224 px, batch
+                32,768, 32 epochs of 400M pairs, AdamW (0.9, 0.98, 1e-6), decay 0.2, cosine lr
+                after 2,000 warmup steps; reads an image-caption dataset through HF `datasets`
+
+Ablations are flags: --config.model.learn_temperature=False keeps t at log(1/0.07);
+--config.model.vision.act=gelu --config.model.text.act=gelu swaps QuickGELU for GELU.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from models import clip
+
+# Paper section 2.5 / table 20: learning rate per model (batch 32,768, 32 epochs).
+PAPER_LR = {"vit-b-32": 5e-4, "vit-b-16": 5e-4, "vit-l-14": 4e-4, "vit-l-14-336": 2e-5}
+PAPER_STEPS = 32 * 400_000_000 // 32_768  # 32 epochs over the 400M-pair WIT dataset
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    t = ml_collections.ConfigDict(dict(
+        steps=1000, batch_size=256, grad_accum=1, lr=5e-4, schedule="cosine", warmup_steps=100,
+        min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, grad_clip=1.0,
+        freeze="", log_every=10, eval_every=100, eval_steps=4, ckpt_every=500, keep_ckpts=2,
+        max_nonfinite=10))
+    t.update(overrides)
+    return t
+
+
+def data_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        source="mnist_scenes",   # mnist_scenes | hf
+        canvas=36,               # digit scenes: rendered side, cropped to model.vision.image_size
+        digit_size=14,
+        single_fraction=0.4,     # share of one-digit scenes
+        vocab_size=512,          # byte-level BPE trained on the training captions
+        hf_dataset="",           # source=hf: a hub name or a builder ("imagefolder", "parquet")
+        hf_data_dir="",
+        hf_data_files="",
+        hf_split="train",
+        image_column="image",
+        caption_column="caption",
+        resize=0,                # source=hf: shorter side before the random crop; 0 = 8/7 x image
+    ))
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        tasks="heldout_pairs,digits",  # the first is reported as zeroshot_top1 / linear_probe_top1
+        val_images=500,          # per task, for zero-shot during training
+        test_images=1000,        # per task, test-split digit instances
+        probe_train_images=3000,
+        probe_val_images=500,
+        probe_Cs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),  # C = 1 / lambda
+        batch_size=500,
+        seed=1234,
+    ))
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data = data_config()
+    config.eval = eval_config()
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    if arg == "tiny":
+        model = clip.preset("tiny")
+        config.train = train_config(steps=2500, batch_size=128, lr=5e-3, warmup_steps=100,
+                                    eval_every=500, ckpt_every=500)
+    elif arg in PAPER_LR:
+        model = clip.preset(arg)
+        # Mixed precision, as the paper trains; parameters stay float32.
+        model = dataclasses.replace(
+            model, vision=dataclasses.replace(model.vision, dtype="bfloat16"),
+            text=dataclasses.replace(model.text, dtype="bfloat16"))
+        config.data.source = "hf"
+        config.data.vocab_size = model.text.vocab_size
+        config.train = train_config(steps=PAPER_STEPS, batch_size=32_768, lr=PAPER_LR[arg],
+                                    warmup_steps=2000, eval_every=5000, ckpt_every=5000)
+        config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    else:
+        raise ValueError(f"unknown preset {arg!r}; see experiments/configs/clip.py")
+    config.model = ml_collections.ConfigDict(dataclasses.asdict(model))
+    return config
