@@ -6,7 +6,8 @@ start, delimiter and extract tokens are new (special tokens added to the vocabul
 
     classification   [start] text [extract]
     entailment       [start] premise [delim] hypothesis [extract]
-    similarity       [start] text1 [delim] text2 [extract]  and  [start] text2 [delim] text1 [extract]
+    similarity       [start] text1 [delim] text2 [extract]  and
+                     [start] text2 [delim] text1 [extract]  (states added)
     multiple choice  [start] context [delim] answer_i [extract]        for every answer i
 
 The transformations are pure functions on lists of token ids. Each returns the sequences of one
@@ -35,6 +36,7 @@ from __future__ import annotations
 import ast
 import collections
 import dataclasses
+import functools
 import hashlib
 import os
 import random
@@ -486,7 +488,13 @@ def default_task(name: str, files: Sequence[str] | None = None, root: str | None
         raise ValueError(f"unknown default task {name!r}; choose from {sorted(DEFAULT_TASKS)}")
     root = root or stdlib_root()
     files = heldout_files() if files is None else files
-    return DEFAULT_TASKS[name](extract_functions(files, root))
+    return DEFAULT_TASKS[name](_cached_functions(tuple(map(str, files)), str(root)))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_functions(files: tuple[str, ...], root: str) -> tuple[Function, ...]:
+    """The tasks of one run share the parse of the same files."""
+    return tuple(extract_functions(files, root))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """GPT-1 import against transformers' OpenAIGPTDoubleHeadsModel (post-norm, learned positions):
 LM logits, multiple-choice logits and L3 = mc_loss + lambda * lm_loss on one batch."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -141,7 +141,8 @@ def test_functions_drop_docstrings_and_keep_order(fake_library):
     funcs = tasks.extract_functions(files, str(root))
     assert len(funcs) == 13 * 20
     f = funcs[0]
-    assert (f.path, f.name, f.package, f.doc) == ("alpha/mod0.py", "a0_f0", "alpha", "Return a0 0 of x.")
+    assert (f.path, f.name, f.package, f.doc) == ("alpha/mod0.py", "a0_f0", "alpha",
+                                                  "Return a0 0 of x.")
     assert f.lines[:2] == ("def a0_f0(x, y):", "    a0_0 = x + 0")
     assert f.lines[-1] == "    return a0_0 - y + 0"
 
@@ -251,7 +252,8 @@ HUB_ROWS = {
                    "endings": ["bakes it.", "swims.", "sings.", "flies."],
                    "source_id": "x", "split": "train", "split_type": "indomain", "label": "0"}],
     "race": [{"example_id": "m1.txt", "article": "Tom has a dog.", "answer": "C",
-              "question": "What does Tom have?", "options": ["a cat", "a bird", "a dog", "a fish"]}],
+              "question": "What does Tom have?",
+              "options": ["a cat", "a bird", "a dog", "a fish"]}],
 }
 EXPECTED = {
     "sst2": [{"text": "a gripping film", "label": 1}, {"text": "dull", "label": 0}],

@@ -1,0 +1,169 @@
+"""GPT-1 fine-tuning: L3's value, the task heads' symmetries, a micro end-to-end transfer run."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from data import tasks
+from experiments.configs import gpt1
+from models import gpt, gpt_tasks
+from train import objectives
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SP = tasks.Specials(start=61, delim=62, extract=63)
+CFG = gpt.GPTConfig(vocab_size=64, n_ctx=32, n_layer=2, n_head=2, d_model=16, dropout=0.0,
+                    attn_dropout=0.0)
+
+
+def log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_l3_is_l2_plus_lambda_l1_on_the_task_inputs():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3)).astype(np.float32)
+    labels = np.array([2, 0])
+    tokens = rng.integers(0, 10, size=(2, 1, 5))
+    lengths = np.array([[5], [3]])
+    lm_logits = rng.normal(size=(2, 1, 5, 10)).astype(np.float32)
+    l2 = -np.mean(log_softmax(logits)[np.arange(2), labels])
+    nll = [-log_softmax(lm_logits[i, 0, t])[tokens[i, 0, t + 1]]
+           for i in range(2) for t in range(lengths[i, 0] - 1)]    # 4 + 2 predicted tokens
+    l1 = np.mean(nll)
+    l3, got_l2, got_l1 = objectives.auxiliary_loss(logits, labels, lm_logits, tokens, lengths,
+                                                   0.5)
+    np.testing.assert_allclose([got_l2, got_l1, l3], [l2, l1, l2 + 0.5 * l1], rtol=1e-5)
+    assert np.isclose(objectives.supervised_loss(logits, labels), l2, rtol=1e-5)
+
+
+def encode(kind, records):
+    chars = lambda texts: [[ord(c) % 60 for c in t] for t in texts]  # noqa: E731
+    out = tasks.encode_split(kind, records, chars, CFG.n_ctx, SP)
+    return jnp.asarray(out["tokens"]), jnp.asarray(out["lengths"])
+
+
+def init(kind, num_classes, tokens, lengths):
+    model = gpt_tasks.GPTForTasks(CFG, kind, num_classes)
+    return model, model.init(jax.random.key(0), tokens, lengths)
+
+
+def test_similarity_logits_do_not_depend_on_the_order_of_the_texts():
+    pair = {"text1": "def f(x): return x", "text2": "y = f(2) + 1", "label": 0}
+    swapped = {**pair, "text1": pair["text2"], "text2": pair["text1"]}
+    tokens, lengths = encode("similarity", [pair, swapped])
+    model, variables = init("similarity", 2, tokens, lengths)
+    logits, _ = model.apply(variables, tokens, lengths)
+    np.testing.assert_array_equal(logits[0], logits[1])
+    one_order, _ = model.apply(variables, tokens[:, :1], lengths[:, :1])
+    assert not np.allclose(one_order[0], one_order[1])   # each order alone does differ
+
+
+def test_multiple_choice_gives_one_score_per_answer():
+    record = {"context": "for i in range(3):", "answers": ["    pass", "x = 1", "    print(i)"],
+              "label": 2}
+    permuted = {**record, "answers": [record["answers"][k] for k in (2, 0, 1)]}
+    tokens, lengths = encode("multiple_choice", [record, permuted])
+    model, variables = init("multiple_choice", 3, tokens, lengths)
+    logits, lm_logits = model.apply(variables, tokens, lengths)
+    assert logits.shape == (2, 3) and lm_logits.shape == (*tokens.shape, CFG.vocab_size)
+    np.testing.assert_allclose(logits[1], logits[0][jnp.array([2, 0, 1])], atol=1e-6)
+
+
+def test_extract_state_ignores_padding():
+    tokens, lengths = encode("classification", [{"text": "import os", "label": 1}])
+    model, variables = init("classification", 3, tokens, lengths)
+    padded = jnp.pad(tokens, ((0, 0), (0, 0), (0, 7)), constant_values=5)
+    a, _ = model.apply(variables, tokens, lengths)
+    b, _ = model.apply(variables, padded, lengths)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_pretrained_decoder_keeps_new_token_rows_fresh():
+    tokens, lengths = encode("classification", [{"text": "abc", "label": 0}])
+    _, variables = init("classification", 2, tokens, lengths)
+    params = nn.meta.unbox(variables["params"])
+    small = gpt.GPTConfig(**{**CFG.__dict__, "vocab_size": 60})
+    pretrained = nn.meta.unbox(gpt.GPT(small).init(jax.random.key(1), tokens[0])["params"])
+    merged = gpt_tasks.with_pretrained(params, pretrained)
+    emb = np.asarray(merged["gpt"]["wte"]["embedding"])
+    np.testing.assert_array_equal(emb[:60], pretrained["wte"]["embedding"])
+    np.testing.assert_array_equal(emb[60:], params["gpt"]["wte"]["embedding"][60:])
+    np.testing.assert_array_equal(merged["head"]["W_y"]["kernel"], params["head"]["W_y"]["kernel"])
+    with pytest.raises(ValueError, match="wpe"):
+        wrong = gpt.GPTConfig(**{**small.__dict__, "n_ctx": 16})
+        gpt_tasks.with_pretrained(params, nn.meta.unbox(
+            gpt.GPT(wrong).init(jax.random.key(1), tokens[0])["params"]))
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def transfer_run(tmp_path_factory):
+    """python -m experiments.gpt1_transfer with the micro preset (seconds)."""
+    workdir = tmp_path_factory.mktemp("transfer")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.gpt1_transfer",
+         "--config=experiments/configs/gpt1.py:transfer-micro", f"--workdir={workdir}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, proc
+
+
+def test_transfer_writes_the_table(transfer_run):
+    workdir, proc = transfer_run
+    with (workdir / "results.csv").open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["task", "setting", "accuracy"]
+    names = list(tasks.TRANSFER_TASKS)
+    assert [(r["task"], r["setting"]) for r in rows] == [
+        (n, s) for n in names for s in ("scratch_l2", "pretrained_l2", "pretrained_l3")]
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    assert (workdir / "results.png").stat().st_size > 0
+    assert "pretrained, L3" in (workdir / "results.md").read_text()
+    assert "| next_line | multiple_choice |" in proc.stdout
+    run = json.loads((workdir / "finetune" / "package-pretrained_l3" / "results.json").read_text())
+    assert run["pretrained"] and run["lam"] == 0.5 and run["step"] == 3
+
+
+def test_transfer_resumes_without_retraining(transfer_run):
+    workdir, _ = transfer_run
+    before = (workdir / "results.csv").read_text()
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.gpt1_transfer",
+         "--config=experiments/configs/gpt1.py:transfer-micro", f"--workdir={workdir}"],
+        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (workdir / "results.csv").read_text() == before
+
+
+def test_finetune_a_hub_task_from_local_files(transfer_run, tmp_path):
+    from experiments import finetune_gpt
+    workdir, _ = transfer_run
+    rows = [{"sentence": s, "label": i % 2, "idx": i}
+            for i, s in enumerate(["a fine film", "dull", "great fun", "boring"] * 4)]
+    files = {}
+    for split in ("train", "validation"):
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = gpt1.get_config("finetune")
+    config.update(task="sst2", pretrained=str(workdir / "pretrain"), lam=0.5, max_len=32,
+                  hub_data_files=",".join(f"{k}={v}" for k, v in files.items()))
+    config.train.update(steps=2, batch_size=4, warmup_steps=1)
+    finetune_gpt.main(config, tmp_path / "sst2")
+    results = json.loads((tmp_path / "sst2" / "results.json").read_text())
+    assert results["task"] == "sst2" and results["pretrained"] and results["n_test"] == 16
+    metrics = [json.loads(line) for line in (tmp_path / "sst2" / "metrics.jsonl").open()]
+    assert {"val", "test", "train"} <= {m["split"] for m in metrics}
