@@ -5,10 +5,11 @@
 
 Training pairs are one- or two-digit MNIST scenes with template captions; the digit pairs in
 data.images.HELDOUT_PAIRS never appear together in training. After training, on test-split
-handwriting: zero-shot top-1 with one prompt and with the prompt ensemble, and a linear probe on
-the frozen image features, for each task in config.eval.tasks (the first, held-out pairs by
-default, is the headline zeroshot_top1 / linear_probe_top1). Writes DIR/metrics.jsonl and
-DIR/results.md. --config.data.source=hf reads an image-caption dataset through HF `datasets`.
+handwriting and for each task in config.eval.tasks: zero-shot top-1 with the first prompt, with
+any one prompt on average and with the prompt ensemble, and a linear probe on the frozen image
+features. The first task (held-out pairs by default) is the headline zeroshot_top1 /
+linear_probe_top1. Writes DIR/metrics.jsonl and DIR/results.md. --config.data.source=hf reads
+an image-caption dataset through HF `datasets` instead of the digit scenes.
 """
 
 import functools
