@@ -7,7 +7,9 @@ Masks: "full" (encoder / vision), "causal" (decoders), "local" (causal and bande
 `window` positions: GPT-3's locally banded sparse layers), plus an optional padding mask.
 The softmax runs through `jax.nn.dot_product_attention`, which picks cuDNN's fused kernel on a
 GPU when asked and XLA elsewhere; attention-probability dropout needs the probabilities, so
-that case (training only) is written out by hand.
+that case (training only) is written out by hand. implementation="xla_custom" is attention for
+CPUs: the same softmax in head-major layout with a hand-derived backward (see
+`headmajor_attention`).
 """
 
 import math
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 Mask = Literal["full", "causal", "local"]
-Implementation = Literal["auto", "xla", "cudnn"]
+Implementation = Literal["auto", "xla", "cudnn", "xla_custom"]
 
 DEFAULT_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -34,11 +36,11 @@ def resolve_implementation(implementation: str, dtype, head_dim: int = 64) -> st
     """'auto': cuDNN's fused kernel where it can run, XLA elsewhere. An explicit 'cudnn' that
     cannot run here (a CPU, float32, an odd head size) falls back to XLA with a warning, so a
     GPU config still runs on a laptop."""
-    if implementation not in ("auto", "xla", "cudnn"):
+    if implementation not in ("auto", "xla", "cudnn", "xla_custom"):
         raise ValueError(f"unknown attention implementation {implementation!r}; "
-                         "choose auto, xla or cudnn")
-    if implementation == "xla":
-        return "xla"
+                         "choose auto, xla, cudnn or xla_custom")
+    if implementation in ("xla", "xla_custom"):
+        return implementation
     if cudnn_supports(dtype, head_dim):
         return "cudnn"
     if implementation == "cudnn":
@@ -79,11 +81,57 @@ def attend(q, k, v, *, kind: Mask, window=None, pad_mask=None, implementation="x
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(v.dtype)
         return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    implementation = resolve_implementation(implementation, q.dtype, q.shape[-1])
+    if implementation == "xla_custom":
+        allowed = mask_matrix(kind, q.shape[1], k.shape[1], window)[None, None]
+        if pad_mask is not None:
+            allowed = allowed & pad_mask[:, None, None, :]
+        heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  [b, t, h, d] <-> [b, h, t, d]
+        out = headmajor_attention(heads_first(q), heads_first(k), heads_first(v), allowed)
+        return heads_first(out)
     mask = None if pad_mask is None else pad_mask[:, None, None, :]
     local = (window - 1, 0) if kind == "local" else None
     return jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=kind != "full", local_window_size=local,
-        implementation=resolve_implementation(implementation, q.dtype, q.shape[-1]))
+        implementation=implementation)
+
+
+@jax.custom_vjp
+def headmajor_attention(q, k, v, allowed):
+    """softmax(q k^T / sqrt(d) masked to `allowed`) v for q, k, v [batch, heads, time, head_dim].
+
+    With heads before time every score and weighted-sum matmul is a contiguous batched matmul,
+    and the backward needs no reduction over the [time, time] probabilities: with O = P V,
+        dV = P^T dO,   dP = dO V^T,   dS = P * (dP - rowsum(dO * O)),   dQ = dS K,  dK = dS^T Q
+    (rowsum(dP * P) = rowsum(dO * O), the identity FlashAttention's backward uses). Scores and
+    softmax in float32; P is kept for the backward."""
+    return _headmajor_forward(q, k, v, allowed)[0]
+
+
+def _headmajor_forward(q, k, v, allowed):
+    scale = q.shape[-1] ** -0.5
+    s = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k,
+                   preferred_element_type=jnp.float32)
+    s = jnp.where(allowed, s, jnp.finfo(jnp.float32).min)
+    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+    p = (e / jnp.sum(e, axis=-1, keepdims=True)).astype(v.dtype)
+    out = jnp.einsum("bhqk,bhkd->bhqd", p, v)
+    return out, (q, k, v, p, out)
+
+
+def _headmajor_backward(residuals, d_out):
+    q, k, v, p, out = residuals
+    scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    dv = jnp.einsum("bhqk,bhqd->bhkd", p, d_out.astype(p.dtype))
+    dp = jnp.einsum("bhqd,bhkd->bhqk", d_out, v, preferred_element_type=jnp.float32)
+    row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    ds = (p.astype(jnp.float32) * (dp - row)).astype(q.dtype)
+    dq = jnp.einsum("bhqk,bhkd->bhqd", ds, k) * scale
+    dk = jnp.einsum("bhqk,bhqd->bhkd", ds, q) * scale
+    return dq, dk, dv.astype(v.dtype), None
+
+
+headmajor_attention.defvjp(_headmajor_forward, _headmajor_backward)
 
 
 class Projection(nn.Module):

@@ -69,10 +69,34 @@ def test_attention_implementation_resolution_on_cpu():
     assert jax.default_backend() == "cpu"
     assert attention.resolve_implementation("auto", jnp.bfloat16, 64) == "xla"
     assert attention.resolve_implementation("xla", jnp.float32, 64) == "xla"
+    assert attention.resolve_implementation("xla_custom", jnp.float32, 64) == "xla_custom"
     with pytest.warns(UserWarning, match="cuDNN attention cannot run"):
         assert attention.resolve_implementation("cudnn", jnp.bfloat16, 64) == "xla"
     with pytest.raises(ValueError, match="unknown attention implementation"):
         attention.resolve_implementation("flash", jnp.float32, 64)
+
+
+@pytest.mark.parametrize("kind,window,padded", [("causal", None, False), ("local", 4, False),
+                                                ("full", None, True), ("causal", None, True)])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
+def test_headmajor_attention_matches_xla(kind, window, padded, dtype, tol):
+    """implementation="xla_custom" (hand-derived backward) against jax.nn.dot_product_attention."""
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 16, 3, 8)), dtype) for _ in range(3))
+    pad = jnp.asarray(np.arange(16)[None, :] < np.array([[16], [11]])) if padded else None
+
+    def loss(implementation):
+        def f(q, k, v):
+            out = attention.attend(q, k, v, kind=kind, window=window, pad_mask=pad,
+                                   implementation=implementation)
+            return jnp.sum(jnp.sin(out.astype(jnp.float32)))
+        return jax.value_and_grad(f, argnums=(0, 1, 2))(q, k, v)
+
+    (want, want_grads), (got, got_grads) = loss("xla"), loss("xla_custom")
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                   atol=tol, rtol=tol)
 
 
 def test_gpu_config_falls_back_cleanly_on_cpu():

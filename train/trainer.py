@@ -142,14 +142,18 @@ def make_train_step(loss_fn, tx, grad_accum: int, batch_spec, seed: int):
             loss, metrics = losses.mean(), jax.tree.map(lambda m: m.mean(0), metrics)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa
+
+        def update(_):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            return optax.apply_updates(state.params, updates), opt_state, model_state
+
+        def skip(_):
+            return state.params, state.opt_state, state.model_state
+
+        # A branch, not a select per array: no extra pass over parameters and optimiser state.
+        params, opt_state, model_state = jax.lax.cond(ok, update, skip, None)
         new_state = TrainState(
-            step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
-            model_state=keep(model_state, state.model_state),
+            step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
             nonfinite_total=state.nonfinite_total + (~ok),
             nonfinite_run=jnp.where(ok, 0, state.nonfinite_run + 1))
         metrics = dict(metrics, loss=loss, grad_norm=grad_norm)
