@@ -190,6 +190,8 @@ def finetune(config, workdir, *, task: tasks.Task | None = None, tokenizer=None,
         n_train = min(n_train, config.max_train_examples)
     if config.epochs > 0:
         t.steps = max(int(round(config.epochs * n_train / t.batch_size)), 1)
+    if config.warmup_fraction > 0:
+        t.warmup_steps = max(int(round(config.warmup_fraction * t.steps)), 1)
     if results_path.exists():
         done = json.loads(results_path.read_text())
         if done.get("step") == t.steps:

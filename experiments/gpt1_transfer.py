@@ -49,6 +49,7 @@ def run_config(config, task: str, setting: str, pretrained_dir) -> ml_collection
         seed=config.seed, task=task, lam=f.lam if setting.endswith("l3") else 0.0,
         pretrained=str(pretrained_dir) if setting.startswith("pretrained") else "",
         max_len=f.max_len, head_dropout=f.head_dropout, epochs=f.epochs,
+        warmup_fraction=f.warmup_fraction,
         max_train_examples=f.max_train_examples, max_eval_examples=f.max_eval_examples)
 
 

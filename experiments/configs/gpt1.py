@@ -1,8 +1,9 @@
 """GPT-1 fine-tuning and transfer presets: get_config("PRESET").
 
     finetune          finetune_gpt: one task, L3 (lambda 0.5), the tiny GPT, 2 CPU cores
-    finetune-gpt1     finetune_gpt with GPT-1's settings (section 4.1): lr 6.25e-5, batch 32,
-                      3 epochs, warmup over 0.2% of training then linear-like decay, lambda 0.5
+    finetune-gpt1     finetune_gpt with GPT-1's settings (section 3.3/4.1): lr 6.25e-5, batch 32,
+                      3 epochs, warmup over 0.2% of training, lambda 0.5 (decay: cosine to 0
+                      here, linear in the paper)
     transfer          gpt1_transfer: pretrain the tiny GPT, then 4 tasks x 3 settings;
                       about 10 minutes on 2 CPU cores
     transfer-micro    the same pipeline in seconds (tests)
@@ -33,6 +34,7 @@ def finetune_fields(**overrides) -> ml_collections.ConfigDict:
         max_len=128,               # tokens per sequence, special tokens included
         head_dropout=0.1,          # GPT-1: dropout 0.1 on the classifier
         epochs=0.0,                # > 0: train.steps = epochs * train examples / batch
+        warmup_fraction=0.0,       # > 0: train.warmup_steps = this fraction of train.steps
         max_train_examples=0,      # 0 = every example of the split
         max_eval_examples=0,
     ))
@@ -83,7 +85,8 @@ def get_config(arg: str = "finetune") -> ml_collections.ConfigDict:
         train = gpt_configs.train_config(steps=1000, batch_size=32, lr=6.25e-5, warmup_steps=2,
                                          min_lr_ratio=0.0, b2=0.999, weight_decay=0.01,
                                          eval_every=500, ckpt_every=500)
-        return finetune_config(model, data, train, epochs=3.0, max_len=model.n_ctx)
+        return finetune_config(model, data, train, epochs=3.0, warmup_fraction=0.002,
+                               max_len=model.n_ctx)
     if arg in ("transfer", "transfer-micro"):
         return transfer_config(arg)
     raise ValueError(f"unknown preset {arg!r}; see experiments/configs/gpt1.py")
