@@ -37,7 +37,7 @@ def test_meshes_match_one_device_and_shard_parameters(result):
     want = result["1x1x1"]["losses"]
     assert len(want) == STEPS and all(np.isfinite(want))
     assert want[-1] < want[0]
-    for name in ["x".join(map(str, mesh)) for mesh in MESHES] + ["2x2x2/accum2"]:
+    for name in ["x".join(map(str, m)) for m in MESHES] + ["2x2x2/accum2", "1x2x4/xla_custom"]:
         got = result[name]["losses"]
         np.testing.assert_allclose(got, want, rtol=1e-4, err_msg=f"mesh {name}")
 
@@ -117,6 +117,8 @@ def _worker(tmp: pathlib.Path):
         result[name] = train(config, sharding.make_mesh(config.mesh, devices), tmp / name)
     config = config_for((2, 2, 2), grad_accum=2)   # microbatches of 8 over 4 batch shards
     result["2x2x2/accum2"] = train(config, sharding.make_mesh(config.mesh), tmp / "accum")
+    config = config_for((1, 2, 4), attention_impl="xla_custom")   # heads split over tensor
+    result["1x2x4/xla_custom"] = train(config, sharding.make_mesh(config.mesh), tmp / "custom")
     config = config_for((1, 2, 4), vocab_size=250)
     config.train.steps = 1
     result["indivisible"] = train(config, sharding.make_mesh(config.mesh), tmp / "indivisible")

@@ -14,19 +14,26 @@ DATASHEET_BF16 = {
 }
 
 
-@functools.cache
-def measured_matmul_flops(n: int = 1024, repeats: int = 10) -> float:
-    """Dense float32 matmul rate of the host CPU (all its cores), measured once per process."""
+def measure_matmul_flops(sizes=(1024,), repeats: int = 10) -> float:
+    """Dense float32 matmul rate of the host CPU (all its cores): the best over square sizes
+    and repeats, i.e. the hardware's limit as XLA reaches it."""
     cpu = jax.devices("cpu")[0]
-    a = jax.device_put(jnp.ones((n, n), jnp.float32), cpu)
     f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
+    rate = 0.0
+    for n in sizes:
+        a = jax.device_put(jnp.ones((n, n), jnp.float32), cpu)
         f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+        for _ in range(repeats):
+            t = time.perf_counter()
+            f(a).block_until_ready()
+            rate = max(rate, 2 * n ** 3 / (time.perf_counter() - t))
+    return rate
+
+
+@functools.cache
+def measured_matmul_flops() -> float:
+    """measure_matmul_flops, once per process (the trainer's MFU)."""
+    return measure_matmul_flops()
 
 
 def peak_flops(devices=None) -> float | None:

@@ -1,0 +1,35 @@
+"""The benchmark runs end to end (numbers are not checked: speed is measured, never tested)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from test_trainer import ROOT
+
+SMALL = ["--config.model.n_layer=1", "--config.model.d_model=64", "--config.model.n_head=2",
+         "--config.model.vocab_size=512", "--config.model.n_ctx=32", "--config.data.seq_len=32",
+         "--config.train.batch_size=4", "--rounds=1", "--steps=1", "--warmup=1",
+         "--input_batches=5"]
+
+
+def benchmark(preset, *flags):
+    out = subprocess.run([sys.executable, "-m", "experiments.benchmark",
+                          f"--config=experiments/configs/gpt.py:{preset}", *SMALL, *flags],
+                         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_benchmark_against_pytorch():
+    r = benchmark("bench-cpu", "--peer")
+    for key in ("tokens_per_sec", "mfu", "compile_s", "step_s", "peak_flops", "input_batch_ms",
+                "peer_tokens_per_sec", "ratio"):
+        assert r[key] > 0, key
+    assert r["ratio"] == r["tokens_per_sec"] / r["peer_tokens_per_sec"]
+
+
+def test_gpu_preset_runs_on_cpu():
+    r = benchmark("bench-gpu")
+    assert r["dtype"] == "bfloat16" and r["tokens_per_sec"] > 0 and "peer_tokens_per_sec" not in r
