@@ -14,6 +14,7 @@ import dataclasses
 
 import ml_collections
 
+from experiments.configs import gpt as gpt_configs
 from models import clip
 
 # Paper section 2.5 / table 20: learning rate per model (batch 32,768, 32 epochs).
@@ -22,13 +23,10 @@ PAPER_STEPS = 32 * 400_000_000 // 32_768  # 32 epochs over the 400M-pair WIT dat
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
-    t = ml_collections.ConfigDict(dict(
-        steps=1000, batch_size=256, grad_accum=1, lr=5e-4, schedule="cosine", warmup_steps=100,
-        min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, grad_clip=1.0,
-        freeze="", log_every=10, eval_every=100, eval_steps=4, ckpt_every=500, keep_ckpts=2,
-        max_nonfinite=10))
-    t.update(overrides)
-    return t
+    """The shared training fields with CLIP's optimiser: Adam(0.9, 0.98, 1e-6), decay 0.2."""
+    return gpt_configs.train_config(**{
+        **dict(batch_size=256, lr=5e-4, min_lr_ratio=0.0, b2=0.98, eps=1e-6, weight_decay=0.2,
+               eval_steps=4), **overrides})
 
 
 def data_config() -> ml_collections.ConfigDict:
