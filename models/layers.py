@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from models.attention import DEFAULT_INIT, Implementation, Mask, MultiHeadAttention, constrain
+from models.attention import (DEFAULT_INIT, Implementation, Mask, MultiHeadAttention, Projection,
+                              constrain, token_matmul)
 
 
 def quick_gelu(x):
@@ -49,15 +50,11 @@ class FFN(nn.Module):
     @nn.compact
     def __call__(self, x):
         d_model = x.shape[-1]
-        h = nn.Dense(
-            self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype, name="fc",
-            kernel_init=nn.with_logical_partitioning(DEFAULT_INIT, ("embed", "mlp")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
+        h = Projection((self.d_ff,), 1, ("embed", "mlp"), ("mlp",), dtype=self.dtype,
+                       param_dtype=self.param_dtype, name="fc")(x)
         h = constrain(activation(self.act)(h), "batch", "length", "mlp")
-        return nn.Dense(
-            d_model, dtype=self.dtype, param_dtype=self.param_dtype, name="proj",
-            kernel_init=nn.with_logical_partitioning(self.out_init, ("mlp", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h)
+        return Projection((d_model,), 1, ("mlp", "embed"), ("embed",), kernel_init=self.out_init,
+                          dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(h)
 
 
 class TokenEmbedding(nn.Module):
@@ -81,7 +78,7 @@ class TokenEmbedding(nn.Module):
 
     def attend(self, h):
         """Logits h W_e^T against every token."""
-        return jnp.einsum("...d,vd->...v", h, self.embedding.astype(self.dtype))
+        return token_matmul(h, self.embedding.astype(self.dtype).T)
 
 
 class LearnedPositions(nn.Module):
