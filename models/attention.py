@@ -18,7 +18,6 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 Mask = Literal["full", "causal", "local"]
@@ -56,13 +55,12 @@ def constrain(x, *names):
     return nn.with_logical_constraint(x, (None,) * (x.ndim - len(names)) + names)
 
 
-def mask_matrix(kind: Mask, q_len: int, kv_len: int, window: int | None = None) -> np.ndarray:
-    """Boolean [q_len, kv_len]: True where a query may attend to a key. A constant (numpy):
-    XLA folds it rather than computing it in the step."""
-    q = np.arange(q_len)[:, None]
-    k = np.arange(kv_len)[None, :]
+def mask_matrix(kind: Mask, q_len: int, kv_len: int, window: int | None = None) -> jax.Array:
+    """Boolean [q_len, kv_len]: True where a query may attend to a key."""
+    q = jnp.arange(q_len)[:, None]
+    k = jnp.arange(kv_len)[None, :]
     if kind == "full":
-        return np.ones((q_len, kv_len), bool)
+        return jnp.ones((q_len, kv_len), bool)
     allowed = k <= q
     if kind == "local":
         allowed &= k > q - window
