@@ -99,6 +99,23 @@ def test_headmajor_attention_matches_xla(kind, window, padded, dtype, tol):
                                    atol=tol, rtol=tol)
 
 
+def test_query_blocks_cover_exactly_the_allowed_keys():
+    """Every allowed (query, key) pair lies in its query block's key range, and the blocks skip
+    the keys no query of theirs may see."""
+    assert attention.query_blocks("causal", 8, 8, n=4) == (
+        (0, 2, 0, 2), (2, 4, 0, 4), (4, 6, 0, 6), (6, 8, 0, 8))
+    assert attention.query_blocks("local", 8, 8, window=3, n=4) == (
+        (0, 2, 0, 2), (2, 4, 0, 4), (4, 6, 2, 6), (6, 8, 4, 8))
+    assert attention.query_blocks("full", 8, 8) == ((0, 8, 0, 8),)
+    assert attention.query_blocks("causal", 6, 6, n=4) == ((0, 6, 0, 6),)   # does not divide
+    for kind, window in [("causal", None), ("local", 3)]:
+        allowed = np.asarray(attention.mask_matrix(kind, 8, 8, window))
+        covered = np.zeros_like(allowed)
+        for q0, q1, k0, k1 in attention.query_blocks(kind, 8, 8, window, n=4):
+            covered[q0:q1, k0:k1] = True
+        assert not (allowed & ~covered).any()
+
+
 def test_gpu_config_falls_back_cleanly_on_cpu():
     """The GPU settings (bfloat16, cuDNN attention, remat) train on a CPU with XLA attention."""
     gpu = dataclasses.replace(CFG, dtype="bfloat16", attention_impl="cudnn", remat="dots")
