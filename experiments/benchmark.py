@@ -16,7 +16,8 @@ causal masking not discounted. Peak: on a CPU the best measured dense float32 ma
 its cores (square sizes 1024-2048, best of many runs, through XLA and, with --peer, through
 PyTorch's BLAS too; the higher); on a known accelerator its datasheet dense bf16 rate. Step
 times are wall-clock medians; "cpu" is the process CPU time per step over the cores, what the
-step would take if nothing else ran. The last line printed is one JSON object.
+step would take if nothing else ran. Both processes run with the host allocator kept warm
+(train.perf.keep_host_memory). The last line printed is one JSON object.
 """
 
 import dataclasses
@@ -152,7 +153,10 @@ def peer_spec(config, cfg: gpt.GPTConfig, compiled: bool) -> dict:
 def peer_worker():
     """The PyTorch side, in its own process: GPT2LMHeadModel in training mode, AdamW with weight
     decay on the weight matrices only (as ours), gradient clipping, all cores. Reads commands
-    ("run N", "quit") on stdin, answers one JSON line each."""
+    ("run N", "quit") on stdin, answers one JSON line each. The peer gets the same host
+    allocator settings as ours (keep_host_memory, before torch starts its threads): without
+    them both sides slow down alike, and the comparison is of the frameworks, not of malloc."""
+    perf.keep_host_memory()
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging

@@ -33,3 +33,34 @@ def test_cpu_benchmark_against_pytorch():
 def test_gpu_preset_runs_on_cpu():
     r = benchmark("bench-gpu")
     assert r["dtype"] == "bfloat16" and r["tokens_per_sec"] > 0 and "peer_tokens_per_sec" not in r
+
+
+FAULTS = """
+import ctypes, resource, sys
+if sys.argv[1] == "keep":
+    from train import perf
+    assert perf.keep_host_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+def touch_and_free(size):
+    p = libc.malloc(size)
+    ctypes.memset(p, 1, size)
+    libc.free(p)
+touch_and_free(256 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+touch_and_free(256 << 20)                   # the same size again
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_host_allocator_keeps_freed_memory():
+    """After keep_host_memory a freed 256 MB buffer is reused without faulting its pages in again
+    (glibc otherwise unmaps it on free, and each step pays for zeroing fresh pages)."""
+    if not sys.platform.startswith("linux"):
+        return
+    run = lambda mode: int(subprocess.run(  # noqa: E731
+        [sys.executable, "-c", FAULTS, mode], cwd=ROOT, check=True, capture_output=True,
+        text=True).stdout)
+    pages = (256 << 20) // 4096
+    assert run("default") > pages / 2
+    assert run("keep") < pages / 20
