@@ -14,7 +14,7 @@ from flax import linen as nn
 
 from experiments import clip_eval
 from models import clip
-from train import objectives
+from train import objectives, optim
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -79,6 +79,16 @@ def test_temperature_clamp():
     x, tokens = clip.dummy_inputs(cfg, batch=2)
     _, _, logits = model.apply({"params": {**params, "t": jnp.float32(10.0)}}, x, tokens)
     assert float(jnp.abs(logits).max()) <= 100.0 + 1e-4
+
+
+def test_weight_decay_covers_weights_not_gains_biases_or_temperature():
+    """CLIP decays every weight but gains and biases (section 2.5): W_i and W_t too."""
+    mask = optim.decay_mask(init(tiny()))
+    assert mask["W_i"] and mask["W_t"] and not mask["t"]
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
+            for path, v in jax.tree_util.tree_leaves_with_path(mask)}
+    assert all(v for k, v in flat.items() if k != "t" and not k.endswith(("bias", "scale")))
+    assert not any(v for k, v in flat.items() if k.endswith(("bias", "scale")))
 
 
 def test_fixed_temperature_has_no_parameter():

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import optax
 from flax.traverse_util import path_aware_map
 
-DECAYED = ("kernel", "embedding")  # biases, LayerNorm scales/offsets and scalars are not decayed
+# Weight matrices and embeddings (the ViT class token, CLIP's projections W_i and W_t too); biases,
+# LayerNorm scales and offsets and scalars (CLIP's temperature) are not decayed.
+DECAYED = ("kernel", "embedding", "class_embedding", "W_i", "W_t")
 
 
 def noam_schedule(d_model: int, warmup: int, scale: float = 1.0) -> optax.Schedule:

@@ -278,7 +278,9 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
             start, abstract_like(program.abstract, program.state_shardings))
         train_data.set_state(data_state)
         writer.truncate_after(start)
-        print(f"resumed from {ckpt.directory}/{start}", file=sys.stderr)
+        # Step 0 is a starting point written before training (e.g. pretrained weights).
+        what = "starting from" if start == 0 else "resumed from"
+        print(f"{what} {ckpt.directory}/{start}", file=sys.stderr)
 
     def evaluate(step):
         if eval_data is None and on_eval is None:
