@@ -112,7 +112,7 @@ def query_blocks(kind: Mask, q_len: int, kv_len: int, window: int | None = None,
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def headmajor_attention(q, k, v, allowed, blocks=None):
+def headmajor_attention(q, k, v, allowed, blocks: tuple):
     """softmax(q k^T / sqrt(d) masked to `allowed`) v for q, k, v [batch, heads, time, head_dim],
     computed per block of queries over the keys the block may see (`query_blocks`).
 
@@ -125,7 +125,6 @@ def headmajor_attention(q, k, v, allowed, blocks=None):
 
 
 def _headmajor_forward(q, k, v, allowed, blocks):
-    blocks = blocks or ((0, q.shape[2], 0, k.shape[2]),)
     q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     outs, probs = [], []
     for q0, q1, k0, k1 in blocks:
@@ -142,7 +141,6 @@ def _headmajor_forward(q, k, v, allowed, blocks):
 
 def _headmajor_backward(blocks, residuals, d_out):
     q, k, v, probs, out = residuals     # q already scaled
-    blocks = blocks or ((0, q.shape[2], 0, k.shape[2]),)
     scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     dq, dk, dv = [], jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
