@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from test_trainer import ROOT
 
 SMALL = ["--config.model.n_layer=1", "--config.model.d_model=64", "--config.model.n_head=2",
@@ -53,11 +54,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_host_allocator_keeps_freed_memory():
     """After keep_host_memory a freed 256 MB buffer is reused without faulting its pages in again
     (glibc otherwise unmaps it on free, and each step pays for zeroing fresh pages)."""
-    if not sys.platform.startswith("linux"):
-        return
     run = lambda mode: int(subprocess.run(  # noqa: E731
         [sys.executable, "-c", FAULTS, mode], cwd=ROOT, check=True, capture_output=True,
         text=True).stdout)
