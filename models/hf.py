@@ -72,14 +72,20 @@ def pop(tensors: dict, name: str) -> np.ndarray:
     return tensors.pop(name)
 
 
+def heads_lead(w: np.ndarray, heads: int) -> np.ndarray:
+    """A fused q|k|v weight [..., 3 * heads * head_dim] -> our [..., heads, 3, head_dim]."""
+    w = w.reshape(*w.shape[:-1], 3, heads, -1)
+    return np.swapaxes(w, -3, -2)
+
+
 def decoder_block(t: dict, prefix: str, cfg: gpt.GPTConfig) -> dict[tuple, np.ndarray]:
     """GPT-1/GPT-2 block tensors (Conv1D weights are [in, out], like ours) -> our block."""
     d, h, dh = cfg.d_model, cfg.n_head, cfg.d_head
     return {
         ("ln_1", "scale"): pop(t, f"{prefix}ln_1.weight"),
         ("ln_1", "bias"): pop(t, f"{prefix}ln_1.bias"),
-        ("attn", "qkv", "kernel"): pop(t, f"{prefix}attn.c_attn.weight").reshape(d, 3, h, dh),
-        ("attn", "qkv", "bias"): pop(t, f"{prefix}attn.c_attn.bias").reshape(3, h, dh),
+        ("attn", "qkv", "kernel"): heads_lead(pop(t, f"{prefix}attn.c_attn.weight"), h),
+        ("attn", "qkv", "bias"): heads_lead(pop(t, f"{prefix}attn.c_attn.bias"), h),
         ("attn", "out", "kernel"): pop(t, f"{prefix}attn.c_proj.weight").reshape(h, dh, d),
         ("attn", "out", "bias"): pop(t, f"{prefix}attn.c_proj.bias"),
         ("ln_2", "scale"): pop(t, f"{prefix}ln_2.weight"),
@@ -126,7 +132,7 @@ def gpt2_from_pretrained(path) -> tuple[gpt.GPTConfig, dict]:
 # --------------------------------------------------------------------------- CLIP
 def clip_block(t: dict, prefix: str, width: int, heads: int) -> dict[tuple, np.ndarray]:
     """A CLIPEncoderLayer (separate q/k/v, torch Linear weights [out, in]) -> our pre-norm Block
-    with its fused qkv kernel [in, 3, heads, head_dim]."""
+    with its fused qkv kernel [in, heads, 3, head_dim]."""
     dh = width // heads
     attn = f"{prefix}self_attn."
     qkv_w = [pop(t, f"{attn}{n}_proj.weight").T for n in "qkv"]
@@ -134,8 +140,8 @@ def clip_block(t: dict, prefix: str, width: int, heads: int) -> dict[tuple, np.n
     return {
         ("ln_1", "scale"): pop(t, f"{prefix}layer_norm1.weight"),
         ("ln_1", "bias"): pop(t, f"{prefix}layer_norm1.bias"),
-        ("attn", "qkv", "kernel"): np.stack(qkv_w, axis=1).reshape(width, 3, heads, dh),
-        ("attn", "qkv", "bias"): np.stack(qkv_b).reshape(3, heads, dh),
+        ("attn", "qkv", "kernel"): heads_lead(np.concatenate(qkv_w, axis=1), heads),
+        ("attn", "qkv", "bias"): heads_lead(np.concatenate(qkv_b), heads),
         ("attn", "out", "kernel"): pop(t, f"{attn}out_proj.weight").T.reshape(heads, dh, width),
         ("attn", "out", "bias"): pop(t, f"{attn}out_proj.bias"),
         ("ln_2", "scale"): pop(t, f"{prefix}layer_norm2.weight"),

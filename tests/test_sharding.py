@@ -43,8 +43,8 @@ def test_meshes_match_one_device_and_shard_parameters(result):
 
     d, heads, hd, ff, vocab = 32, 4, 8, 128, 256
     specs = result["1x2x4"]["params"]    # fsdp 2, tensor 4
-    assert specs["h_0/attn/qkv/kernel"] == [["fsdp", None, "tensor", None], [d // 2, 3, 1, hd]]
-    assert specs["h_0/attn/qkv/bias"] == [[None, "tensor", None], [3, 1, hd]]
+    assert specs["h_0/attn/qkv/kernel"] == [["fsdp", "tensor", None, None], [d // 2, 1, 3, hd]]
+    assert specs["h_0/attn/qkv/bias"] == [["tensor", None, None], [1, 3, hd]]
     assert specs["h_0/attn/out/kernel"] == [["tensor", None, "fsdp"], [1, hd, d // 2]]
     assert specs["h_0/ffn/fc/kernel"] == [["fsdp", "tensor"], [d // 2, ff // 4]]
     assert specs["h_0/ffn/proj/kernel"] == [["tensor", "fsdp"], [ff // 4, d // 2]]
