@@ -26,7 +26,7 @@ from models import clip
 from models.vit import ViTConfig
 from train import objectives
 from train.logging import MetricWriter
-from train.trainer import fit
+from train.trainer import Throughput, fit
 
 SOT = "<|startoftext|>"
 
@@ -245,6 +245,7 @@ def main(config, workdir):
                 eval_data=(lambda: val) if val else None,
                 init_fn=lambda rng: model.init(rng, *clip.dummy_inputs(cfg)),
                 loss_fn=clip_loss_fn(model), d_model=cfg.embed_dim,
+                throughput=Throughput(0, clip.flops_per_pair(cfg, config.train.batch_size)),
                 on_eval=lambda s: evaluator.validation(s.params))
     results = evaluator.test(state.params)
     scale = float(model.apply({"params": state.params}, method="logit_scale"))

@@ -99,6 +99,17 @@ def test_fixed_temperature_has_no_parameter():
     assert float(scale) == pytest.approx(1 / 0.07, rel=1e-6)
 
 
+def test_flops_per_pair_by_hand():
+    # tiny: ViT 3 x 64 on 16 patches of 8x8x1 (+ class token), text 2 x 64 over 16 tokens;
+    # a pre-norm block holds 12 w^2 + 13 w parameters (qkv, out, fc, proj, two LayerNorms)
+    w, e, n = 64, 64, 128
+    block = 12 * w * w + 13 * w
+    vision = 6 * (3 * block * 17 + 8 * 8 * 1 * w * 16) + 12 * 3 * w * 17 ** 2
+    text = 6 * 2 * block * 16 + 12 * 2 * w * 16 ** 2
+    want = vision + text + 6 * 2 * w * e + 6 * n * e
+    assert clip.flops_per_pair(clip.preset("tiny"), n) == want
+
+
 def test_wrong_image_shape_raises():
     cfg = tiny()
     params = init(cfg)
@@ -219,6 +230,8 @@ def test_experiment_end_to_end(tmp_path):
     train = [r for r in rows if r["split"] == "train"]
     assert train and all({"loss", "temperature", "image_to_text_top1"} <= r.keys()
                          for r in train)
+    timed = [r for r in train if "examples_per_sec" in r]
+    assert timed and all(0.0 < r["mfu"] < 1.0 for r in timed)
     assert train[-1]["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)  # frozen t
     assert any("zeroshot_top1" in r for r in rows if r["split"] == "val")
     test = [r for r in rows if r["split"] == "test"]
