@@ -4,6 +4,7 @@ train/sharding.py's rules say. Runs in a subprocess with 8 simulated CPU devices
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -57,7 +58,16 @@ def test_meshes_match_one_device_and_shard_parameters(result):
     specs = result["8x1x1"]["params"]    # data parallelism alone: replicated
     assert specs["h_1/ffn/fc/kernel"][1] == [d, ff]
     for name, r in result.items():       # Adam's moments are sharded like their parameters
-        assert r["adam_mu_matches_params"], name
+        assert name == "1x2x4/all_gathers" or r["adam_mu_matches_params"], name
+
+
+def test_tensor_parallel_never_gathers_all_heads(result):
+    # Heads split over 4 tensor shards: each shard computes q, k, v for its own head, so no
+    # all-gather in the compiled step (the FSDP ones gather the width) yields all 4 heads'
+    # q|k|v columns (96 = 4 x 3 x 8), of the kernel or of its activations.
+    shapes = result["1x2x4/all_gathers"]
+    assert shapes, "expected FSDP's all-gathers of the weights"
+    assert not [x for x in shapes if 96 in x or x[-3:] == [4, 3, 8]], shapes
 
 
 def test_indivisible_dimension_is_replicated_not_an_error(result):
@@ -74,6 +84,7 @@ def _worker(tmp: pathlib.Path):
     import jax.numpy as jnp
 
     from data.text import PackedWindows
+    from experiments.benchmark import setup_ours
     from experiments.configs import gpt as gpt_configs
     from experiments.pretrain_lm import lm_loss_fn
     from models import gpt
@@ -119,6 +130,12 @@ def _worker(tmp: pathlib.Path):
     result["2x2x2/accum2"] = train(config, sharding.make_mesh(config.mesh), tmp / "accum")
     config = config_for((1, 2, 4), attention_impl="xla_custom")   # heads split over tensor
     result["1x2x4/xla_custom"] = train(config, sharding.make_mesh(config.mesh), tmp / "custom")
+    config = config_for((1, 2, 4))
+    ours = setup_ours(config, gpt.GPTConfig(**config.model.to_dict()),
+                      sharding.make_mesh(config.mesh))
+    result["1x2x4/all_gathers"] = [
+        [int(n) for n in dims.split(",") if n]
+        for dims in re.findall(r"= f32\[([\d,]*)\][^ ]* all-gather", ours.step.as_text())]
     config = config_for((1, 2, 4), vocab_size=250)
     config.train.steps = 1
     result["indivisible"] = train(config, sharding.make_mesh(config.mesh), tmp / "indivisible")
