@@ -197,7 +197,7 @@ def token_matmul(x, kernel, n_in: int = 1):
     The same product as a tensordot, but its kernel gradient becomes a single
     [tokens, in]^T [tokens, out] matmul that XLA lays out far better on CPU than a rank-3
     contraction over (batch, time) (about 9% of a GPT training step on 2 cores), and a 2-D
-    kernel spares the transposes XLA adds around a rank-4 one (3% more). A sharded dim must
+    kernel spares the transposes XLA adds around a rank-4 one (about 5% more). A sharded dim must
     lead its merged group (as heads do in [d, heads, 3, head_dim]), so the merge keeps it."""
     lead, in_shape = x.shape[:x.ndim - n_in], kernel.shape[:n_in]
     out_shape = kernel.shape[n_in:]

@@ -19,8 +19,8 @@ import dataclasses
 import math
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from models.layers import Block, LearnedPositions, TokenEmbedding, layer_norm
