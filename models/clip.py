@@ -20,10 +20,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
-from models.layers import Block, LearnedPositions, TokenEmbedding, layer_norm
+from models.layers import (Block, LearnedPositions, TokenEmbedding, layer_norm, param_count,
+                           training_flops_per_token)
 from models.vit import ViT, ViTConfig
 
 
@@ -175,21 +175,20 @@ def abstract_params(cfg: CLIPConfig):
 
 def flops_per_pair(cfg: CLIPConfig, batch: int) -> float:
     """Training FLOPs per image-text pair in a batch of `batch` pairs, counted as
-    gpt.flops_per_token counts them (6 N T + 12 L d T^2 per sequence, attention unmasked), for
-    each tower: the ViT over its patches and class token (the patch embedding a matmul per
+    gpt.flops_per_token counts them (layers.training_flops_per_token over every position),
+    for each tower: the ViT over its patches and class token (the patch embedding a matmul per
     patch), the text Transformer over its full context; then W_i, W_t and the pair's row of the
     n x n logits (6 n d_e: every image is scored against every text)."""
     params = abstract_params(cfg)
     v, t = cfg.vision, cfg.text
 
     def blocks(tower) -> int:
-        return sum(int(np.prod(x.shape)) for name, sub in tower.items()
-                   if name.startswith("block_") for x in jax.tree.leaves(sub))
+        return param_count([sub for name, sub in tower.items() if name.startswith("block_")])
 
     tv, tt = v.num_patches + 1, t.context_length
     patch = v.patch_size ** 2 * v.channels * v.width
-    vision = 6 * (blocks(params["image_encoder"]) * tv + patch * v.num_patches) \
-        + 12 * v.layers * v.width * tv ** 2
-    text = 6 * blocks(params["text_encoder"]) * tt + 12 * t.layers * t.width * tt ** 2
+    vision = tv * training_flops_per_token(blocks(params["image_encoder"]), v.layers, v.width,
+                                           tv) + 6 * patch * v.num_patches
+    text = tt * training_flops_per_token(blocks(params["text_encoder"]), t.layers, t.width, tt)
     return float(vision + text + 6 * (v.width + t.width) * cfg.embed_dim
                  + 6 * batch * cfg.embed_dim)

@@ -18,7 +18,8 @@ import numpy as np
 from flax import linen as nn
 
 from models.attention import constrain
-from models.layers import Block, LearnedPositions, TokenEmbedding, layer_norm, scaled_init_std
+from models.layers import (Block, LearnedPositions, TokenEmbedding, layer_norm, param_count,
+                           scaled_init_std, training_flops_per_token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +156,7 @@ def abstract_params(cfg: GPTConfig):
 def count_params(cfg: GPTConfig, *, non_embedding: bool = False) -> int:
     """Number of parameters (tied embedding counted once), via jax.eval_shape."""
     params = abstract_params(cfg)
-    total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    total = param_count(params)
     if non_embedding:
         total -= cfg.vocab_size * cfg.d_model + cfg.n_ctx * cfg.d_model
     return total
@@ -167,7 +168,7 @@ def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:
     N counts non-embedding parameters plus the output projection (tied to W_e, it is still a
     [d, V] matmul per token); the second term is the attention scores and weighted sum."""
     n = count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.d_model
-    return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_head * cfg.d_head * seq_len
+    return training_flops_per_token(n, cfg.n_layer, cfg.n_head * cfg.d_head, seq_len)
 
 
 def generate(cfg: GPTConfig, params, prompt: list[int], num_tokens: int, rng,

@@ -31,6 +31,18 @@ def activation(name: str) -> Callable:
     return ACTIVATIONS[name]
 
 
+def param_count(tree) -> int:
+    """Number of values in a tree of parameters (or of their shapes)."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def training_flops_per_token(n_params: int, n_layer: int, d_attn: int, context: int) -> float:
+    """6 N + 12 L d_attn T (Kaplan et al. 2020, PaLM appendix B): forward and backward through
+    N matmul parameters, plus the attention scores and weighted sum over a context of T
+    (causal masking not discounted)."""
+    return 6.0 * n_params + 12.0 * n_layer * d_attn * context
+
+
 def layer_norm(name: str, eps: float, dtype, param_dtype) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
