@@ -20,10 +20,8 @@ import pathlib
 import sys
 import sysconfig
 
-import datasets
 import ml_collections
 import numpy as np
-import pyarrow.compute as pc
 from filelock import FileLock
 
 from data.tokenizer import Tokenizer, from_gpt2_files, train_bpe
@@ -156,6 +154,7 @@ def _hf_data_files(spec: str):
 
 def _hf_split(cfg, split: str) -> datasets.Dataset:
     """Loads `split`; a missing val/test split is carved out of train (5% each, fixed seed)."""
+    import datasets     # here, not at the top: packed windows and the benchmark do without it
     if not _get(cfg, "hf_dataset"):
         raise ValueError("source 'hf' needs data_cfg.hf_dataset (a hub name, or 'json'/'text'/"
                          "'parquet'/'csv' with hf_data_files)")
@@ -294,6 +293,8 @@ def token_stream(data_cfg, split: str, tokenizer: Tokenizer) -> np.ndarray:
 
 def _tokenize(texts: list[str], tokenizer: Tokenizer, arrow_path: pathlib.Path,
               fingerprint: str) -> np.ndarray:
+    import datasets
+    import pyarrow.compute as pc
     dtype = "uint16" if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else "int32"
     eot = tokenizer.eot_id
 

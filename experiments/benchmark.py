@@ -48,6 +48,8 @@ flags.DEFINE_integer("rounds", 5, "Alternating rounds (ours, then each peer).")
 flags.DEFINE_integer("steps", 4, "Timed steps per round and side.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
 flags.DEFINE_integer("input_batches", 200, "Batches for the input-pipeline measurement.")
+flags.DEFINE_string("profile_dir", "", "If set, also trace 3 of our steps there with "
+                    "jax.profiler (TensorBoard / XProf format), after the timed rounds.")
 FLAGS = flags.FLAGS
 
 
@@ -141,18 +143,21 @@ def input_pipeline(config, mesh, batches: int) -> dict:
 
 # ------------------------------------------------------------------------------- the peer
 
-def peer_spec(config, cfg: gpt.GPTConfig, compiled: bool) -> dict:
+def peer_spec(config, cfg: gpt.GPTConfig, compiled: bool, on_gpu: bool) -> dict:
     t = config.train
     return dict(vocab_size=cfg.vocab_size, n_ctx=cfg.n_ctx, n_layer=cfg.n_layer,
                 n_head=cfg.n_head, d_model=cfg.d_model, d_ff=cfg.ffn_dim, ln_eps=cfg.ln_eps,
                 batch=t.batch_size, seq_len=config.data.seq_len, lr=t.lr, b1=t.b1, b2=t.b2,
                 eps=t.eps, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-                threads=len(os.sched_getaffinity(0)), compile=compiled)
+                threads=len(os.sched_getaffinity(0)), compile=compiled,
+                device="cuda" if on_gpu else "cpu", dtype=cfg.dtype)
 
 
 def peer_worker():
     """The PyTorch side, in its own process: GPT2LMHeadModel in training mode, AdamW with weight
-    decay on the weight matrices only (as ours), gradient clipping, all cores. Reads commands
+    decay on the weight matrices only (as ours), gradient clipping, all cores. On a GPU: float32
+    parameters with bfloat16 autocast when ours computes in bfloat16, transformers' default
+    scaled_dot_product_attention (flash attention) and the fused AdamW. Reads commands
     ("run N", "quit") on stdin, answers one JSON line each. The peer gets the same host
     allocator settings as ours (keep_host_memory, before torch starts its threads): without
     them both sides slow down alike, and the comparison is of the frameworks, not of malloc."""
@@ -169,19 +174,24 @@ def peer_worker():
         n_layer=spec["n_layer"], n_head=spec["n_head"], n_inner=spec["d_ff"],
         activation_function="gelu_new", layer_norm_epsilon=spec["ln_eps"], resid_pdrop=0.0,
         embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(config).train()
+    device = torch.device(spec["device"])
+    model = GPT2LMHeadModel(config).to(device).train()
     decay = [p for p in model.parameters() if p.ndim == 2]
     rest = [p for p in model.parameters() if p.ndim != 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec["weight_decay"]},
                              {"params": rest, "weight_decay": 0.0}], lr=spec["lr"],
-                            betas=(spec["b1"], spec["b2"]), eps=spec["eps"])
+                            betas=(spec["b1"], spec["b2"]), eps=spec["eps"],
+                            fused=device.type == "cuda")
     forward = torch.compile(model) if spec["compile"] else model
-    tokens = torch.randint(0, spec["vocab_size"], (spec["batch"], spec["seq_len"] + 1))
+    tokens = torch.randint(0, spec["vocab_size"], (spec["batch"], spec["seq_len"] + 1),
+                           device=device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    half = spec["dtype"] == "bfloat16"
 
     def step():
-        logits = forward(input_ids=inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=half):
+            logits = forward(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         loss.backward()
         if spec["grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec["grad_clip"])
@@ -193,7 +203,8 @@ def peer_worker():
     step()
     print(json.dumps({"ready": True, "first_step_s": time.perf_counter() - t0,
                       "attention": model.config._attn_implementation,
-                      "matmul_flops": torch_matmul_flops()}), flush=True)
+                      "matmul_flops": torch_matmul_flops() if device.type == "cpu" else 0.0}),
+          flush=True)
     for line in sys.stdin:
         if line.startswith("run"):
             times, cpu, loss = [], [], None
@@ -266,6 +277,10 @@ def summary(times, cpu, tokens_per_step, flops_per_token, peak, workers) -> dict
 
 def main(config, workdir):
     del workdir
+    if FLAGS.peer:
+        # The PyTorch peer shares the accelerator: JAX (not yet started) takes half its memory
+        # rather than the default 75%.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
     cfg = model_config(config)
     mesh = sharding.make_mesh(config.mesh)
     validate(config, mesh)
@@ -275,7 +290,11 @@ def main(config, workdir):
     devices = mesh.devices.flatten().tolist()
     on_cpu = devices[0].platform == "cpu"
     workers = len(os.sched_getaffinity(0)) if on_cpu else 1
+    on_gpu = devices[0].platform == "gpu"
     peak = measured_peak() if on_cpu else perf.peak_flops(devices)
+    # What this accelerator's matmuls really reach, beside the datasheet peak MFU divides by.
+    matmul = (perf.measure_matmul_flops((4096, 8192), 10, devices[0], jnp.bfloat16)
+              if not on_cpu else None)
 
     ours = setup_ours(config, cfg, mesh)
     loss0 = ours.run(FLAGS.warmup, record=False)
@@ -283,9 +302,9 @@ def main(config, workdir):
     if FLAGS.peer and jax.process_count() > 1:
         print("--peer runs in single-process benchmarks only; skipped", file=sys.stderr)
     elif FLAGS.peer:
-        peers.append(Peer(peer_spec(config, cfg, compiled=False)))
+        peers.append(Peer(peer_spec(config, cfg, compiled=False, on_gpu=on_gpu)))
         if FLAGS.peer_compile:
-            peers.append(Peer(peer_spec(config, cfg, compiled=True)))
+            peers.append(Peer(peer_spec(config, cfg, compiled=True, on_gpu=on_gpu)))
         for p in peers:     # warm-up
             p.run(FLAGS.warmup)
             p.times, p.cpu = [], []
@@ -293,6 +312,9 @@ def main(config, workdir):
         ours.run(FLAGS.steps)
         for p in peers:
             p.run(FLAGS.steps)
+    if FLAGS.profile_dir:
+        with jax.profiler.trace(FLAGS.profile_dir):
+            ours.run(3, record=False)
     source = "datasheet"
     if on_cpu:
         peak = xla_peak = max(peak, measured_peak())   # the best rate seen, before or after
@@ -306,6 +328,9 @@ def main(config, workdir):
               "flops_per_token": flops_per_token, "peak_flops": peak, "peak_source": source,
               "compile_s": ours.compile_s, "first_loss": loss0}
     result.update(summary(ours.times, ours.cpu, tokens_per_step, flops_per_token, peak, workers))
+    if matmul:
+        result["matmul_bf16_flops"] = matmul
+        result["mfu_of_measured_matmul"] = result["tokens_per_sec"] * flops_per_token / matmul
     result.update(ours.memory)
     result["max_rss_bytes"] = max_rss_bytes()
     if (device_peak := device_peak_memory()) is not None:
@@ -330,16 +355,23 @@ def print_table(rows, result, workers):
     print(f"\n{result['devices']}, {workers} cores; batch {result['batch']} x "
           f"{result['seq_len']} tokens, {result['dtype']}; peak {result['peak_flops'] / 1e9:.0f} "
           f"GFLOP/s ({result['peak_source']}); {result['flops_per_token'] / 1e6:.1f} MFLOP/token; "
-          f"load avg "
-          f"{os.getloadavg()[0]:.1f}")
-    print(f"{'':18s} {'step (s)':>9s} {'cpu (s)':>8s} {'tokens/s':>9s} {'MFU':>6s} {'RSS (MB)':>9s}")
+          f"load avg {result['load_average']:.1f}")
+    if "matmul_bf16_flops" in result:
+        print(f"measured bf16 matmul {result['matmul_bf16_flops'] / 1e12:.0f} TFLOP/s: ours at "
+              f"{result['mfu_of_measured_matmul']:.1%} of it")
+    print(f"{'':18s} {'step (ms)':>9s} {'cpu (ms)':>8s} {'tokens/s':>9s} {'MFU':>6s} "
+          f"{'RSS (MB)':>9s}")
     for name, r in rows:
-        print(f"{name:18s} {r['step_s']:9.3f} {r['step_cpu_s']:8.3f} {r['tokens_per_sec']:9.0f} "
-              f"{r.get('mfu', float('nan')):6.1%} {r['max_rss_bytes'] / 2**20:9.0f}")
+        print(f"{name:18s} {r['step_s'] * 1e3:9.1f} {r['step_cpu_s'] * 1e3:8.1f} "
+              f"{r['tokens_per_sec']:9.0f} {r.get('mfu', float('nan')):6.1%} "
+              f"{r['max_rss_bytes'] / 2**20:9.0f}")
     print(f"compile {result['compile_s']:.1f} s; input pipeline {result['input_batch_ms']:.2f} ms "
           f"per batch ({result['input_share_of_step']:.2%} of a step)")
-    if "ratio" in result:
-        print(f"ours / pytorch: {result['ratio']:.2f}x tokens/s")
+    if "device_peak_bytes" in result:
+        print(f"device memory peak {result['device_peak_bytes'] / 2**30:.1f} GiB")
+    for key in ("ratio", "ratio_compile"):
+        if key in result:
+            print(f"ours / {'pytorch' + key[5:].replace('_', '+')}: {result[key]:.2f}x tokens/s")
 
 
 if __name__ == "__main__":

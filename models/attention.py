@@ -92,6 +92,8 @@ def attend(q, k, v, *, kind: Mask, window=None, pad_mask=None, implementation="x
                                   query_blocks(kind, q.shape[1], k.shape[1], window))
         return heads_first(out)
     mask = None if pad_mask is None else pad_mask[:, None, None, :]
+    if mask is not None and implementation == "cudnn":   # cuDNN takes [B, 1, T, S], no broadcast
+        mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
     local = (window - 1, 0) if kind == "local" else None
     return jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=kind != "full", local_window_size=local,

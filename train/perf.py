@@ -34,14 +34,16 @@ def keep_host_memory() -> bool:
         (m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 64 << 20)))
 
 
-def measure_matmul_flops(sizes=(1024,), repeats: int = 10) -> float:
-    """Dense float32 matmul rate of the host CPU (all its cores): the best over square sizes
-    and repeats, i.e. the hardware's limit as XLA reaches it."""
-    cpu = jax.devices("cpu")[0]
+def measure_matmul_flops(sizes=(1024,), repeats: int = 10, device=None,
+                         dtype=jnp.float32) -> float:
+    """Dense matmul rate of one device (by default the host CPU, all its cores): the best over
+    square sizes and repeats, i.e. the hardware's limit as XLA reaches it. Random operands: a
+    GPU multiplies zeros faster than data."""
+    device = device or jax.devices("cpu")[0]
     f = jax.jit(lambda x: x @ x)
     rate = 0.0
     for n in sizes:
-        a = jax.device_put(jnp.ones((n, n), jnp.float32), cpu)
+        a = jax.device_put(jax.random.normal(jax.random.key(n), (n, n), dtype), device)
         f(a).block_until_ready()
         for _ in range(repeats):
             t = time.perf_counter()
