@@ -7,11 +7,13 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import linen as nn
 
 from experiments.pretrain_lm import lm_loss_fn
 from models import attention, gpt
+from train import objectives
 
 CFG = gpt.GPTConfig(vocab_size=128, n_ctx=16, n_layer=2, n_head=2, d_model=32, dropout=0.0,
                     attn_dropout=0.0, attention_impl="xla")
@@ -126,3 +128,30 @@ def test_gpu_config_falls_back_cleanly_on_cpu():
     want, _ = loss_and_grads(dataclasses.replace(gpu, attention_impl="xla"), params)
     assert np.isfinite(float(loss)) and float(loss) == float(want)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_cross_entropy_matches_optax_and_keeps_no_float32_logits():
+    """softmax_nll has optax's value and gradient, returns the gradient in the logits' dtype,
+    and keeps only the logits themselves (not a float32 copy) for the backward."""
+    rng = np.random.default_rng(0)
+    labels = jnp.asarray(rng.integers(0, 37, (3, 8)))
+    mask = jnp.asarray(rng.random((3, 8)) > 0.3)
+
+    def reference(logits):
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+        return (nll * mask).sum() / mask.sum()
+
+    ours = lambda logits: objectives.cross_entropy(logits, labels, mask)  # noqa: E731
+    logits = jnp.asarray(rng.normal(size=(3, 8, 37)) * 3, jnp.float32)
+    (got, got_grad), (want, want_grad) = (jax.value_and_grad(f)(logits) for f in (ours, reference))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got_grad, want_grad, atol=1e-7)
+
+    half = logits.astype(jnp.bfloat16)
+    grad = jax.grad(ours)(half)
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(grad, np.float32),
+                               np.asarray(jax.grad(reference)(half), np.float32), atol=1e-3)
+    kept = lambda f: [x for x in jax.tree.leaves(jax.vjp(f, half)[1])  # noqa: E731
+                      if x.shape == half.shape and x.dtype == jnp.float32]
+    assert kept(reference) and not kept(ours)

@@ -5,18 +5,46 @@ import jax.numpy as jnp
 import optax
 
 
+@jax.custom_vjp
+def softmax_nll(logits, labels):
+    """-log softmax(logits)[label] per position, in float32 whatever the logits' dtype.
+
+    The gradient, softmax(logits) - one_hot(label), is computed from the logits as they are
+    (bfloat16 under mixed precision) and returned in their dtype. Differentiating the float32
+    formula instead keeps a float32 copy of every logit for the backward: 6.6 GB for GPT-2's
+    50,257 tokens at 32 x 1024 positions, and a pass over it."""
+    return _softmax_nll_fwd(logits, labels)[0]
+
+
+def _softmax_nll_fwd(logits, labels):
+    x = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(x, axis=-1)
+    picked = jnp.take_along_axis(x, labels[..., None], axis=-1)[..., 0]
+    return lse - picked, (logits, labels, lse)
+
+
+def _softmax_nll_bwd(residuals, g):
+    logits, labels, lse = residuals
+    p = jnp.exp(logits.astype(jnp.float32) - lse[..., None])
+    one_hot = labels[..., None] == jnp.arange(logits.shape[-1])
+    return ((p - one_hot) * g[..., None]).astype(logits.dtype), None
+
+
+softmax_nll.defvjp(_softmax_nll_fwd, _softmax_nll_bwd)
+
+
 def cross_entropy(logits, labels, mask=None, label_smoothing: float = 0.0):
     """Mean of -log softmax(logits)[label] over positions where mask is true (float32).
 
     With label_smoothing eps the target is (1 - eps) one-hot + eps / K (Szegedy et al. 2016),
     as the Transformer's training uses (eps = 0.1)."""
-    logits = logits.astype(jnp.float32)
     if label_smoothing:
+        logits = logits.astype(jnp.float32)
         k = logits.shape[-1]
         targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
         nll = optax.softmax_cross_entropy(logits, targets)
     else:
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        nll = softmax_nll(logits, labels)
     if mask is None:
         return nll.mean()
     mask = mask.astype(jnp.float32)
