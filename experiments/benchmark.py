@@ -175,6 +175,9 @@ def peer_worker():
         activation_function="gelu_new", layer_norm_epsilon=spec["ln_eps"], resid_pdrop=0.0,
         embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     device = torch.device(spec["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"ours runs on a GPU but this torch {torch.__version__} sees none: "
+                           "the GPU peer needs a CUDA build of torch")
     model = GPT2LMHeadModel(config).to(device).train()
     decay = [p for p in model.parameters() if p.ndim == 2]
     rest = [p for p in model.parameters() if p.ndim != 2]
