@@ -190,10 +190,12 @@ def peer_worker():
                            device=device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     half = spec["dtype"] == "bfloat16"
+    seen = {}
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=half):
             logits = forward(input_ids=inputs).logits
+        seen["logits_dtype"] = str(logits.dtype).removeprefix("torch.")
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         loss.backward()
         if spec["grad_clip"] > 0:
@@ -205,7 +207,7 @@ def peer_worker():
     t0 = time.perf_counter()
     step()
     print(json.dumps({"ready": True, "first_step_s": time.perf_counter() - t0,
-                      "attention": model.config._attn_implementation,
+                      "attention": model.config._attn_implementation, **seen,
                       "matmul_flops": torch_matmul_flops() if device.type == "cpu" else 0.0}),
           flush=True)
     for line in sys.stdin:
@@ -344,7 +346,7 @@ def main(config, workdir):
     for p in peers:
         r = summary(p.times, p.cpu, tokens_per_step, flops_per_token, peak, workers)
         r["max_rss_bytes"] = p.close()
-        r["attention"] = p.info["attention"]
+        r["attention"], r["logits_dtype"] = p.info["attention"], p.info["logits_dtype"]
         result.update({f"{p.key}_{k}": v for k, v in r.items()})
         result["ratio" + p.key[4:]] = result["tokens_per_sec"] / r["tokens_per_sec"]
         rows.append((p.name, r))

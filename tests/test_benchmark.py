@@ -29,11 +29,19 @@ def test_cpu_benchmark_against_pytorch():
                 "peer_tokens_per_sec", "ratio"):
         assert r[key] > 0, key
     assert r["ratio"] == r["tokens_per_sec"] / r["peer_tokens_per_sec"]
+    assert r["peer_logits_dtype"] == "float32"
 
 
 def test_gpu_preset_runs_on_cpu():
     r = benchmark("bench-gpu")
     assert r["dtype"] == "bfloat16" and r["tokens_per_sec"] > 0 and "peer_tokens_per_sec" not in r
+
+
+def test_bfloat16_peer_runs_under_autocast():
+    """The peer follows our compute dtype (bfloat16 autocast), here on the CPU."""
+    r = benchmark("bench-gpu", "--peer")
+    assert r["dtype"] == "bfloat16" and r["peer_logits_dtype"] == "bfloat16"
+    assert r["peer_tokens_per_sec"] > 0 and r["ratio"] > 0
 
 
 FAULTS = """
