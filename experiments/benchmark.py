@@ -374,9 +374,9 @@ def print_table(rows, result, workers):
           f"per batch ({result['input_share_of_step']:.2%} of a step)")
     if "device_peak_bytes" in result:
         print(f"device memory peak {result['device_peak_bytes'] / 2**30:.1f} GiB")
-    for key in ("ratio", "ratio_compile"):
+    for key, peer in (("ratio", "pytorch"), ("ratio_compile", "pytorch+compile")):
         if key in result:
-            print(f"ours / {'pytorch' + key[5:].replace('_', '+')}: {result[key]:.2f}x tokens/s")
+            print(f"ours / {peer}: {result[key]:.2f}x tokens/s")
 
 
 if __name__ == "__main__":

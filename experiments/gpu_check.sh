@@ -46,7 +46,7 @@ bench() {
     tail -n 9 "$out/$name.log" | grep -v '^{'
     tail -n 1 "$out/$name.log" | grep '^{' | $py -c "import json, sys
 r = json.loads(sys.stdin.read()); r['name'] = '$name'; print(json.dumps(r))" >>"$out/results.jsonl"
-    # a profile's trace, where a file fetcher two folders deep finds it
+    # the profile's trace beside the logs, out of the profiler's deep folder tree
     find "$out/profile_$name" -name '*.trace.json.gz' -exec cp {} "$out/$name.trace.json.gz" \; \
         2>/dev/null
 }
