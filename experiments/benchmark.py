@@ -280,6 +280,11 @@ def summary(times, cpu, tokens_per_step, flops_per_token, peak, workers) -> dict
     return out
 
 
+def rounds_of(times: list) -> list:
+    """Step times split into the alternating rounds they were measured in."""
+    return [times[i:i + FLAGS.steps] for i in range(0, len(times), FLAGS.steps)]
+
+
 def main(config, workdir):
     del workdir
     if FLAGS.peer:
@@ -349,6 +354,10 @@ def main(config, workdir):
         r["attention"], r["logits_dtype"] = p.info["attention"], p.info["logits_dtype"]
         result.update({f"{p.key}_{k}": v for k, v in r.items()})
         result["ratio" + p.key[4:]] = result["tokens_per_sec"] / r["tokens_per_sec"]
+        # The same ratio round by round: its spread is this machine's noise.
+        result["ratio" + p.key[4:] + "_rounds"] = [
+            float(np.median(theirs) / np.median(mine))
+            for mine, theirs in zip(rounds_of(ours.times), rounds_of(p.times))]
         rows.append((p.name, r))
     result["load_average"] = os.getloadavg()[0]
     if jax.process_index() == 0:
@@ -376,7 +385,9 @@ def print_table(rows, result, workers):
         print(f"device memory peak {result['device_peak_bytes'] / 2**30:.1f} GiB")
     for key, peer in (("ratio", "pytorch"), ("ratio_compile", "pytorch+compile")):
         if key in result:
-            print(f"ours / {peer}: {result[key]:.2f}x tokens/s")
+            spread = result[key + "_rounds"]
+            print(f"ours / {peer}: {result[key]:.2f}x tokens/s (rounds {min(spread):.2f}-"
+                  f"{max(spread):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,12 @@ def benchmark(preset, *flags):
 
 
 def test_cpu_benchmark_against_pytorch():
-    r = benchmark("bench-cpu", "--peer")
+    r = benchmark("bench-cpu", "--peer", "--rounds=2")
     for key in ("tokens_per_sec", "mfu", "compile_s", "step_s", "peak_flops", "input_batch_ms",
                 "peer_tokens_per_sec", "ratio"):
         assert r[key] > 0, key
     assert r["ratio"] == r["tokens_per_sec"] / r["peer_tokens_per_sec"]
+    assert len(r["ratio_rounds"]) == 2 and min(r["ratio_rounds"]) > 0
     assert r["peer_logits_dtype"] == "float32"
 
 
