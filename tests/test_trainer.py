@@ -230,3 +230,40 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     assert other.returncode != 0
     assert "another model" in other.stderr
     assert sorted((tmp_path / "run" / "checkpoints").iterdir()) == before  # nothing lost
+
+
+def test_cpu_compile_options_change_speed_not_results(monkeypatch):
+    """train.perf.cpu_compiler_options: valid for this jaxlib (on an AVX-512 host it asks for
+    512-bit vectors), an option the compiler does not know is dropped rather than failing the
+    run, and a GPT step compiled with the options gives the losses of one compiled without."""
+    from experiments.pretrain_lm import lm_loss_fn
+    from models import gpt
+    from train import perf, sharding, trainer
+
+    config = gpt_configs.get_config("tiny")
+    config.model.update(vocab_size=128, n_ctx=16, n_layer=2, n_head=2, d_model=32)
+    mesh = sharding.make_mesh(config.mesh)
+    if perf._cpu_has("avx512f"):
+        assert perf.cpu_compiler_options(mesh) == {"xla_cpu_prefer_vector_width": 512}
+    assert perf._if_accepted((("xla_cpu_no_such_option", 1),)) == {}
+
+    model = gpt.GPT(gpt.GPTConfig(**config.model.to_dict()))
+    tokens = np.random.default_rng(0).integers(0, 128, (config.train.batch_size, 17))
+
+    def losses():
+        program = trainer.build(config, init_fn=lambda rng: model.init(
+            rng, jnp.zeros((1, 16), jnp.int32)), loss_fn=lm_loss_fn(model), mesh=mesh)
+        with jax.set_mesh(mesh):
+            state = program.init(jax.random.key(0))
+            batch = trainer.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
+                                         program.batch_sharding)
+            out = []
+            for _ in range(3):
+                state, metrics = program.train_step(state, batch)
+                out.append(float(metrics["loss"]))
+        return out
+
+    with_options = losses()
+    monkeypatch.setattr(trainer, "cpu_compiler_options", lambda mesh: {})
+    np.testing.assert_allclose(with_options, losses(), rtol=1e-5)
+    assert with_options[-1] < with_options[0]

@@ -1,4 +1,5 @@
-"""Peak FLOP/s of the devices, for MFU = achieved model FLOP/s / peak; the host allocator."""
+"""Peak FLOP/s of the devices, for MFU = achieved model FLOP/s / peak; the host allocator; XLA
+options for host-CPU steps."""
 
 import ctypes
 import functools
@@ -32,6 +33,40 @@ def keep_host_memory() -> bool:
     m_trim_threshold, m_top_pad, m_mmap_max, m_arena_max = -1, -2, -4, -8
     return all(libc.mallopt(option, value) == 1 for option, value in (
         (m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 64 << 20)))
+
+
+def cpu_compiler_options(mesh) -> dict:
+    """XLA compile options for steps that run on the host CPU (the mesh's devices).
+
+    On AVX-512 CPUs, LLVM is asked to prefer 512-bit vectors (its default on these CPUs is 256)
+    in the kernels XLA emits itself: LayerNorm, GELU, softmax, cross-entropy, AdamW. The matmuls,
+    in YNNPACK or Eigen, are unaffected; results are unchanged. The bench-cpu step ran 1.0-1.4%
+    faster in each of four in-process A/B comparisons on a 2-core AVX-512 Xeon."""
+    if mesh.devices.flat[0].platform != "cpu" or not _cpu_has("avx512f"):
+        return {}
+    return _if_accepted((("xla_cpu_prefer_vector_width", 512),))
+
+
+@functools.cache
+def _if_accepted(options: tuple) -> dict:
+    """The options as a dict if this jaxlib's CPU compiler knows them, else {}: a renamed XLA
+    option costs the speed-up, not the run."""
+    x = jax.device_put(jnp.zeros(8), jax.devices("cpu")[0])
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(x).compile()
+    except jax.errors.JaxRuntimeError:
+        return {}
+    return dict(options)
+
+
+@functools.cache
+def _cpu_has(flag: str) -> bool:
+    """Whether the host CPU reports `flag` in /proc/cpuinfo (Linux; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
 
 
 def measure_matmul_flops(sizes=(1024,), repeats: int = 10, device=None,
