@@ -233,7 +233,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 
 def test_cpu_compile_options_change_speed_not_results(monkeypatch):
-    """train.perf.cpu_compiler_options: valid for this jaxlib (on an AVX-512 host it asks for
+    """train.perf.compiler_options: valid for this jaxlib (on an AVX-512 host: oneDNN matmuls,
     512-bit vectors), an option the compiler does not know is dropped rather than failing the
     run, and a GPT step compiled with the options gives the losses of one compiled without."""
     from experiments.pretrain_lm import lm_loss_fn
@@ -244,7 +244,8 @@ def test_cpu_compile_options_change_speed_not_results(monkeypatch):
     config.model.update(vocab_size=128, n_ctx=16, n_layer=2, n_head=2, d_model=32)
     mesh = sharding.make_mesh(config.mesh)
     if perf._cpu_has("avx512f"):
-        assert perf.cpu_compiler_options(mesh) == {"xla_cpu_prefer_vector_width": 512}
+        assert perf.compiler_options("cpu") == dict(perf.CPU_OPTIONS)
+    assert perf.compiler_options("gpu") == {}
     assert perf._if_accepted((("xla_cpu_no_such_option", 1),)) == {}
 
     model = gpt.GPT(gpt.GPTConfig(**config.model.to_dict()))
@@ -264,6 +265,25 @@ def test_cpu_compile_options_change_speed_not_results(monkeypatch):
         return out
 
     with_options = losses()
-    monkeypatch.setattr(trainer, "cpu_compiler_options", lambda mesh: {})
+    monkeypatch.setattr(trainer, "compiler_options", lambda platform: {})
     np.testing.assert_allclose(with_options, losses(), rtol=1e-5)
     assert with_options[-1] < with_options[0]
+
+
+def test_cpu_compile_options_survive_a_scaled_matmul():
+    """A matmul fed by a broadcast multiply (LayerNorm's scale at inference) under the CPU
+    options: oneDNN's fused-dot mode dies on it with an illegal instruction, so it runs in a
+    subprocess, and must give numpy's value."""
+    code = """
+import numpy as np, jax, jax.numpy as jnp
+from train import perf
+r = np.random.default_rng(0)
+x, g, w = r.standard_normal((272, 64)), r.standard_normal(64), r.standard_normal((64, 32))
+f = jax.jit(lambda x, g, w: (x * g) @ w, compiler_options=perf.compiler_options("cpu"))
+got = f(*(jnp.asarray(a, jnp.float32) for a in (x, g, w)))
+np.testing.assert_allclose(got, (x * g) @ w, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -35,25 +35,39 @@ def keep_host_memory() -> bool:
         (m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 64 << 20)))
 
 
-def cpu_compiler_options(mesh) -> dict:
-    """XLA compile options for steps that run on the host CPU (the mesh's devices).
+# XLA options for steps compiled for an AVX-512 host CPU (jaxlib 0.10), each measured by an
+# in-process A/B of the bench-cpu training step on a 2-core AVX-512 Xeon, results unchanged:
+CPU_OPTIONS = (
+    # Each matmul on its own through oneDNN instead of YNNPACK/Eigen: oneDNN runs the weight
+    # gradients (transposed left operand, which YNNPACK leaves to Eigen) 10-20% faster, and
+    # spreads attention's small batched matmuls over all cores where YNNPACK used one (about
+    # 2x). The step 1.5-2.6% faster. Individual dots only: the DOT fusion type, which also pulls
+    # neighbouring elementwise ops into oneDNN, was faster still (3.2-3.4%) but dies with an
+    # illegal instruction on a matmul fed by a broadcast multiply, e.g. LayerNorm's scale at
+    # inference (tests/test_trainer.py runs that case).
+    ("xla_cpu_use_onednn", True),
+    ("xla_cpu_experimental_onednn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),
+    # LLVM's 512-bit vectors (it prefers 256 by default) in the kernels XLA emits itself:
+    # LayerNorm, GELU, softmax, cross-entropy, AdamW. 1.0-1.4% faster.
+    ("xla_cpu_prefer_vector_width", 512),
+)
 
-    On AVX-512 CPUs, LLVM is asked to prefer 512-bit vectors (its default on these CPUs is 256)
-    in the kernels XLA emits itself: LayerNorm, GELU, softmax, cross-entropy, AdamW. The matmuls,
-    in YNNPACK or Eigen, are unaffected; results are unchanged. The bench-cpu step ran 1.0-1.4%
-    faster in each of four in-process A/B comparisons on a 2-core AVX-512 Xeon."""
-    if mesh.devices.flat[0].platform != "cpu" or not _cpu_has("avx512f"):
+
+def compiler_options(platform: str) -> dict:
+    """XLA compile options for programs on `platform`: CPU_OPTIONS on an AVX-512 CPU (where
+    they were measured), none elsewhere."""
+    if platform != "cpu" or not _cpu_has("avx512f"):
         return {}
-    return _if_accepted((("xla_cpu_prefer_vector_width", 512),))
+    return _if_accepted(CPU_OPTIONS)
 
 
 @functools.cache
 def _if_accepted(options: tuple) -> dict:
-    """The options as a dict if this jaxlib's CPU compiler knows them, else {}: a renamed XLA
+    """The options as a dict if this jaxlib's CPU compiler takes them, else {}: a renamed XLA
     option costs the speed-up, not the run."""
-    x = jax.device_put(jnp.zeros(8), jax.devices("cpu")[0])
+    x = jax.device_put(jnp.ones((8, 8)), jax.devices("cpu")[0])
     try:
-        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(x).compile()
+        jax.jit(lambda x: jnp.tanh(x @ x), compiler_options=dict(options)).lower(x).compile()
     except jax.errors.JaxRuntimeError:
         return {}
     return dict(options)
@@ -75,7 +89,7 @@ def measure_matmul_flops(sizes=(1024,), repeats: int = 10, device=None,
     square sizes and repeats, i.e. the hardware's limit as XLA reaches it. Random operands: a
     GPU multiplies zeros faster than data."""
     device = device or jax.devices("cpu")[0]
-    f = jax.jit(lambda x: x @ x)
+    f = jax.jit(lambda x: x @ x, compiler_options=compiler_options(device.platform))
     rate = 0.0
     for n in sizes:
         a = jax.device_put(jax.random.normal(jax.random.key(n), (n, n), dtype), device)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from train import optim, sharding
 from train.checkpoint import Checkpointer, abstract_like
 from train.logging import MetricWriter
-from train.perf import cpu_compiler_options, peak_flops
+from train.perf import compiler_options, peak_flops
 
 
 @flax.struct.dataclass
@@ -233,7 +233,7 @@ def build(config, *, init_fn: Callable, loss_fn: Callable, mesh, d_model: int = 
     state_shardings = TrainState(step=repl, params=param_shardings, opt_state=opt_shardings,
                                  model_state=state_shardings_model, nonfinite_total=repl,
                                  nonfinite_run=repl)
-    options = cpu_compiler_options(mesh)
+    options = compiler_options(mesh.devices.flat[0].platform)
     train_step = jax.jit(make_train_step(loss_fn, tx, t.grad_accum, batch_sharding, config.seed),
                          in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, repl), donate_argnums=0,
