@@ -36,12 +36,13 @@ def keep_host_memory() -> bool:
 
 
 # XLA options for steps compiled for an AVX-512 host CPU (jaxlib 0.10), each measured by an
-# in-process A/B of the bench-cpu training step on a 2-core AVX-512 Xeon, results unchanged:
+# in-process A/B of the bench-cpu training step on a 2-core AVX-512 Xeon; results change by
+# float rounding only:
 CPU_OPTIONS = (
     # Each matmul on its own through oneDNN instead of YNNPACK/Eigen: oneDNN runs the weight
     # gradients (transposed left operand, which YNNPACK leaves to Eigen) 10-20% faster, and
     # spreads attention's small batched matmuls over all cores where YNNPACK used one (about
-    # 2x). The step 1.5-2.6% faster. Individual dots only: the DOT fusion type, which also pulls
+    # 2x). The step about 2% faster. Individual dots only: the DOT fusion type, which also pulls
     # neighbouring elementwise ops into oneDNN, was faster still (3.2-3.4%) but dies with an
     # illegal instruction on a matmul fed by a broadcast multiply, e.g. LayerNorm's scale at
     # inference (tests/test_trainer.py runs that case).
