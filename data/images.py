@@ -31,14 +31,6 @@ def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
 
 
-def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 8x8 digits rescaled to uint8 [0, 255]: [1797, 8, 8], labels."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return np.round(d.images * (255 / 16)).astype(np.uint8), d.target.astype(np.int64)
-
-
 def split_indices(n: int, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
     """A fixed random partition of range(n) into train/val/test."""
     perm = np.random.default_rng(seed).permutation(n)

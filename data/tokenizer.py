@@ -40,11 +40,6 @@ class Tokenizer:
     def eot_id(self) -> int:
         return self.token_id(EOT)
 
-    @property
-    def backend(self) -> tokenizers.Tokenizer:
-        """The wrapped `tokenizers.Tokenizer` (read-only use)."""
-        return self._tok
-
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 

@@ -107,10 +107,9 @@ class GPT(nn.Module):
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, tokens, *, deterministic: bool = True, return_hidden: bool = False,
-                 with_hidden: bool = False):
-        """tokens int32 [batch, time] -> logits [batch, time, vocab] (or the final states h_n;
-        with_hidden: both, (logits, h_n), as GPT-1's fine-tuning needs with its auxiliary L1)."""
+    def __call__(self, tokens, *, deterministic: bool = True, with_hidden: bool = False):
+        """tokens int32 [batch, time] -> logits [batch, time, vocab]; with_hidden: (logits, h_n),
+        as GPT-1's fine-tuning needs with its auxiliary L1."""
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         if tokens.shape[-1] > cfg.n_ctx:
@@ -139,8 +138,6 @@ class GPT(nn.Module):
                 param_dtype=param_dtype, name=f"h_{layer}")(h, None, deterministic)
         if cfg.norm == "pre":
             h = layer_norm("ln_f", cfg.ln_eps, dtype, param_dtype)(h)
-        if return_hidden:
-            return h
         logits = constrain(wte.attend(h), "batch", "length", "vocab")  # h_n W_e^T
         return (logits, h) if with_hidden else logits
 

@@ -9,7 +9,8 @@ import numpy as np
 from flax import linen as nn
 
 from models.attention import (DEFAULT_INIT, Implementation, Mask, MultiHeadAttention, Projection,
-                              constrain, token_matmul)
+                              constrain)
+from models.kernels import token_matmul
 
 
 def quick_gelu(x):

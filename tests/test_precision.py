@@ -12,7 +12,7 @@ import pytest
 from flax import linen as nn
 
 from experiments.pretrain_lm import lm_loss_fn
-from models import attention, gpt
+from models import attention, gpt, kernels
 from train import objectives
 
 CFG = gpt.GPTConfig(vocab_size=128, n_ctx=16, n_layer=2, n_head=2, d_model=32, dropout=0.0,
@@ -104,16 +104,16 @@ def test_headmajor_attention_matches_xla(kind, window, padded, dtype, tol):
 def test_query_blocks_cover_exactly_the_allowed_keys():
     """Every allowed (query, key) pair lies in its query block's key range, and the blocks skip
     the keys no query of theirs may see."""
-    assert attention.query_blocks("causal", 8, 8, n=4) == (
+    assert kernels.query_blocks("causal", 8, 8, n=4) == (
         (0, 2, 0, 2), (2, 4, 0, 4), (4, 6, 0, 6), (6, 8, 0, 8))
-    assert attention.query_blocks("local", 8, 8, window=3, n=4) == (
+    assert kernels.query_blocks("local", 8, 8, window=3, n=4) == (
         (0, 2, 0, 2), (2, 4, 0, 4), (4, 6, 2, 6), (6, 8, 4, 8))
-    assert attention.query_blocks("full", 8, 8) == ((0, 8, 0, 8),)
-    assert attention.query_blocks("causal", 6, 6, n=4) == ((0, 6, 0, 6),)   # does not divide
+    assert kernels.query_blocks("full", 8, 8) == ((0, 8, 0, 8),)
+    assert kernels.query_blocks("causal", 6, 6, n=4) == ((0, 6, 0, 6),)   # does not divide
     for kind, window in [("causal", None), ("local", 3)]:
         allowed = np.asarray(attention.mask_matrix(kind, 8, 8, window))
         covered = np.zeros_like(allowed)
-        for q0, q1, k0, k1 in attention.query_blocks(kind, 8, 8, window, n=4):
+        for q0, q1, k0, k1 in kernels.query_blocks(kind, 8, 8, window, n=4):
             covered[q0:q1, k0:k1] = True
         assert not (allowed & ~covered).any()
 
