@@ -257,6 +257,22 @@ def get_tokenizer(data_cfg) -> Tokenizer:
     return Tokenizer.load(path)
 
 
+def workdir_tokenizer(data_cfg, workdir) -> Tokenizer:
+    """The tokenizer of a run: workdir/tokenizer.json when the run has one (it matches the
+    run's checkpoints, wherever they are used), else get_tokenizer's (the trainer then keeps a
+    copy in the workdir: save_tokenizer)."""
+    path = pathlib.Path(workdir) / "tokenizer.json"
+    return Tokenizer.load(path) if path.exists() else get_tokenizer(data_cfg)
+
+
+def save_tokenizer(tokenizer: Tokenizer, path) -> None:
+    """Atomically, so a reader never sees half a file."""
+    path = pathlib.Path(path)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tokenizer.save(tmp)
+    os.replace(tmp, path)
+
+
 def _load_tokenizer(path: pathlib.Path) -> Tokenizer:
     if path.is_file():
         return Tokenizer.load(path)

@@ -19,14 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import images
+from data import images, text
 from data.tokenizer import EOT, Tokenizer, train_bpe
-from experiments import clip_eval, launch
-from models import clip
+from experiments import launch
+from models import clip, hf
 from models.vit import ViTConfig
 from train import objectives
-from train.logging import MetricWriter
-from train.trainer import Throughput, fit
+from train.logging import MetricWriter, read_metrics
+from train.trainer import Throughput, fit, preflight
 
 SOT = "<|startoftext|>"
 
@@ -58,15 +58,12 @@ def clip_loss_fn(model: clip.CLIP):
 
 # --------------------------------------------------------------------------- data
 def caption_tokenizer(config, captions, workdir: pathlib.Path) -> Tokenizer:
-    """Byte-level BPE on the training captions with start/end-of-text tokens; cached in the
-    workdir so a resumed run tokenises identically."""
+    """Byte-level BPE on the training captions with start/end-of-text tokens; kept in the
+    workdir (by the trainer) so a resumed run tokenises identically."""
     path = workdir / "tokenizer.json"
     if path.exists():
         return Tokenizer.load(path)
-    tokenizer = train_bpe(captions, config.data.vocab_size, special_tokens=(SOT, EOT))
-    if jax.process_index() == 0:
-        tokenizer.save(path)
-    return tokenizer
+    return train_bpe(captions, config.data.vocab_size, special_tokens=(SOT, EOT))
 
 
 def scene_config(config) -> images.SceneConfig:
@@ -137,97 +134,62 @@ def model_images(x: np.ndarray, cfg: clip.CLIPConfig, stats) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- evaluation
-class Evaluator:
-    """Zero-shot and linear-probe evaluation on the digit-scene tasks."""
+def eval_functions(config, cfg: clip.CLIPConfig, scenes, encode, stats) -> dict:
+    """What the zeroshot and linear_probe evaluators (train/evaluators/clip_evals.py) read:
+    fixed labelled scene sets of each task in config.eval.tasks and the model's encoders."""
+    model = clip.CLIP(cfg)
+    tasks = [t for t in config.eval.tasks.split(",") if t]
+    sets = {}
 
-    def __init__(self, config, cfg: clip.CLIPConfig, scenes, encode, stats):
-        self.config, self.cfg, self.scenes = config, cfg, scenes
-        self.encode, self.stats = encode, stats
-        model = clip.CLIP(cfg)
-        self.encode_image = jax.jit(lambda p, x: model.apply({"params": p}, x,
-                                                             method="encode_image"))
-        self.encode_text = jax.jit(lambda p, t: model.apply({"params": p}, t,
-                                                            method="encode_text"))
-        self.features = jax.jit(lambda p, x: model.apply(  # I_f, before W_i: for the probe
-            {"params": p}, x, method=lambda m, x: m.image_encoder(x)))
-        self.tasks = [t for t in config.eval.tasks.split(",") if t]
-        self._sets = {}
-
-    def labelled(self, task: str, split: str, n: int):
+    def labelled(task: str, split: str, n: int):
         """A fixed labelled set of `task` scenes from `split` handwriting, model-ready."""
-        key = (task, split, n)
-        if key not in self._sets:
-            rng = np.random.default_rng((self.config.eval.seed, self.tasks.index(task),
+        if (task, split, n) not in sets:
+            rng = np.random.default_rng((config.eval.seed, tasks.index(task),
                                          ("train", "val", "test").index(split)))
-            x, labels = self.scenes.labelled(task, n, split, rng)
-            self._sets[key] = model_images(x, self.cfg, self.stats), labels
-        return self._sets[key]
+            x, labels = scenes.labelled(task, n, split, rng)
+            sets[task, split, n] = model_images(x, cfg, stats), labels
+        return sets[task, split, n]
 
-    def prompt_embeds(self, params, task: str) -> np.ndarray:
-        """[classes, prompts, d]: the normalised embedding of every prompt of every class."""
-        classes, prompts = self.scenes.task(task)
+    def prompt_tokens(task: str) -> np.ndarray:
+        classes, prompts = scenes.task(task)
         texts = [p for c in classes for p in images.class_prompts(c, prompts)]
-        t_e = np.asarray(self.encode_text(params, self.encode(texts)))
-        return t_e.reshape(len(classes), len(prompts), -1)
+        return encode(texts).reshape(len(classes), len(prompts), -1)
 
-    def zeroshot(self, params, task: str, split: str, n: int) -> dict:
-        x, labels = self.labelled(task, split, n)
-        i_e = clip_eval.in_batches(functools.partial(self.encode_image, params), x,
-                                   self.config.eval.batch_size)
-        t_e = self.prompt_embeds(params, task)
-        single = [clip_eval.zeroshot_top1(i_e, t_e[:, j], labels) for j in range(t_e.shape[1])]
-        return {"zeroshot_top1": clip_eval.zeroshot_top1(i_e, clip_eval.zeroshot_weights(t_e),
-                                                         labels),
-                "zeroshot_top1_single_prompt": single[0],       # the first prompt alone
-                "zeroshot_top1_prompt_mean": float(np.mean(single))}  # any one prompt, on average
-
-    def probe(self, params, task: str) -> dict:
-        e = self.config.eval
-        feats = functools.partial(self.features, params)
-        splits = [self.labelled(task, s, n) for s, n in (
-            ("train", e.probe_train_images), ("val", e.probe_val_images), ("test", e.test_images))]
-        data = [(clip_eval.in_batches(feats, x, e.batch_size), y) for x, y in splits]
-        r = clip_eval.linear_probe(*data, Cs=list(e.probe_Cs))
-        return {"linear_probe_top1": r["test_top1"], "linear_probe_val_top1": r["val_top1"],
-                "linear_probe_C": r["C"]}
-
-    def validation(self, params) -> dict:
-        """Zero-shot on val handwriting, logged at every evaluation during training."""
-        out = {}
-        for i, task in enumerate(self.tasks):
-            r = self.zeroshot(params, task, "val", self.config.eval.val_images)
-            out.update({(k if i == 0 else f"{task}/{k}"): v for k, v in r.items()})
-        return out
-
-    def test(self, params) -> dict[str, dict]:
-        results = {}
-        for task in self.tasks:
-            classes, prompts = self.scenes.task(task)
-            r = {"classes": len(classes), "prompts": len(prompts), "chance": 1.0 / len(classes)}
-            r.update(self.zeroshot(params, task, "test", self.config.eval.test_images))
-            r.update(self.probe(params, task))
-            results[task] = r
-        return results
+    return dict(
+        tasks=tasks, labelled=labelled, prompt_tokens=prompt_tokens,
+        image_embeds=lambda p, x: model.apply({"params": p}, x, method="encode_image"),
+        text_embeds=lambda p, t: model.apply({"params": p}, t, method="encode_text"),
+        # I_f, before W_i: the probe's features
+        image_features=lambda p, x: model.apply({"params": p}, x,
+                                                method=lambda m, x: m.image_encoder(x)))
 
 
-def results_table(results: dict[str, dict], logit_scale: float) -> str:
+def results_table(row: dict, tasks: list[str], scenes) -> str:
+    """The test row of metrics.jsonl as a table, one line per task."""
     lines = ["| task | classes | chance | zero-shot, first prompt | zero-shot, mean of single "
              "prompts | zero-shot, ensemble | linear probe (C) |", "|---|---|---|---|---|---|---|"]
-    for task, r in results.items():
+    for i, task in enumerate(tasks):
+        r = {k.split("/", 1)[-1]: v for k, v in row.items()
+             if (i == 0 and "/" not in k) or k.startswith(f"{task}/")}
+        classes, prompts = scenes.task(task)
         lines.append(
-            f"| {task} | {r['classes']} | {r['chance']:.1%} "
+            f"| {task} | {len(classes)} | {1 / len(classes):.1%} "
             f"| {r['zeroshot_top1_single_prompt']:.1%} | {r['zeroshot_top1_prompt_mean']:.1%} "
-            f"| {r['zeroshot_top1']:.1%} ({r['prompts']} prompts) "
+            f"| {r['zeroshot_top1']:.1%} ({len(prompts)} prompts) "
             f"| {r['linear_probe_top1']:.1%} ({r['linear_probe_C']:g}) |")
-    lines.append(f"\nFinal logit scale exp(t) = {logit_scale:.2f} "
-                 f"(temperature {1 / logit_scale:.4f}).")
+    scale = row["logit_scale"]
+    lines.append(f"\nFinal logit scale exp(t) = {scale:.2f} (temperature {1 / scale:.4f}).")
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- main
-def main(config, workdir):
+def import_clip(path) -> dict:
+    """A transformers CLIP directory, as variables for init_from."""
+    return {"params": hf.clip_from_pretrained(path)[1]}
+
+
+def setup(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     scenes = images.DigitScenes(scene_config(config))
     train_data, tokenizer, encode, stats = training_data(config, scenes, workdir)
     if tokenizer.vocab_size > config.model.text.vocab_size:
@@ -238,28 +200,38 @@ def main(config, workdir):
     model = clip.CLIP(cfg)
     eval_stats = stats if config.data.source == "mnist_scenes" else (images.CLIP_MEAN,
                                                                      images.CLIP_STD)
-    evaluator = Evaluator(config, cfg, scenes, encode, eval_stats)
-    val = val_batches(config, scenes, encode, stats) if config.data.source == "mnist_scenes" \
-        else None
-    state = fit(config, workdir=workdir, train_data=train_data,
-                eval_data=(lambda: val) if val else None,
-                init_fn=lambda rng: model.init(rng, *clip.dummy_inputs(cfg)),
-                loss_fn=clip_loss_fn(model), d_model=cfg.embed_dim,
-                throughput=Throughput(0, clip.flops_per_pair(cfg, config.train.batch_size)),
-                on_eval=lambda s: evaluator.validation(s.params))
-    results = evaluator.test(state.params)
-    scale = float(model.apply({"params": state.params}, method="logit_scale"))
-    headline = results[evaluator.tasks[0]]
-    row = {k: v for k, v in headline.items() if k not in ("classes", "prompts")}
-    for task, r in list(results.items())[1:]:
-        row.update({f"{task}/{k}": v for k, v in r.items() if k not in ("classes", "prompts")})
-    MetricWriter(workdir).write(int(state.step), "test", task=evaluator.tasks[0],
-                                logit_scale=scale, **row)
-    table = results_table(results, scale)
-    if jax.process_index() == 0:
-        (workdir / "results.md").write_text(table)
-    print(table)
-    return results
+    data = {}
+    if config.data.source == "mnist_scenes":
+        val = val_batches(config, scenes, encode, stats)
+        data["val"] = lambda: iter(val)
+    return dict(
+        train_data=train_data, data=data, init_fn=lambda rng: model.init(
+            rng, *clip.dummy_inputs(cfg)),
+        loss_fn=clip_loss_fn(model), import_weights=import_clip,
+        eval_fns=eval_functions(config, cfg, scenes, encode, eval_stats),
+        artifacts={"tokenizer.json": lambda path: text.save_tokenizer(tokenizer, path)},
+        throughput=Throughput(0, clip.flops_per_pair(cfg, config.train.batch_size)),
+        scenes=scenes)
+
+
+def main(config, workdir):
+    preflight(config, workdir)
+    run = setup(config, workdir)
+    scenes = run.pop("scenes")
+    state = fit(config, workdir=workdir, **run)
+    model = clip.CLIP(model_config(config))
+    scale = float(jax.device_get(model.apply({"params": state.params}, method="logit_scale")))
+    writer = MetricWriter(workdir)
+    rows = [r for r in read_metrics(workdir) if r["split"] == "test"]
+    row = dict(rows[-1], logit_scale=scale) if rows else {"logit_scale": scale}
+    if not rows or "logit_scale" not in rows[-1]:
+        writer.write(int(state.step), "test", logit_scale=scale)
+    writer.close()
+    tasks = [t for t in config.eval.tasks.split(",") if t]
+    if jax.process_index() == 0 and "zeroshot_top1" in row and "linear_probe_top1" in row:
+        table = results_table(row, tasks, scenes)
+        (pathlib.Path(workdir) / "results.md").write_text(table)
+        print(table)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,19 @@
 """Fine-tune a GPT on one supervised task with L2, or L3 = L2 + lambda * L1 (GPT-1 section 3.2).
 
     python -m experiments.finetune_gpt --config=experiments/configs/gpt1.py:finetune \
-        --workdir=DIR --config.pretrained=PRETRAIN_WORKDIR --config.task=next_line \
+        --workdir=DIR --config.init_from=PRETRAIN_WORKDIR --config.task=next_line \
         [--config.lam=0]   # L2 alone
 
---config.pretrained names a pretrain_lm workdir: its newest checkpoint, model and tokenizer are
-used. Left empty, the model of --config.model is trained from a random initialisation with the
-tokenizer of --config.data. Tasks: the offline ones (package, claims, same_package, next_line,
-docstring, module; data/tasks.py) or a hub task (sst2, rte, mnli, mrpc, qqp, hellaswag, race);
+--config.init_from names a pretrain_lm workdir (or a transformers GPT-2 / GPT-1 directory):
+its model and tokenizer are used, and its weights initialise the decoder (init_from_regex
+leaves the new task head, `head/`, to its fresh initialisation). Left empty, the model of
+--config.model is trained from a random initialisation with the tokenizer of --config.data.
+Tasks: the offline ones (package, claims, same_package, next_line, docstring, module;
+data/tasks.py) or a hub task (sst2, rte, mnli, mrpc, qqp, hellaswag, race);
 --config.hub_data_files="train=a.jsonl,validation=b.jsonl" reads the hub task's columns from
 local files.
 
-Writes the validation accuracy during training and the final val/test accuracy to
-metrics.jsonl, and DIR/results.json.
+Logs the validation and test accuracy (evaluators `val`, `test`) to metrics.jsonl.
 """
 
 import json
@@ -23,28 +24,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from data import tasks, text
 from experiments import launch
+from experiments.pretrain_lm import hf_gpt
 from models import gpt, gpt_tasks
-from train import objectives, sharding
-from train.checkpoint import Checkpointer
-from train.logging import MetricWriter
-from train.trainer import Throughput, build, fit
-
-
-def load_pretrained(workdir) -> tuple[ml_collections.ConfigDict, dict]:
-    """A pretrain_lm workdir -> (its saved config, the params of its newest checkpoint)."""
-    workdir = pathlib.Path(workdir)
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    ckpt = Checkpointer(workdir)
-    step = ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: pretrain first")
-    state = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    ckpt.close()
-    return config, jax.device_get(state["state"]["params"])
+from train import objectives
+from train.logging import read_metrics
+from train.trainer import Throughput, fit, preflight
 
 
 def _data_files(spec: str) -> dict[str, str] | None:
@@ -104,6 +91,22 @@ class TaskBatches:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
+def one_pass(arrays: dict, batch_size: int):
+    """Factory of one ordered pass over a split's arrays in global batches of `batch_size`
+    (the last padded, with per-example weights 0 on padding), this process's rows of each."""
+    p, count = jax.process_index(), jax.process_count()
+    local = batch_size // count
+
+    def batches():
+        n = len(arrays["labels"])
+        for start in range(0, n, batch_size):
+            rows = np.resize(np.arange(start, min(start + batch_size, n)), batch_size)
+            weights = (np.arange(batch_size) < n - start).astype(np.float32)
+            mine = slice(p * local, (p + 1) * local)
+            yield {**{k: v[rows[mine]] for k, v in arrays.items()}, "weights": weights[mine]}
+    return batches
+
+
 def task_loss_fn(model: gpt_tasks.GPTForTasks, lam: float):
     """L2, or L3 = L2 + lam * L1 when lam > 0, for the trainer."""
     def loss_fn(params, state, batch, rng):
@@ -122,137 +125,81 @@ def task_loss_fn(model: gpt_tasks.GPTForTasks, lam: float):
     return loss_fn
 
 
-def make_accuracy(model: gpt_tasks.GPTForTasks, batch_size: int):
-    """accuracy(params, arrays) over a whole split, in fixed-size batches (one compilation)."""
-    @jax.jit
-    def predict(params, tokens, lengths):
-        logits, _ = model.apply({"params": params}, tokens, lengths)
-        return logits.argmax(-1)
-
-    def accuracy(params, arrays) -> float:
-        n, hits = len(arrays["labels"]), 0
-        for start in range(0, n, batch_size):
-            rows = np.resize(np.arange(start, min(start + batch_size, n)), batch_size)
-            pred = np.asarray(predict(params, arrays["tokens"][rows], arrays["lengths"][rows]))
-            real = min(batch_size, n - start)
-            hits += int((pred[:real] == arrays["labels"][rows[:real]]).sum())
-        return hits / n
-    return accuracy
+def decoder_and_tokenizer(config):
+    """The decoder's config and tokenizer: init_from's when it is set (a workdir of ours or a
+    transformers directory), else config.model's and config.data's."""
+    source = pathlib.Path(config.init_from).expanduser() if config.init_from else None
+    if source is None:
+        return gpt.GPTConfig(**config.model.to_dict()), text.get_tokenizer(config.data)
+    if not source.exists():
+        raise FileNotFoundError(f"config.init_from: {source} does not exist")
+    if (source / "checkpoints").is_dir():
+        saved = ml_collections.ConfigDict(json.loads((source / "config.json").read_text()))
+        return (gpt.GPTConfig(**saved.model.to_dict()),
+                text.workdir_tokenizer(saved.data, source))
+    cfg, _ = hf_gpt(source)
+    return cfg, text.get_tokenizer(ml_collections.ConfigDict(dict(tokenizer=str(source))))
 
 
-def start_from_pretrained(config, workdir, init_fn, loss_fn, pretrained: dict, train_data,
-                          d_model: int) -> None:
-    """Write step 0 of the run, the decoder's pretrained weights in a fresh train state, as its
-    first checkpoint; fit() then starts from it. The weights reach the device as arguments, so
-    no compiled program carries them as constants (a GPT-1-sized model would not fit there)."""
-    ckpt = Checkpointer(workdir)
-    try:
-        if ckpt.latest_step() is not None:
-            return   # the run has started already
-        mesh = sharding.make_mesh(config.mesh)
-        program = build(config, init_fn=init_fn, loss_fn=loss_fn, mesh=mesh, d_model=d_model)
-        with jax.set_mesh(mesh):
-            state = program.init(jax.random.key(config.seed))
-            params = jax.jit(gpt_tasks.with_pretrained,
-                             out_shardings=program.state_shardings.params)(state.params,
-                                                                           pretrained)
-        # Adam's moments start at zero whatever the weights, so the fresh opt_state fits.
-        ckpt.save(0, state.replace(params=params), train_data.get_state())
-        ckpt.wait()
-    finally:
-        ckpt.close()
-
-
-def model_for(config, tokenizer, pretrained_config=None) -> gpt.GPTConfig:
-    """The decoder's config (the pretrained one when given), its vocabulary grown to hold the
-    task tokens; the sequences must fit its context."""
-    fields = (pretrained_config or config).model.to_dict()
-    cfg = gpt.GPTConfig(**fields)
-    vocab = max(cfg.vocab_size, tokenizer.vocab_size)
-    if config.max_len > cfg.n_ctx:
-        raise ValueError(f"max_len {config.max_len} is longer than the model's context {cfg.n_ctx}")
-    return gpt.GPTConfig(**{**fields, "vocab_size": vocab})
-
-
-def finetune(config, workdir, *, task: tasks.Task | None = None, tokenizer=None,
-             pretrained: dict | None = None, model_cfg: gpt.GPTConfig | None = None) -> dict:
-    """One fine-tuning run; returns {"val_accuracy", "test_accuracy", "chance", ...}.
-
-    gpt1_transfer passes the task, tokenizer, pretrained params and model it already holds;
-    the command line loads them from the config. A finished run (results.json at the configured
-    steps) is read back instead of redone."""
+def setup(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
-    results_path = workdir / "results.json"
-    task = task or load_task(config)
+    cfg, tokenizer = decoder_and_tokenizer(config)
+    if (workdir / "tokenizer.json").exists():    # a resumed run: exactly its own tokenizer
+        tokenizer = text.workdir_tokenizer(config.data, workdir)
+    task = load_task(config)
+    arrays = encode_task(task, tokenizer, config)   # adds the task tokens
+    if config.max_len > cfg.n_ctx:
+        raise ValueError(f"max_len {config.max_len} is longer than the model's context "
+                         f"{cfg.n_ctx}")
+    # The vocabulary grows by the start, delimiter and extract tokens; the config records it.
+    config.model.update({**cfg.__dict__, "vocab_size": max(cfg.vocab_size,
+                                                           tokenizer.vocab_size)})
+    cfg = gpt.GPTConfig(**config.model.to_dict())
     t = config.train
-    n_train = len(task.splits["train"])
-    if config.max_train_examples > 0:
-        n_train = min(n_train, config.max_train_examples)
+    n_train = len(arrays["train"]["labels"])
     if config.epochs > 0:
         t.steps = max(int(round(config.epochs * n_train / t.batch_size)), 1)
     if config.warmup_fraction > 0:
         t.warmup_steps = max(int(round(config.warmup_fraction * t.steps)), 1)
-    if results_path.exists():
-        done = json.loads(results_path.read_text())
-        if done.get("step") == t.steps:
-            return done
-
-    arrays = encode_task(task, tokenizer, config)
-    model = gpt_tasks.GPTForTasks(model_cfg, task.kind, task.num_classes, config.head_dropout)
+    model = gpt_tasks.GPTForTasks(cfg, task.kind, task.num_classes, config.head_dropout)
     example = arrays["train"]
-    train_data = TaskBatches(example, t.batch_size, config.seed, jax.process_index(),
-                             jax.process_count())
-    loss_fn = task_loss_fn(model, config.lam)
+    n_seq, length = example["tokens"].shape[1:]
+    tokens_per_example = n_seq * length
 
     def init_fn(rng):
         return model.init(rng, jnp.asarray(example["tokens"][:1]),
                           jnp.asarray(example["lengths"][:1]))
 
-    if pretrained is not None:
-        start_from_pretrained(config, workdir, init_fn, loss_fn, pretrained, train_data,
-                              model_cfg.d_model)
-    accuracy = make_accuracy(model, t.batch_size)
-    n_seq, length = example["tokens"].shape[1:]
-    tokens_per_example = n_seq * length
-    # Validation during training only when asked for (eval_every < steps); short runs are
-    # validated once, at the end.
-    periodic = t.eval_every < t.steps
-    state = fit(
-        config, workdir=workdir, init_fn=init_fn, loss_fn=loss_fn, train_data=train_data,
-        on_eval=(lambda s: {"accuracy": accuracy(s.params, arrays["val"])}) if periodic else None,
-        d_model=model_cfg.d_model,
+    def predict_fn(params, model_state, batch):
+        return model.apply({"params": params}, batch["tokens"], batch["lengths"])[0]
+
+    return dict(
+        init_fn=init_fn, loss_fn=task_loss_fn(model, config.lam), predict_fn=predict_fn,
+        train_data=TaskBatches(example, t.batch_size, config.seed, jax.process_index(),
+                               jax.process_count()),
+        data={split: one_pass(arrays[split], t.batch_size) for split in ("val", "test")},
+        import_weights=lambda path: {"params": hf_gpt(path)[1]},
+        artifacts={"tokenizer.json": lambda path: text.save_tokenizer(tokenizer, path)},
         throughput=Throughput(tokens_per_example,
-                              gpt.flops_per_token(model_cfg, length) * tokens_per_example))
-    results = {"task": task.name, "kind": task.kind, "step": int(state.step),
-               "val_accuracy": accuracy(state.params, arrays["val"]),
-               "test_accuracy": accuracy(state.params, arrays["test"]),
-               "chance": task.chance, "lam": config.lam, "pretrained": pretrained is not None,
-               "n_train": n_train, "n_test": len(arrays["test"]["labels"])}
-    writer = MetricWriter(workdir)
-    if not periodic:
-        writer.write(results["step"], "val", accuracy=results["val_accuracy"])
-    writer.write(results["step"], "test", accuracy=results["test_accuracy"])
-    if jax.process_index() == 0:
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
-    return results
+                              gpt.flops_per_token(cfg, length) * tokens_per_example),
+        task=task)
+
+
+def last_metrics(workdir, split: str) -> dict:
+    rows = [r for r in read_metrics(workdir) if r["split"] == split]
+    return rows[-1] if rows else {}
 
 
 def main(config, workdir):
-    pretrained_config, params = None, None
-    if config.pretrained:
-        pretrained_config, params = load_pretrained(config.pretrained)
-        data_cfg = pretrained_config.data     # the tokenizer the decoder was trained with
-    else:
-        data_cfg = config.data
-    tokenizer = text.get_tokenizer(data_cfg)
-    task = load_task(config)
-    tasks.add_task_tokens(tokenizer)
-    cfg = model_for(config, tokenizer, pretrained_config)
-    results = finetune(config, workdir, task=task, tokenizer=tokenizer, pretrained=params,
-                       model_cfg=cfg)
-    print(f"{task.name} ({task.kind}, chance {results['chance']:.3f}): "
-          f"val accuracy {results['val_accuracy']:.4f}, test accuracy "
-          f"{results['test_accuracy']:.4f}", file=sys.stderr)
+    preflight(config, workdir, resume=False)   # setup resolves the model; fit then checks it
+    run = setup(config, workdir)
+    task = run.pop("task")
+    fit(config, workdir=workdir, **run)
+    if jax.process_index() == 0:
+        val, test = last_metrics(workdir, "val"), last_metrics(workdir, "test")
+        print(f"{task.name} ({task.kind}, chance {task.chance:.3f}): val accuracy "
+              f"{val.get('accuracy', float('nan')):.4f}, test accuracy "
+              f"{test.get('accuracy', float('nan')):.4f}", file=sys.stderr)
 
 
 if __name__ == "__main__":

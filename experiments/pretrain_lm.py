@@ -4,7 +4,9 @@
 
 Default data: the Python standard library's source files, split by file, with a byte-level BPE
 trained on the train split; --config.data.source=hf --config.data.hf_dataset=NAME reads a
-dataset through Hugging Face `datasets` instead.
+dataset through Hugging Face `datasets` instead. The tokenizer is kept in DIR/tokenizer.json,
+so the checkpoints can be used anywhere. --config.init_from=DIR2 starts from another run's
+weights, or from a transformers GPT-2 / GPT-1 directory.
 """
 
 import dataclasses
@@ -15,9 +17,9 @@ from jax.experimental import multihost_utils
 
 from data import text
 from experiments import launch
-from models import gpt
+from models import gpt, hf
 from train import objectives
-from train.trainer import Throughput, fit
+from train.trainer import Throughput, fit, preflight
 
 
 def model_config(config) -> gpt.GPTConfig:
@@ -39,15 +41,17 @@ def lm_loss_fn(model: gpt.GPT):
 
 
 def lm_data(config, tokenizer):
-    """Train iterator (this process's shard) and a factory of one pass over the val split."""
+    """Train iterator (this process's shard) and factories of one pass over val and test."""
     seq_len, batch = config.data.seq_len, config.train.batch_size
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    train_tokens = text.token_stream(config.data, "train", tokenizer)
-    val_tokens = text.token_stream(config.data, "val", tokenizer)
-    train_data = text.PackedWindows(train_tokens, seq_len, batch, seed=config.seed, **kw)
-    eval_data = lambda: text.PackedWindows(val_tokens, seq_len, batch, seed=0,  # noqa: E731
-                                           shuffle=False, **kw)
-    return train_data, eval_data
+    train_data = text.PackedWindows(text.token_stream(config.data, "train", tokenizer), seq_len,
+                                    batch, seed=config.seed, **kw)
+
+    def one_pass(split):
+        tokens = text.token_stream(config.data, split, tokenizer)
+        return lambda: text.PackedWindows(tokens, seq_len, batch, seed=0, shuffle=False, **kw)
+    splits = {e.data or e.split for e in config.evals.values()}
+    return train_data, {split: one_pass(split) for split in splits}
 
 
 def check_fit(cfg: gpt.GPTConfig, config, tokenizer=None) -> None:
@@ -59,23 +63,49 @@ def check_fit(cfg: gpt.GPTConfig, config, tokenizer=None) -> None:
                          f"is {cfg.vocab_size}")
 
 
-def main(config, workdir):
+HF_IMPORTERS = {"gpt2": hf.gpt2_from_pretrained, "openai-gpt": hf.gpt1_from_pretrained}
+
+
+def hf_gpt(path) -> tuple[gpt.GPTConfig, dict]:
+    """(config, params) of a transformers GPT-2 or GPT-1 directory."""
+    kind = hf.read_config(path).get("model_type")
+    if kind not in HF_IMPORTERS:
+        raise ValueError(f"{path} holds a {kind!r} model, not one of {sorted(HF_IMPORTERS)}")
+    return HF_IMPORTERS[kind](path)
+
+
+def import_gpt(path) -> dict:
+    """A transformers GPT-2 or GPT-1 directory, as variables for init_from."""
+    return {"params": hf_gpt(path)[1]}
+
+
+def setup(config, workdir) -> dict:
+    """What fit() needs for this experiment (also used by experiments.evaluate)."""
     cfg = model_config(config)
     check_fit(cfg, config)                  # cheap checks before any data work
-    tokenizer = text.get_tokenizer(config.data)
+    tokenizer = text.workdir_tokenizer(config.data, workdir)
     check_fit(cfg, config, tokenizer)
-    train_data, eval_data = lm_data(config, tokenizer)
+    train_data, data = lm_data(config, tokenizer)
     model = gpt.GPT(cfg)
     seq_len = config.data.seq_len
-    state = fit(
-        config, workdir=workdir, train_data=train_data, eval_data=eval_data,
+    return dict(
+        train_data=train_data, data=data, import_weights=import_gpt,
         init_fn=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32)),
-        loss_fn=lm_loss_fn(model), d_model=cfg.d_model,
-        throughput=Throughput(seq_len, gpt.flops_per_token(cfg, seq_len) * seq_len))
+        loss_fn=lm_loss_fn(model),
+        throughput=Throughput(seq_len, gpt.flops_per_token(cfg, seq_len) * seq_len),
+        artifacts={"tokenizer.json": lambda path: text.save_tokenizer(tokenizer, path)})
+
+
+def main(config, workdir):
+    preflight(config, workdir)
+    run = setup(config, workdir)
+    state = fit(config, workdir=workdir, **run)
+    tokenizer = text.workdir_tokenizer(config.data, workdir)
     if config.sample.num_tokens > 0:
         # Every process takes part in gathering parameters that span processes.
         params = multihost_utils.process_allgather(state.params, tiled=True)
     if jax.process_index() == 0 and config.sample.num_tokens > 0:
+        cfg = model_config(config)
         prompt = tokenizer.encode(config.sample.prompt)
         out = gpt.generate(dataclasses.replace(cfg, dtype="float32"), params, prompt,
                            config.sample.num_tokens, jax.random.key(config.seed),

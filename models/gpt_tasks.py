@@ -14,9 +14,8 @@ The LM logits of the same pass are returned too, for the auxiliary objective L3 
 
 import jax.numpy as jnp
 from flax import linen as nn
-from flax.traverse_util import flatten_dict, unflatten_dict
 
-from models.gpt import GPT, GPTConfig
+from models.gpt import GPT
 
 HEAD_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -40,46 +39,22 @@ class TaskHead(nn.Module):
         return w_y(h_m.sum(axis=1))          # S = 1, or similarity: h_m(a $ b) + h_m(b $ a)
 
 
-class GPTForTasks(nn.Module):
-    """Decoder + task head: tokens [B, S, T] and lengths [B, S] (the extract token is at
-    length - 1) -> (task logits [B, K], LM logits [B, S, T, V])."""
+class GPTForTasks(GPT):
+    """The decoder (its parameters where a language model has them, so a pretrained LM's
+    checkpoint loads as it is) + task head `head`: tokens [B, S, T] and lengths [B, S] (the
+    extract token is at length - 1) -> (task logits [B, K], LM logits [B, S, T, V])."""
 
-    cfg: GPTConfig
-    kind: str
-    num_classes: int
+    kind: str = "classification"
+    num_classes: int = 2
     head_dropout: float = 0.1
 
     @nn.compact
     def __call__(self, tokens, lengths, *, deterministic: bool = True):
         b, s, t = tokens.shape
-        lm_logits, h = GPT(self.cfg, name="gpt")(tokens.reshape(b * s, t),
-                                                deterministic=deterministic, with_hidden=True)
+        lm_logits, h = super().__call__(tokens.reshape(b * s, t), deterministic=deterministic,
+                                        with_hidden=True)
         h = h.reshape(b, s, t, h.shape[-1])
         h_m = jnp.take_along_axis(h, (lengths - 1)[:, :, None, None], axis=2)[:, :, 0]
         logits = TaskHead(self.kind, self.num_classes, self.head_dropout, name="head")(
             h_m, deterministic)
         return logits, lm_logits.reshape(b, s, t, -1)
-
-
-def with_pretrained(params: dict, pretrained: dict) -> dict:
-    """`params` of GPTForTasks with the decoder replaced by pretrained weights.
-
-    Tokens added for the tasks (start, delimiter, extract) have no pretrained embedding: those
-    rows of W_e keep their fresh initialisation, as the new W_y does."""
-    fresh, old = flatten_dict(params["gpt"]), flatten_dict(pretrained)
-    if set(fresh) != set(old):
-        raise ValueError(f"pretrained decoder does not fit: missing "
-                         f"{sorted(set(fresh) - set(old))[:3]}, unexpected "
-                         f"{sorted(set(old) - set(fresh))[:3]}")
-    merged = {}
-    for key, new in fresh.items():   # jnp throughout: the trainer traces its init function
-        was = jnp.asarray(old[key], new.dtype)
-        added_rows = key == ("wte", "embedding") and new.shape[0] >= was.shape[0]
-        if new.shape == was.shape:
-            merged[key] = was
-        elif added_rows and new.shape[1:] == was.shape[1:]:
-            merged[key] = jnp.concatenate([was, new[was.shape[0]:]])
-        else:
-            raise ValueError(f"pretrained {'/'.join(key)} has shape {was.shape}, the model "
-                             f"expects {new.shape}")
-    return {**params, "gpt": unflatten_dict(merged)}

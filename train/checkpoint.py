@@ -1,29 +1,154 @@
-"""Checkpoints on orbax's CheckpointManager: the train state plus the data iterator position."""
+"""Checkpoints on orbax's CheckpointManager: the train state plus the data iterator position,
+each step verified before it is trusted.
 
+Layout: workdir/checkpoints/<step>/ as orbax writes it, plus `manifest.json` (size and SHA-256 of
+every file of the step), written once the asynchronous save has finished. Restoring checks the
+manifest first; a damaged step is named, moved to workdir/checkpoints_damaged/ (nothing is
+deleted) and the next older intact step is used. Old steps are pruned only after a newer step
+is known to be intact, so the newest intact checkpoint is never deleted.
+"""
+
+import fcntl
+import hashlib
+import json
+import os
 import pathlib
+import shutil
+import socket
+import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
 
+MANIFEST = "manifest.json"
+
+
+def _files(step_dir: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(step_dir: pathlib.Path) -> None:
+    files = {p.relative_to(step_dir).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in _files(step_dir)}
+    tmp = step_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"files": files}, indent=1))
+    os.replace(tmp, step_dir / MANIFEST)
+
+
+def verify(step_dir: pathlib.Path) -> str | None:
+    """None when every file of the step matches its manifest, else what is wrong. A step
+    without a manifest (written before manifests existed, or killed between orbax's commit and
+    the manifest) is 'unverified': the caller may still try it."""
+    path = step_dir / MANIFEST
+    if not path.exists():
+        return "unverified"
+    try:
+        want = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError) as e:
+        return f"its manifest is unreadable ({e})"
+    have = {p.relative_to(step_dir).as_posix(): p for p in _files(step_dir)}
+    missing = sorted(set(want) - set(have))
+    if missing:
+        return f"{len(missing)} file(s) missing: {', '.join(missing[:3])}"
+    for name, info in want.items():
+        p = have[name]
+        if p.stat().st_size != info["size"]:
+            return f"{name} has {p.stat().st_size} bytes, {info['size']} were written"
+        if _sha256(p) != info["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
 
 class Checkpointer:
-    """Saves {state, data} under workdir/checkpoints/<step>; keeps the newest `keep`."""
+    """Saves {state, data} under workdir/checkpoints/<step>; keeps the newest `keep` intact ones."""
 
     def __init__(self, workdir, keep: int = 2):
-        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        if keep < 1:
+            raise ValueError(f"train.keep_ckpts must be at least 1, got {keep}")
+        self.workdir = pathlib.Path(workdir).absolute()
+        self.directory = self.workdir / "checkpoints"
+        self.keep = keep
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True),
             item_names=("state", "data"))
+        self._pending = None   # step saved asynchronously, its manifest not yet written
+        self._leader = jax.process_index() == 0
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        steps = self.steps()
+        return steps[-1] if steps else None
 
     def save(self, step: int, state, data_state: dict):
         if step in self.manager.all_steps():
             return
+        self._finalize()
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+        self._pending = step
+
+    def _finalize(self):
+        """Wait for the pending save, write its manifest, then prune older steps."""
+        if self._pending is None:
+            return
+        self.manager.wait_until_finished()
+        step, self._pending = self._pending, None
+        if self._leader:
+            write_manifest(self.directory / str(step))
+            for old in [s for s in self.steps() if s < step][:-(self.keep - 1) or None]:
+                self.manager.delete(old)
+
+    def delete_after(self, step: int) -> list[int]:
+        """Remove every checkpoint newer than `step` (a diverged stretch); returns them."""
+        self._finalize()
+        gone = [s for s in self.steps() if s > step]
+        if self._leader:
+            for s in gone:
+                self.manager.delete(s)
+        self.manager.reload()
+        return gone
+
+    def _quarantine(self, step: int, why: str):
+        print(f"checkpoint {self.directory}/{step} is damaged ({why}); it is moved to "
+              f"{self.workdir}/checkpoints_damaged/ and an older one is used", file=sys.stderr)
+        if self._leader:
+            dest = self.workdir / "checkpoints_damaged" / f"{step}-{int(time.time())}"
+            dest.parent.mkdir(exist_ok=True)
+            shutil.move(str(self.directory / str(step)), dest)
+
+    def restore_latest(self, abstract_state):
+        """(step, state, data_state) of the newest intact checkpoint, restored into the shapes,
+        dtypes and shardings of `abstract_state`; None when there is none."""
+        for step in reversed(self.steps()):
+            problem = verify(self.directory / str(step))
+            if problem not in (None, "unverified"):
+                self._quarantine(step, problem)
+                continue
+            try:
+                state, data = self.restore(step, abstract_state)
+            except _DoesNotFit:
+                raise
+            except Exception as e:   # unreadable files of an unverified step
+                self._quarantine(step, f"{type(e).__name__}: {str(e)[:200]}")
+                continue
+            if problem == "unverified" and self._leader:
+                write_manifest(self.directory / str(step))
+            self.manager.reload()
+            return step, state, data
+        self.manager.reload()
+        return None
 
     def restore(self, step: int, abstract_state):
         """Restore into the shapes, dtypes and shardings of `abstract_state`."""
@@ -31,19 +156,92 @@ class Checkpointer:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(
-                f"the checkpoint at {self.directory}/{step} does not fit this model and "
-                f"optimiser (was it written by another model?): {e}") from e
+            if "metadata tree structures do not match" in str(e) or "shape" in str(e):
+                raise _DoesNotFit(
+                    f"the checkpoint at {self.directory}/{step} does not fit this model and "
+                    f"optimiser (was it written by another model or with another train.freeze?)"
+                    f": {str(e)[:1500]}") from e
+            raise
         return restored["state"], restored["data"]
 
     def wait(self):
-        self.manager.wait_until_finished()
+        self._finalize()
 
     def close(self):
+        self._finalize()
         self.manager.close()
+
+
+class _DoesNotFit(ValueError):
+    pass
+
+
+def newest_intact_step(directory: pathlib.Path) -> int | None:
+    """The newest step under a checkpoints directory whose files match their manifest (or that
+    has none), without opening a CheckpointManager."""
+    steps = sorted((int(p.name) for p in directory.glob("*") if p.name.isdigit()), reverse=True)
+    for step in steps:
+        if verify(directory / str(step)) in (None, "unverified"):
+            return step
+    return None
+
+
+def restore_subtree(directory: pathlib.Path, step: int, target: dict) -> dict:
+    """Only the leaves of `target` (a nested dict of ShapeDtypeStructs with shardings, a subset
+    of the saved train state, e.g. {"params": ...}) from a step: for init_from."""
+    manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=("state",))
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(target, partial_restore=True)))
+    finally:
+        manager.close()
+    return restored["state"]
+
+
+def saved_shapes(directory: pathlib.Path, step: int) -> dict:
+    """The saved train state's tree of shapes (from metadata; nothing is read)."""
+    manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=("state",))
+    try:
+        meta = manager.item_metadata(step)["state"]
+    finally:
+        manager.close()
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), meta)
 
 
 def abstract_like(tree, shardings):
     """ShapeDtypeStructs carrying the target shardings, for restoring."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         tree, shardings)
+
+
+class WorkdirLock:
+    """One run per workdir: an exclusive flock on workdir/.lock, taken by process 0 and released
+    when the process exits, however it exits (the kernel drops a dead holder's lock)."""
+
+    def __init__(self, workdir):
+        self.path = pathlib.Path(workdir) / ".lock"
+        self.file = None
+
+    def __enter__(self):
+        if jax.process_index() != 0:
+            return self
+        self.file = self.path.open("a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RuntimeError(f"{self.path.parent} is in use by another run ({holder}); wait "
+                               f"for it to finish or use another --workdir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()

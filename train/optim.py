@@ -1,71 +1,239 @@
-"""Optimisers and learning-rate schedules, assembled from optax parts."""
+"""Optimiser, learning-rate schedule, weight-decay and learning-rate multipliers, and freezing,
+all from `config.train`.
 
+    optimizer   adamw (decoupled decay, Loshchilov & Hutter) | adam (the Transformer's Adam,
+                b1 0.9, b2 0.98, eps 1e-9; decay as an L2 term in the gradient) | sgd (momentum,
+                nesterov; decay as an L2 term, as the ConvNet papers train)
+    schedule    constant | cosine | linear | step (lr * factor^k after the k-th boundary: the
+                ConvNet papers' divide-by-10) | rsqrt (linear warmup to lr, then lr *
+                sqrt(warmup / step)) | noam (Vaswani et al. eq. 3, the rsqrt schedule whose peak is
+                lr * noam_width^-0.5 * warmup^-0.5); each with `warmup_steps` of linear warmup
+    wd_mults    ((regex, multiplier), ...): the first regex that fully matches a parameter's
+                path ('h_0/attn/qkv/kernel') sets its decay multiplier; unmatched parameters are
+                decayed when they are matrices, kernels or embeddings (ndim >= 2), not when they
+                are biases, norm scales or scalars, whatever the model calls them
+    lr_mults    the same for learning-rate multipliers (default 1)
+    freeze      a regex fully matched against each parameter's path: those parameters take no
+                gradient, hold no optimiser state and stay bitwise unchanged
+
+Frozen parameters are split off before the optimiser sees the tree (`split_frozen`), so its
+state, the gradient norm and the non-finite guard cover only what trains.
+"""
+
+import math
 import re
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax.traverse_util import path_aware_map
+from flax.traverse_util import flatten_dict, unflatten_dict
 
-# Weight matrices and embeddings (the ViT class token, CLIP's projections W_i and W_t too); biases,
-# LayerNorm scales and offsets and scalars (CLIP's temperature) are not decayed.
-DECAYED = ("kernel", "embedding", "class_embedding", "W_i", "W_t")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "linear", "step", "rsqrt", "noam")
 
+
+# ----------------------------------------------------------------------------- paths
+
+def path_name(path) -> str:
+    """('h_0', 'attn', 'kernel') -> 'h_0/attn/kernel' (jax key paths or plain tuples)."""
+    return "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
+
+
+def compile_regex(pattern: str, what: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{what} {pattern!r} is not a valid regular expression: {e}") from e
+
+
+def flat(tree) -> dict[str, Any]:
+    """{'a/b/kernel': leaf} of a nested dict of parameters."""
+    return {"/".join(k): v for k, v in flatten_dict(tree).items()} if tree else {}
+
+
+def nest(flat_tree: dict[str, Any]) -> dict:
+    return unflatten_dict({tuple(k.split("/")): v for k, v in flat_tree.items()})
+
+
+def split_frozen(params, pattern: str) -> tuple[dict, dict]:
+    """(trainable, frozen): two nested dicts that together hold every leaf of `params`."""
+    if not pattern:
+        return params, {}
+    regex = compile_regex(pattern, "train.freeze")
+    leaves = flat(params)
+    frozen = {k: v for k, v in leaves.items() if regex.fullmatch(k)}
+    trainable = {k: v for k, v in leaves.items() if k not in frozen}
+    return nest(trainable), nest(frozen)
+
+
+def merge(*trees) -> dict:
+    """The union of nested dicts with disjoint leaves."""
+    out = {}
+    for t in trees:
+        out.update(flat(t))
+    return nest(out)
+
+
+def frozen_state_mask(model_state, frozen_params, pattern: str) -> dict[str, bool]:
+    """Which model_state leaves (BatchNorm running statistics, ...) stay fixed: those of the
+    modules whose parameters are frozen, and those the freeze regex matches itself. Paths are
+    taken without the collection name ('batch_stats/bn1/mean' -> 'bn1/mean')."""
+    if not pattern:
+        return {}
+    regex = compile_regex(pattern, "train.freeze")
+    modules = {k.rsplit("/", 1)[0] for k in flat(frozen_params)}
+    mask = {}
+    for k in flat(model_state):
+        inner = k.split("/", 1)[1] if "/" in k else k
+        mask[k] = bool(regex.fullmatch(inner)) or inner.rsplit("/", 1)[0] in modules
+    return mask
+
+
+# ----------------------------------------------------------------------------- multipliers
+
+def _multipliers(params, rules, default) -> dict:
+    compiled = [(compile_regex(r, "multiplier regex"), float(m)) for r, m in rules]
+
+    def mult(path, leaf):
+        name = path_name(path)
+        for regex, m in compiled:
+            if regex.fullmatch(name):
+                return m
+        return default(leaf)
+    return jax.tree_util.tree_map_with_path(mult, params)
+
+
+def wd_multipliers(params, rules=()) -> dict:
+    """Per-parameter weight-decay multipliers (see the module docstring)."""
+    return _multipliers(params, rules, lambda leaf: 1.0 if len(leaf.shape) >= 2 else 0.0)
+
+
+def lr_multipliers(params, rules=()) -> dict:
+    return _multipliers(params, rules, lambda leaf: 1.0)
+
+
+def _rules(value) -> tuple:
+    """Config lists of (regex, multiplier); a string 'regex=mult,regex=mult' is accepted too."""
+    if isinstance(value, str):
+        value = [item.rsplit("=", 1) for item in value.split(",") if item.strip()]
+    rules = tuple(tuple(r) for r in value or ())
+    for r in rules:
+        if len(r) != 2:
+            raise ValueError(f"multiplier rule {r!r} is not a (regex, multiplier) pair")
+    return rules
+
+
+class _Empty(NamedTuple):
+    pass
+
+
+def scale_by_tree(mults) -> optax.GradientTransformation:
+    """updates * m, one multiplier per parameter (learning-rate multipliers)."""
+    return optax.GradientTransformation(
+        lambda params: _Empty(),
+        lambda updates, state, params=None: (
+            jax.tree.map(lambda u, m: u if m == 1.0 else u * m, updates, mults), state))
+
+
+def add_decay(weight_decay: float, mults) -> optax.GradientTransformation:
+    """updates + weight_decay * m * params: decoupled after Adam's scaling (AdamW), or an L2
+    term in the gradient when placed first (Adam, SGD)."""
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("weight decay needs the parameters")
+        return jax.tree.map(lambda u, p, m: u if m == 0.0 else u + weight_decay * m * p,
+                            updates, params, mults), state
+    return optax.GradientTransformation(lambda params: _Empty(), update)
+
+
+# ----------------------------------------------------------------------------- schedules
 
 def noam_schedule(d_model: int, warmup: int, scale: float = 1.0) -> optax.Schedule:
-    """Vaswani et al. eq. (3): lr = d^-0.5 * min(step^-0.5, step * warmup^-1.5), step from 1.
+    """Vaswani et al. eq. (3): lr = d^-0.5 * min(step^-0.5, step * warmup^-1.5), step from 1."""
+    return rsqrt_schedule(scale * d_model ** -0.5 * warmup ** -0.5, warmup)
 
-    A linear warmup joined to an inverse-square-root decay at step = warmup."""
-    peak = scale * d_model ** -0.5 * warmup ** -0.5
+
+def rsqrt_schedule(peak: float, warmup: int) -> optax.Schedule:
+    """Linear warmup to `peak` at step = warmup, then peak * sqrt(warmup / step) (step from 1)."""
+    warmup = max(int(warmup), 1)
     warm = lambda count: peak * (count + 1) / warmup                   # noqa: E731
-    decay = lambda count: peak * jnp.sqrt(warmup / (count + warmup))  # noqa: E731
-    return optax.join_schedules([warm, decay], boundaries=[warmup - 1])
+    # join_schedules restarts the count at the boundary: step (from 1) = count + warmup + 1.
+    decay = lambda count: peak * jnp.sqrt(warmup / (count + warmup + 1))  # noqa: E731
+    return optax.join_schedules([warm, decay], boundaries=[warmup])
 
 
-def make_schedule(train_cfg, d_model: int = 0) -> optax.Schedule:
-    kind = train_cfg.schedule
-    if kind == "noam":
-        if d_model <= 0:
-            raise ValueError("the noam schedule needs the model width d_model")
-        return noam_schedule(d_model, train_cfg.warmup_steps, scale=train_cfg.lr)
-    if kind == "cosine":
-        warmup = min(train_cfg.warmup_steps, max(train_cfg.steps - 1, 0))
-        return optax.warmup_cosine_decay_schedule(
-            0.0, train_cfg.lr, warmup_steps=warmup, decay_steps=max(train_cfg.steps, warmup + 1),
-            end_value=train_cfg.lr * train_cfg.min_lr_ratio)
+def _with_warmup(t, after: optax.Schedule, warmup: int) -> optax.Schedule:
+    if warmup <= 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, t.lr, warmup), after], [warmup])
+
+
+def make_schedule(t) -> optax.Schedule:
+    kind = t.schedule
+    warmup = min(int(t.warmup_steps), max(int(t.steps) - 1, 0))
+    rest = max(int(t.steps) - warmup, 1)
+    end = t.lr * t.min_lr_ratio
     if kind == "constant":
-        return optax.constant_schedule(train_cfg.lr)
-    raise ValueError(f"unknown schedule {kind!r}; choose cosine, noam or constant")
+        return _with_warmup(t, optax.constant_schedule(t.lr), warmup)
+    if kind == "cosine":
+        return _with_warmup(t, optax.cosine_decay_schedule(t.lr, rest, alpha=t.min_lr_ratio),
+                            warmup)
+    if kind == "linear":
+        return _with_warmup(t, optax.linear_schedule(t.lr, end, rest), warmup)
+    if kind == "step":
+        bounds = [int(b) for b in t.step_boundaries]
+        if sorted(bounds) != bounds or any(b <= warmup for b in bounds):
+            raise ValueError(f"train.step_boundaries {tuple(bounds)} must increase and lie "
+                             f"after the {warmup} warmup steps")
+        after = optax.piecewise_constant_schedule(
+            t.lr, {b - warmup: t.step_factor for b in bounds})
+        return _with_warmup(t, after, warmup)
+    if kind == "rsqrt":
+        return rsqrt_schedule(t.lr, t.warmup_steps)
+    if kind == "noam":
+        if t.noam_width <= 0:
+            raise ValueError("the noam schedule needs train.noam_width, the model width "
+                             "d_model of Vaswani et al. eq. (3)")
+        return noam_schedule(t.noam_width, t.warmup_steps, scale=t.lr)
+    raise ValueError(f"unknown train.schedule {kind!r}; choose from {SCHEDULES}")
 
 
-def _path_name(path) -> str:
-    return "/".join(str(p) for p in path)
+# ----------------------------------------------------------------------------- optimiser
+
+def validate(t) -> None:
+    """Fail on an impossible optimiser or schedule before anything is compiled."""
+    if t.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown train.optimizer {t.optimizer!r}; choose from {OPTIMIZERS}")
+    if t.schedule not in SCHEDULES:
+        raise ValueError(f"unknown train.schedule {t.schedule!r}; choose from {SCHEDULES}")
+    if not (math.isfinite(t.lr) and t.lr >= 0):
+        raise ValueError(f"train.lr must be a finite number >= 0, got {t.lr}")
+    if t.freeze:
+        compile_regex(t.freeze, "train.freeze")
+    _rules(t.wd_mults)
+    _rules(t.lr_mults)
 
 
-def decay_mask(params):
-    return path_aware_map(lambda path, _: path[-1] in DECAYED, params)
-
-
-def frozen_mask(params, pattern: str):
-    """True for parameters whose path ('h_0/attn/qkv/kernel') matches the regex `pattern`."""
-    regex = re.compile(pattern)
-    return path_aware_map(lambda path, _: bool(regex.search(_path_name(path))), params)
-
-
-def make_optimizer(train_cfg, d_model: int = 0) -> tuple[optax.GradientTransformation,
-                                                         optax.Schedule]:
-    """AdamW with global-norm clipping; parameters matching train_cfg.freeze get no update."""
-    schedule = make_schedule(train_cfg, d_model)
+def make_optimizer(t, params) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimiser for the (trainable) parameters `params` (shapes are enough)."""
+    validate(t)
+    schedule = make_schedule(t)
+    wd = wd_multipliers(params, _rules(t.wd_mults))
+    lr = lr_multipliers(params, _rules(t.lr_mults))
     parts = []
-    if train_cfg.grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(train_cfg.grad_clip))
-    parts.append(optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps,
-                             weight_decay=train_cfg.weight_decay, mask=decay_mask))
-    tx = optax.chain(*parts)
-    if train_cfg.freeze:
-        pattern = train_cfg.freeze
-        tx = optax.multi_transform(
-            {"train": tx, "frozen": optax.set_to_zero()},
-            lambda params: jax.tree.map(lambda f: "frozen" if f else "train",
-                                        frozen_mask(params, pattern)))
-    return tx, schedule
+    if t.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(t.grad_clip))
+    if t.optimizer == "adamw":
+        parts += [optax.scale_by_adam(b1=t.b1, b2=t.b2, eps=t.eps)]
+        if t.weight_decay:
+            parts.append(add_decay(t.weight_decay, wd))
+    else:
+        if t.weight_decay:
+            parts.append(add_decay(t.weight_decay, wd))
+        if t.optimizer == "adam":
+            parts.append(optax.scale_by_adam(b1=t.b1, b2=t.b2, eps=t.eps))
+        elif t.momentum:
+            parts.append(optax.trace(decay=t.momentum, nesterov=t.nesterov))
+    parts += [optax.scale_by_learning_rate(schedule), scale_by_tree(lr)]
+    return optax.chain(*parts), schedule

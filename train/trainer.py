@@ -3,10 +3,12 @@
 fit() takes a model's init function, a loss function
     loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))
 (rng is None in evaluation; model_state holds mutable collections such as BatchNorm statistics,
-{} when there are none), a training iterator with get_state()/set_state(), and an optional
-evaluation-batch factory. It owns sharded initialisation, the jitted step with gradient
-accumulation, the optimiser, the non-finite guard, evaluation cadence, checkpoints (every N
-steps, at the end and on SIGTERM/SIGINT) with the data position, exact resume, and logging.
+{} when there are none), a training iterator with get_state()/set_state(), and the data sources
+and functions its evaluators (`config.evals`, train/evaluators/) read. It owns sharded
+initialisation (or `config.init_from`), the jitted step with gradient accumulation, the
+optimiser and freezing from `config.train` (train/optim.py), the non-finite guard, evaluation
+cadence, verified checkpoints (every N steps, at the end and on SIGTERM/SIGINT) with the data
+position, exact resume, the workdir lock and logging.
 """
 
 import contextlib
@@ -16,7 +18,7 @@ import pathlib
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import flax
 import jax
@@ -27,8 +29,8 @@ from flax import linen as nn
 from jax.sharding import NamedSharding
 from tqdm import tqdm
 
-from train import optim, sharding
-from train.checkpoint import Checkpointer, abstract_like
+from train import evaluators, init_from, optim, sharding
+from train.checkpoint import Checkpointer, WorkdirLock, abstract_like
 from train.logging import MetricWriter
 from train.perf import compiler_options, peak_flops
 
@@ -36,8 +38,8 @@ from train.perf import compiler_options, peak_flops
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: Any
-    opt_state: Any
+    params: Any               # every parameter, frozen ones included
+    opt_state: Any            # the optimiser's state of the trainable parameters only
     model_state: Any
     nonfinite_total: jax.Array   # updates skipped because the loss or a gradient was not finite
     nonfinite_run: jax.Array     # ... of which in a row, up to now
@@ -54,11 +56,17 @@ class NonFiniteError(FloatingPointError):
     pass
 
 
+# Config sections that may change between a run and its resumption (with a warning); a change
+# anywhere else (model, data, task, seed, ...) would make the checkpoint mean something else.
+RESUMABLE_CHANGES = ("train.", "evals.", "eval.", "sample.", "mesh.", "init_from")
+
+
 def validate(config, mesh) -> None:
-    """Fail on impossible values before anything is compiled."""
+    """Fail on impossible values before anything is compiled or written."""
     t = config.train
     dp = sharding.data_parallel_size(mesh)
-    for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every"):
+    for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every",
+                 "keep_ckpts", "max_nonfinite"):
         if t[name] <= 0:
             raise ValueError(f"train.{name} must be positive, got {t[name]}")
     if t.batch_size % t.grad_accum:
@@ -73,21 +81,68 @@ def validate(config, mesh) -> None:
         raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the "
                          f"{jax.process_count()} processes")
     sharding.check_process_rows(mesh, t.batch_size)
+    optim.validate(t)
+    evaluators.validate(config)
 
 
-def save_config(config, workdir: pathlib.Path) -> None:
-    """Write config.json; refuse to resume a workdir whose checkpoints belong to another model."""
-    path = workdir / "config.json"
+def preflight(config, workdir, mesh=None, resume: bool = True):
+    """Every check that needs no data and writes nothing: the mesh, the config's values, and
+    (resume=True) whether the workdir may be resumed with it. Returns the mesh."""
+    mesh = mesh or sharding.make_mesh(config.mesh)
+    validate(config, mesh)
+    if resume:
+        check_resume(config, pathlib.Path(workdir), warn=False)
+    return mesh
+
+
+def _flat_config(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> tuple[dict, dict]:
+    """(refused, warned): the keys whose values differ between a run's saved config and the
+    one it is resumed with, as {key: (saved, requested)}."""
+    a, b = _flat_config(old), _flat_config(new)
+    diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k != "provenance" and not k.startswith("provenance.") and a.get(k) != b.get(k)}
+    warned = {k: v for k, v in diff.items() if k.startswith(RESUMABLE_CHANGES)}
+    return {k: v for k, v in diff.items() if k not in warned}, warned
+
+
+def check_resume(config, workdir: pathlib.Path, warn: bool = True) -> dict:
+    """Refuse to resume a workdir whose checkpoints belong to another model, data or task;
+    warn about changed training settings. Returns the new config as a dict."""
     new = json.loads(config.to_json_best_effort())
+    path = workdir / "config.json"
     if path.exists() and (workdir / "checkpoints").exists():
         old = json.loads(path.read_text())
-        diff = {k: (old.get("model", {}).get(k), v) for k, v in new.get("model", {}).items()
-                if old.get("model", {}).get(k) != v}
-        if diff:
-            raise ValueError(f"{workdir} holds checkpoints of another model; differences "
-                             f"(saved, requested): {diff}. Use a new --workdir.")
+        refused, warned = config_changes(old, new)
+        if refused:
+            lines = "\n".join(f"  {k}: saved {a!r}, requested {b!r}" for k, (a, b) in refused.items())
+            raise ValueError(f"{workdir} holds checkpoints of another run; these settings "
+                             f"differ:\n{lines}\nUse a new --workdir, or the saved settings.")
+        if warned and warn and jax.process_index() == 0:
+            lines = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in warned.items())
+            print(f"warning: resuming {workdir} with changed settings: {lines}",
+                  file=sys.stderr)
+    return new
+
+
+def save_config(new: dict, workdir: pathlib.Path) -> None:
     if jax.process_index() == 0:
-        path.write_text(json.dumps(new, indent=2) + "\n")
+        from train.provenance import provenance
+        main = getattr(sys.modules["__main__"], "__spec__", None)
+        new = dict(new, provenance=dict(provenance(), experiment=getattr(main, "name", ""),
+                                        argv=sys.argv))
+        tmp = workdir / "config.json.tmp"
+        tmp.write_text(json.dumps(new, indent=2) + "\n")
+        tmp.replace(workdir / "config.json")
 
 
 def global_batch(batch: dict, batch_sharding) -> dict:
@@ -105,47 +160,60 @@ def _microbatches(batch, n: int):
                         batch)
 
 
-def with_logical_rules(loss_fn):
-    """loss_fn traced under the logical axis rules, so the models' activation constraints
+def with_logical_rules(fn):
+    """fn traced under the logical axis rules, so the models' activation constraints
     (nn.with_logical_constraint) resolve to mesh axes."""
     def wrapped(*args):
         with nn.logical_axis_rules(sharding.LOGICAL_RULES):
-            return loss_fn(*args)
+            return fn(*args)
     return wrapped
 
 
-def make_train_step(loss_fn, tx, grad_accum: int, batch_spec, seed: int):
-    def grads_of(params, model_state, batch, rng):
-        (loss, (metrics, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, model_state, batch, rng)
-        return loss, metrics, new_state, grads
+def _keep_frozen_state(new, old, mask: dict[str, bool]):
+    """model_state with the entries of frozen modules taken from `old`."""
+    if not any(mask.values()):
+        return new
+    new_flat, old_flat = optim.flat(new), optim.flat(old)
+    return optim.nest({k: old_flat[k] if mask.get(k) else v for k, v in new_flat.items()})
 
+
+def make_train_step(loss_fn, tx, grad_accum: int, batch_spec, seed: int, freeze: str,
+                    state_mask: dict):
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        trainable, frozen = optim.split_frozen(state.params, freeze)
+
+        def grads_of(trainable, model_state, batch, rng):
+            def f(trainable):
+                return loss_fn(optim.merge(trainable, frozen), model_state, batch, rng)
+            (loss, (metrics, new_state)), grads = jax.value_and_grad(f, has_aux=True)(trainable)
+            return loss, metrics, new_state, grads
+
         if grad_accum == 1:
-            loss, metrics, model_state, grads = grads_of(state.params, state.model_state, batch,
-                                                         rng)
+            loss, metrics, model_state, grads = grads_of(trainable, state.model_state, batch, rng)
         else:
             def micro(carry, xs):
                 model_state, grad_sum = carry
                 mb, i = xs
                 mb = jax.lax.with_sharding_constraint(mb, batch_spec)
                 loss, metrics, model_state, grads = grads_of(
-                    state.params, model_state, mb, jax.random.fold_in(rng, i))
+                    trainable, model_state, mb, jax.random.fold_in(rng, i))
                 grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
                 return (model_state, grad_sum), (loss, metrics)
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            zeros = jax.tree.map(jnp.zeros_like, trainable)
             (model_state, grad_sum), (losses, metrics) = jax.lax.scan(
                 micro, (state.model_state, zeros),
                 (_microbatches(batch, grad_accum), jnp.arange(grad_accum)))
             grads = jax.tree.map(lambda g: g / grad_accum, grad_sum)
             loss, metrics = losses.mean(), jax.tree.map(lambda m: m.mean(0), metrics)
-        grad_norm = optax.tree.norm(grads)
+        model_state = _keep_frozen_state(model_state, state.model_state, state_mask)
+        grad_norm = optax.tree.norm(grads)   # of the trainable parameters only
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def update(_):
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            return optax.apply_updates(state.params, updates), opt_state, model_state
+            updates, opt_state = tx.update(grads, state.opt_state, trainable)
+            params = optim.merge(optax.apply_updates(trainable, updates), frozen)
+            return params, opt_state, model_state
 
         def skip(_):
             return state.params, state.opt_state, state.model_state
@@ -162,10 +230,18 @@ def make_train_step(loss_fn, tx, grad_accum: int, batch_spec, seed: int):
     return step
 
 
+def example_count(batch):
+    """Examples (or tokens, with per-token weights) that count in a batch: padding rows carry
+    weight 0."""
+    if "weights" in batch:
+        return jnp.sum(batch["weights"].astype(jnp.float32))
+    return jnp.asarray(jax.tree.leaves(batch)[0].shape[0], jnp.float32)
+
+
 def make_eval_step(loss_fn):
     def step(state: TrainState, batch):
         loss, (metrics, _) = loss_fn(state.params, state.model_state, batch, None)
-        return dict(metrics, loss=loss)
+        return dict(metrics, loss=loss, n=example_count(batch))
     return step
 
 
@@ -202,39 +278,61 @@ class Program:
     init: Callable                # rng -> TrainState, sharded
     train_step: Callable          # (state, batch) -> (state, metrics); donates state
     eval_step: Callable           # (state, batch) -> metrics
+    compiler_options: dict
 
 
-def build(config, *, init_fn: Callable, loss_fn: Callable, mesh, d_model: int = 0) -> Program:
+def _check_freeze(pattern: str, params) -> None:
+    if not pattern:
+        return
+    trainable, frozen = optim.split_frozen(params, pattern)
+    names = list(optim.flat(params))
+    if not frozen:
+        raise ValueError(f"train.freeze {pattern!r} matches no parameter (fully, against paths "
+                         f"such as {', '.join(names[:4])})")
+    if not trainable:
+        raise ValueError(f"train.freeze {pattern!r} matches every parameter: nothing would train")
+
+
+def build(config, *, init_fn: Callable, loss_fn: Callable, mesh) -> Program:
     """Shapes and shardings of the train state (from the parameters' logical axis names) and
     the jitted init, train and eval steps."""
     t = config.train
-    tx, schedule = optim.make_optimizer(t, d_model)
     loss_fn = with_logical_rules(loss_fn)
     batch_sharding = sharding.batch_sharding(mesh)
     repl = sharding.replicated(mesh)
     boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))
     var_shardings = sharding.logical_shardings(boxed, mesh)
     param_shardings = var_shardings["params"]
-    state_shardings_model = {k: v for k, v in var_shardings.items() if k != "params"}
+    model_state_shardings = {k: v for k, v in var_shardings.items() if k != "params"}
+    variables = nn.meta.unbox(boxed)
+    abstract_params = variables["params"]
+    _check_freeze(t.freeze, abstract_params)
+    trainable_abs, frozen_abs = optim.split_frozen(abstract_params, t.freeze)
+    tx, schedule = optim.make_optimizer(t, trainable_abs)
+    state_mask = optim.frozen_state_mask({k: v for k, v in variables.items() if k != "params"},
+                                         frozen_abs, t.freeze)
 
     def init_state(rng):
         variables = nn.meta.unbox(init_fn(rng))
         params = variables.pop("params")
+        trainable, _ = optim.split_frozen(params, t.freeze)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), model_state=variables,
+                          opt_state=tx.init(trainable), model_state=variables,
                           nonfinite_total=jnp.zeros((), jnp.int32),
                           nonfinite_run=jnp.zeros((), jnp.int32))
 
     abstract = jax.eval_shape(init_state, jax.random.key(config.seed))
+    trainable_shardings, _ = optim.split_frozen(param_shardings, t.freeze)
     opt_shardings = optax.tree_map_params(
-        tx, lambda _, s: s, abstract.opt_state, param_shardings,
+        tx, lambda _, s: s, abstract.opt_state, trainable_shardings,
         transform_non_params=lambda _: repl,
         is_leaf=lambda x: isinstance(x, NamedSharding))
     state_shardings = TrainState(step=repl, params=param_shardings, opt_state=opt_shardings,
-                                 model_state=state_shardings_model, nonfinite_total=repl,
+                                 model_state=model_state_shardings, nonfinite_total=repl,
                                  nonfinite_run=repl)
     options = compiler_options(mesh.devices.flat[0].platform)
-    train_step = jax.jit(make_train_step(loss_fn, tx, t.grad_accum, batch_sharding, config.seed),
+    train_step = jax.jit(make_train_step(loss_fn, tx, t.grad_accum, batch_sharding, config.seed,
+                                         t.freeze, state_mask),
                          in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, repl), donate_argnums=0,
                          compiler_options=options)
@@ -243,77 +341,101 @@ def build(config, *, init_fn: Callable, loss_fn: Callable, mesh, d_model: int = 
     return Program(mesh=mesh, tx=tx, schedule=schedule, abstract=abstract,
                    state_shardings=state_shardings, batch_sharding=batch_sharding,
                    init=jax.jit(init_state, out_shardings=state_shardings),
-                   train_step=train_step, eval_step=eval_step)
+                   train_step=train_step, eval_step=eval_step, compiler_options=options)
+
+
+def param_summary(state_or_abstract, freeze: str) -> str:
+    n = optim.flat(state_or_abstract.params)
+    total = sum(int(np.prod(x.shape)) for x in n.values())
+    _, frozen = optim.split_frozen(state_or_abstract.params, freeze)
+    n_frozen = sum(int(np.prod(x.shape)) for x in optim.flat(frozen).values())
+    text = f"{total:,} parameters"
+    return text + (f" ({n_frozen:,} frozen)" if n_frozen else "")
 
 
 def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
-        eval_data: Callable[[], Iterable] | None = None, mesh=None,
-        throughput: Throughput | None = None, d_model: int = 0,
-        on_eval: Callable[[TrainState], dict] | None = None) -> TrainState:
-    """Train until config.train.steps; resume from workdir's newest checkpoint if there is one.
+        data: dict[str, Callable] | None = None, predict_fn: Callable | None = None,
+        eval_fns: dict[str, Any] | None = None, import_weights: Callable | None = None,
+        artifacts: dict[str, Callable] | None = None, mesh=None,
+        throughput: Throughput | None = None) -> TrainState:
+    """Train until config.train.steps; resume from workdir's newest intact checkpoint if there
+    is one, else start from init_fn (or config.init_from).
 
     init_fn(rng) -> variables ({"params": ..., other collections}), parameters may carry
-    logical partitioning. eval_data() returns a fresh finite iterable of batches. on_eval(state)
-    returns extra validation metrics (e.g. accuracies computed on the host)."""
-    t = config.train
+    logical partitioning. `data` maps names ("val", "test", ...) to factories of one finite
+    pass of per-process batches; `predict_fn(params, model_state, batch) -> logits` and
+    `eval_fns` serve the evaluators of config.evals. import_weights(path) -> variables reads a
+    directory that is not a workdir of ours for config.init_from (e.g. models.hf).
+    `artifacts` maps file names to writers(path) of what the workdir must hold besides
+    checkpoints (the tokenizer), called once the run owns the workdir."""
     workdir = pathlib.Path(workdir)
+    mesh = preflight(config, workdir, mesh)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = mesh or sharding.make_mesh(config.mesh)
-    validate(config, mesh)
-    save_config(config, workdir)
-    if jax.process_index() == 0:
-        print(f"mesh {dict(mesh.shape)}: {mesh.size} {mesh.devices.flat[0].platform} devices in "
-              f"{jax.process_count()} process(es)", file=sys.stderr)
-    program = build(config, init_fn=init_fn, loss_fn=loss_fn, mesh=mesh, d_model=d_model)
-    train_step, eval_step, batch_sharding = (program.train_step, program.eval_step,
-                                             program.batch_sharding)
-    writer = MetricWriter(workdir)
+    with WorkdirLock(workdir):
+        save_config(check_resume(config, workdir), workdir)  # again, now no other run writes
+        for name, write in (artifacts or {}).items():
+            if jax.process_index() == 0 and not (workdir / name).exists():
+                write(workdir / name)
+        return _fit(config, workdir, mesh, init_fn, loss_fn, train_data, data or {},
+                    predict_fn, eval_fns or {}, import_weights, throughput or Throughput())
 
+
+def _fit(config, workdir, mesh, init_fn, loss_fn, train_data, data, predict_fn, eval_fns,
+         import_weights, throughput) -> TrainState:
+    t = config.train
+    leader = jax.process_index() == 0
+    program = build(config, init_fn=init_fn, loss_fn=loss_fn, mesh=mesh)
+    if leader:
+        print(f"mesh {dict(mesh.shape)}: {mesh.size} {mesh.devices.flat[0].platform} devices in "
+              f"{jax.process_count()} process(es); {param_summary(program.abstract, t.freeze)}",
+              file=sys.stderr)
+    writer = MetricWriter(workdir)
     ckpt = Checkpointer(workdir, keep=t.keep_ckpts)
-    start = ckpt.latest_step()
-    if start is None:
+    restored = ckpt.restore_latest(abstract_like(program.abstract, program.state_shardings))
+    if restored is None:
         with jax.set_mesh(mesh):
             state = program.init(jax.random.key(config.seed))
+            if config.get("init_from"):
+                state = init_from.apply(config, program, state, import_weights)
         start = 0
+        writer.truncate_after(-1)    # a run without a checkpoint starts its log afresh
     else:
-        state, data_state = ckpt.restore(
-            start, abstract_like(program.abstract, program.state_shardings))
+        start, state, data_state = restored
         train_data.set_state(data_state)
         writer.truncate_after(start)
-        # Step 0 is a starting point written before training (e.g. pretrained weights).
-        what = "starting from" if start == 0 else "resumed from"
-        print(f"{what} {ckpt.directory}/{start}", file=sys.stderr)
+        if start >= t.steps:
+            if leader:
+                print(f"{workdir} is finished (step {start} of {t.steps}); nothing to do. "
+                      f"`python -m experiments.evaluate --workdir={workdir}` evaluates it "
+                      f"again.", file=sys.stderr)
+            ckpt.close()
+            writer.close()
+            return state
+        if leader:
+            print(f"resumed from {ckpt.directory}/{start}", file=sys.stderr)
 
-    def evaluate(step):
-        if eval_data is None and on_eval is None:
-            return {}
-        results = {}
-        if eval_data is not None:
-            sums, n = {}, 0
-            for i, batch in enumerate(eval_data()):
-                if t.eval_steps and i >= t.eval_steps:
-                    break
-                m = jax.device_get(eval_step(state, global_batch(batch, batch_sharding)))
-                sums = m if not sums else jax.tree.map(np.add, sums, m)
-                n += 1
-            results = {k: float(v) / max(n, 1) for k, v in sums.items()}
-        if on_eval is not None:
-            results.update(on_eval(state))
-        writer.write(step, "val", **results)
-        return results
+    suite = evaluators.build(config, evaluators.Context(
+        program=program, data=data, predict_fn=predict_fn, fns=eval_fns))
 
-    throughput = throughput or Throughput()
+    def evaluate(step, final=False):
+        with jax.set_mesh(mesh):
+            rows = suite.run(state, step, final)
+        for split, row in rows.items():
+            writer.write(step, split, **row)
+        return rows.get("val", {})
+
     peak = peak_flops(mesh.devices.flatten().tolist()) if throughput.flops_per_example else None
-    with jax.set_mesh(mesh):
-        last_val = evaluate(0) if start == 0 else {}
+    last_val = evaluate(0) if start == 0 else {}
     window, window_start, window_steps = [], None, 0
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=None,
                dynamic_ncols=True)
+    plain = not sys.stderr.isatty()
+    run_start = time.perf_counter()
     try:
         with _StopSignal() as stop, jax.set_mesh(mesh):
             for step in range(start, t.steps):
-                batch = global_batch(next(train_data), batch_sharding)
-                state, metrics = train_step(state, batch)
+                batch = global_batch(next(train_data), program.batch_sharding)
+                state, metrics = program.train_step(state, batch)
                 s = step + 1
                 window.append(metrics)
                 if window_start is None:   # the first step compiles: time from its end
@@ -323,22 +445,28 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
                     window_steps += 1
                 if s % t.log_every == 0 or s == t.steps:
                     row = _log_train(writer, s, window, window_steps, window_start,
-                                     throughput, peak, program.schedule, state,
-                                     t.batch_size)
+                                     throughput, peak, program.schedule, state, t.batch_size)
                     window, window_start, window_steps = [], time.perf_counter(), 0
                     if row.get("nonfinite_run", 0) >= t.max_nonfinite:
-                        ckpt.wait()
-                        raise NonFiniteError(
-                            f"{int(row['nonfinite_run'])} updates in a row had a non-finite loss "
-                            f"or gradient (step {s}); the run is stopped. Lower train.lr, check "
-                            f"the data, or raise train.max_nonfinite.")
+                        _stop_nonfinite(ckpt, s, int(row["nonfinite_run"]))
                     bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}",
                                     val=f"{last_val.get('loss', float('nan')):.4f}")
+                    if plain and leader:
+                        from train.logging import progress_line
+                        print(progress_line(s, t.steps, row, last_val,
+                                            time.perf_counter() - run_start, start),
+                              file=sys.stderr, flush=True)
                 bar.update(1)
-                if s % t.eval_every == 0 or s == t.steps:
-                    last_val = evaluate(s)
-                if s % t.ckpt_every == 0 or s == t.steps or stop.received:
-                    ckpt.save(s, state, train_data.get_state())
+                final = s == t.steps
+                if suite.due(s) or final:
+                    last_val = evaluate(s, final) or last_val
+                if s % t.ckpt_every == 0 or final or stop.received:
+                    run = int(jax.device_get(state.nonfinite_run))
+                    if run == 0:
+                        ckpt.save(s, state, train_data.get_state())
+                    elif leader:
+                        print(f"step {s}: no checkpoint while updates are being skipped "
+                              f"({run} in a row)", file=sys.stderr)
                 if stop.received:
                     ckpt.wait()
                     print(f"\n{stop.received} at step {s}: checkpoint saved in "
@@ -346,9 +474,23 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
                     raise SystemExit(0)
     finally:
         bar.close()
-        ckpt.wait()
         ckpt.close()
+        writer.close()
     return state
+
+
+def _stop_nonfinite(ckpt: Checkpointer, step: int, run: int):
+    """Stop a diverged run; the checkpoints of its streak of skipped updates go, so the same
+    command with a lower learning rate resumes from before the divergence."""
+    streak_start = step - run
+    ckpt.delete_after(streak_start)
+    last = ckpt.latest_step()
+    where = (f"the newest checkpoint is now step {last}, from before the streak began at step "
+             f"{streak_start}; the same command resumes from it" if last is not None else
+             "no checkpoint from before the streak remains; the same command starts afresh")
+    raise NonFiniteError(
+        f"{run} updates in a row had a non-finite loss or gradient (step {step}); the run is "
+        f"stopped and {where}. Lower train.lr, check the data, or raise train.max_nonfinite.")
 
 
 def _log_train(writer, step, window, window_steps, window_start, throughput, peak, schedule,
@@ -370,4 +512,3 @@ def _log_train(writer, step, window, window_steps, window_start, throughput, pea
             row["mfu"] = examples_per_sec * throughput.flops_per_example / peak
     writer.write(step, "train", **row)
     return row
-

@@ -14,7 +14,7 @@ import dataclasses
 
 import ml_collections
 
-from experiments.configs import gpt as gpt_configs
+from experiments.configs.common import base_config, eval_spec, mesh_config, train_config
 from models import clip
 
 # Paper section 2.5 / table 20: learning rate per model (batch 32,768, 32 epochs).
@@ -22,11 +22,13 @@ PAPER_LR = {"vit-b-32": 5e-4, "vit-b-16": 5e-4, "vit-l-14": 4e-4, "vit-l-14-336"
 PAPER_STEPS = 32 * 400_000_000 // 32_768  # 32 epochs over the 400M-pair WIT dataset
 
 
-def train_config(**overrides) -> ml_collections.ConfigDict:
-    """The shared training fields with CLIP's optimiser: Adam(0.9, 0.98, 1e-6), decay 0.2."""
-    return gpt_configs.train_config(**{
+def clip_train_config(**overrides) -> ml_collections.ConfigDict:
+    """The shared training fields with CLIP's optimiser: AdamW (0.9, 0.98, 1e-6), decay 0.2 on
+    every weight but gains and biases: W_i, W_t and the class token too (a vector, which the
+    default rule would leave undecayed)."""
+    return train_config(**{
         **dict(batch_size=256, lr=5e-4, min_lr_ratio=0.0, b2=0.98, eps=1e-6, weight_decay=0.2,
-               eval_steps=4), **overrides})
+               eval_steps=4, wd_mults=((".*class_embedding", 1.0),)), **overrides})
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -47,27 +49,30 @@ def data_config() -> ml_collections.ConfigDict:
 
 
 def eval_config() -> ml_collections.ConfigDict:
+    """Which labelled scene tasks the zeroshot / linear_probe evaluators use; the first is
+    reported as zeroshot_top1 / linear_probe_top1."""
+    return ml_collections.ConfigDict(dict(tasks="heldout_pairs,digits", seed=1234))
+
+
+def evals_config() -> ml_collections.ConfigDict:
+    """Val loss and zero-shot on val handwriting during training; zero-shot and the linear
+    probe on test handwriting at the end."""
     return ml_collections.ConfigDict(dict(
-        tasks="heldout_pairs,digits",  # the first is reported as zeroshot_top1 / linear_probe_top1
-        val_images=500,          # per task, for zero-shot during training
-        test_images=1000,        # per task, test-split digit instances
-        probe_train_images=3000,
-        probe_val_images=500,
-        probe_Cs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),  # C = 1 / lambda
-        batch_size=500,
-        seed=1234,
-    ))
+        val=eval_spec(type="loss", split="val"),
+        val_zeroshot=eval_spec(type="zeroshot", split="val", images=500),
+        test_zeroshot=eval_spec(type="zeroshot", split="test", every=0, images=1000),
+        test_probe=eval_spec(type="linear_probe", split="test", every=0, images=1000,
+                             train_images=3000, val_images=500)))
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = base_config()
     config.data = data_config()
     config.eval = eval_config()
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.evals = evals_config()
     if arg == "tiny":
         model = clip.preset("tiny")
-        config.train = train_config(steps=2500, batch_size=128, lr=5e-3, warmup_steps=100,
+        config.train = clip_train_config(steps=2500, batch_size=128, lr=5e-3, warmup_steps=100,
                                     eval_every=500, ckpt_every=500)
     elif arg in PAPER_LR:
         model = clip.preset(arg)
@@ -77,9 +82,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
             text=dataclasses.replace(model.text, dtype="bfloat16"))
         config.data.source = "hf"
         config.data.vocab_size = model.text.vocab_size
-        config.train = train_config(steps=PAPER_STEPS, batch_size=32_768, lr=PAPER_LR[arg],
+        config.train = clip_train_config(steps=PAPER_STEPS, batch_size=32_768, lr=PAPER_LR[arg],
                                     warmup_steps=2000, eval_every=5000, ckpt_every=5000)
-        config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+        config.mesh = mesh_config(data=1, fsdp=-1)
     else:
         raise ValueError(f"unknown preset {arg!r}; see experiments/configs/clip.py")
     config.model = ml_collections.ConfigDict(dataclasses.asdict(model))

@@ -15,6 +15,7 @@ import dataclasses
 import ml_collections
 
 from data import text
+from experiments.configs.common import base_config, eval_spec, mesh_config, train_config
 from models import gpt
 
 # GPT-3 Table 2.1: learning rate and batch size in tokens (2048-token sequences).
@@ -23,26 +24,13 @@ GPT3_TRAIN = {"gpt3-125m": (6e-4, 0.5e6), "gpt3-350m": (3e-4, 0.5e6),
               "gpt3-6.7b": (1.2e-4, 2e6), "gpt3-13b": (1e-4, 2e6), "gpt3-175b": (0.6e-4, 3.2e6)}
 
 
-def train_config(**overrides) -> ml_collections.ConfigDict:
-    t = ml_collections.ConfigDict(dict(
-        steps=1000, batch_size=32, grad_accum=1, lr=6e-4, schedule="cosine", warmup_steps=100,
-        min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
-        freeze="", log_every=10, eval_every=100, eval_steps=20, ckpt_every=500, keep_ckpts=2,
-        max_nonfinite=10))
-    t.update(overrides)
-    return t
-
-
-def mesh_config(data=-1, fsdp=1, tensor=1) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
-
-
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = base_config()
     config.data = text.default_config()
     config.data.seq_len = 128
-    config.mesh = mesh_config()
+    # Validation loss during training; test loss once, at the end.
+    config.evals.val = eval_spec(type="loss", split="val")
+    config.evals.test = eval_spec(type="loss", split="test", every=0)
     config.sample = ml_collections.ConfigDict(dict(prompt="import os\n\n\ndef", num_tokens=64,
                                                    temperature=0.8, top_k=40))
     if arg == "tiny":

@@ -1,0 +1,57 @@
+"""The config fields every experiment shares: run identity, init_from, mesh, training, evals.
+
+    seed              the model's initialisation, dropout and data order
+    init_from         "" | a workdir of ours | a directory the experiment's importer reads
+    init_from_regex   which parameters init_from loads (full match on '/'-joined paths)
+    mesh              data / fsdp / tensor sizes; -1 takes the rest of the devices
+    train             optimiser, schedule, freezing, cadences (train/optim.py, train/trainer.py)
+    evals             NAME -> evaluator (train/evaluators/)
+"""
+
+import ml_collections
+
+from train import evaluators
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    t = ml_collections.ConfigDict(dict(
+        steps=1000, batch_size=32, grad_accum=1,
+        optimizer="adamw",           # adamw | adam | sgd
+        lr=6e-4,
+        schedule="cosine",           # constant | cosine | linear | step | rsqrt | noam
+        warmup_steps=100,
+        min_lr_ratio=0.1,            # cosine / linear: final lr = lr * min_lr_ratio
+        step_boundaries=(),          # step: steps at which lr is multiplied by step_factor
+        step_factor=0.1,
+        noam_width=0,                # noam: d_model of Vaswani et al. eq. (3)
+        b1=0.9, b2=0.95, eps=1e-8,   # adam / adamw
+        momentum=0.9, nesterov=False,  # sgd
+        weight_decay=0.1,
+        wd_mults=(),                 # ((regex, multiplier), ...); default: ndim >= 2 decayed
+        lr_mults=(),                 # ((regex, multiplier), ...); default 1
+        grad_clip=1.0,
+        freeze="",                   # regex over parameter paths; "" = nothing frozen
+        log_every=10, eval_every=100, eval_steps=20, ckpt_every=500, keep_ckpts=2,
+        max_nonfinite=10))
+    unknown = set(overrides) - set(t)
+    if unknown:
+        raise ValueError(f"unknown train fields {sorted(unknown)}")
+    t.update(overrides)
+    return t
+
+
+def mesh_config(data=-1, fsdp=1, tensor=1) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+
+
+def base_config(seed: int = 0) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = seed
+    config.init_from = ""
+    config.init_from_regex = ""
+    config.mesh = mesh_config()
+    config.evals = ml_collections.ConfigDict()
+    return config
+
+
+eval_spec = evaluators.spec

@@ -1,0 +1,75 @@
+"""Run a finished (or interrupted) run's evaluators on its newest checkpoint.
+
+    python -m experiments.evaluate --workdir=DIR [--split=test]
+
+The run's experiment, config and tokenizer come from DIR (config.json records which experiment
+wrote it); every evaluator of config.evals logging to --split runs as it does at the end of
+training. Prints one JSON object and writes it to DIR/evaluate-SPLIT-STEP.json; metrics.jsonl is
+left as the run wrote it.
+"""
+
+import importlib
+import json
+import pathlib
+import sys
+
+import jax
+import ml_collections
+from absl import app, flags
+
+from train import evaluators, sharding
+from train.checkpoint import Checkpointer, abstract_like
+from train.trainer import build
+
+flags.DEFINE_string("workdir", None, "A workdir written by one of the experiments.")
+flags.DEFINE_enum("split", "test", ["val", "test"], "Which evaluators to run.")
+FLAGS = flags.FLAGS
+
+
+def load_run(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, str]:
+    path = workdir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{workdir} holds no config.json: not a workdir of ours")
+    saved = json.loads(path.read_text())
+    experiment = saved.pop("provenance", {}).get("experiment", "")
+    if not experiment.startswith("experiments."):
+        raise ValueError(f"{path} does not record which experiment wrote it")
+    return ml_collections.ConfigDict(saved), experiment
+
+
+def evaluate(workdir, split: str = "test") -> dict:
+    workdir = pathlib.Path(workdir)
+    config, experiment = load_run(workdir)
+    run = importlib.import_module(experiment).setup(config, workdir)
+    mesh = sharding.make_mesh(config.mesh)
+    program = build(config, init_fn=run["init_fn"], loss_fn=run["loss_fn"], mesh=mesh)
+    ckpt = Checkpointer(workdir, keep=config.train.keep_ckpts)
+    restored = ckpt.restore_latest(abstract_like(program.abstract, program.state_shardings))
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"{workdir}/checkpoints holds no intact checkpoint")
+    step, state, _ = restored
+    config.evals = {k: v for k, v in config.evals.items() if v.split == split}
+    if not config.evals:
+        raise ValueError(f"the run has no evaluator for split {split!r}")
+    suite = evaluators.build(config, evaluators.Context(
+        program=program, data=run.get("data", {}), predict_fn=run.get("predict_fn"),
+        fns=run.get("eval_fns", {})))
+    with jax.set_mesh(mesh):
+        results = suite.run(state, int(step), final=True).get(split, {})
+    out = {"step": int(step), "split": split, **results}
+    if jax.process_index() == 0:
+        (workdir / f"evaluate-{split}-{int(step)}.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    print(json.dumps(evaluate(FLAGS.workdir, FLAGS.split)))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("workdir")
+    app.run(main)

@@ -1,0 +1,112 @@
+"""Evaluators: what a run measures besides its training loss, configured as
+
+    config.evals.NAME = ConfigDict(type=TYPE, split="val" | "test", every=N, ...)
+
+`type` names a registered evaluator (loss, accuracy, zeroshot, linear_probe, ...); `split` is the
+metrics.jsonl split its numbers are logged under; `every` is the cadence in steps (-1:
+train.eval_every; 0: only at the end of training); `data` names the data source the experiment
+gives fit() (default: the split); `steps` caps the batches of one evaluation (-1:
+train.eval_steps; 0: the whole source). Each evaluator computes on device with the program's
+shardings, over global batches that every process feeds its own rows of, so its numbers do not
+depend on the mesh or the number of processes.
+"""
+
+import abc
+import dataclasses
+from typing import Any, Callable
+
+import ml_collections
+
+REGISTRY: dict[str, type] = {}
+
+
+def register(name: str):
+    def wrap(cls):
+        REGISTRY[name] = cls
+        cls.type_name = name
+        return cls
+    return wrap
+
+
+@dataclasses.dataclass
+class Context:
+    program: Any                                  # trainer.Program: mesh, shardings, eval step
+    data: dict[str, Callable]                     # name -> factory of one pass of local batches
+    predict_fn: Callable | None = None            # (params, model_state, batch) -> logits
+    fns: dict[str, Any] = dataclasses.field(default_factory=dict)   # experiment-specific
+
+
+FIELDS = dict(type="loss", split="val", every=-1, data="", steps=-1)
+
+
+def spec(**fields) -> ml_collections.ConfigDict:
+    """One evaluator's config, with every common field present (so it can be overridden from
+    the command line) and the type's own fields."""
+    unknown = set(fields) - set(FIELDS)
+    kind = fields.get("type", FIELDS["type"])
+    extra = dict(getattr(REGISTRY.get(kind), "defaults", {}))
+    if unknown - set(extra):
+        raise ValueError(f"unknown fields {sorted(unknown - set(extra))} for evaluator {kind!r}")
+    return ml_collections.ConfigDict({**FIELDS, **extra, **fields})
+
+
+def validate(config) -> None:
+    for name, cfg in (config.get("evals") or {}).items():
+        if cfg.type not in REGISTRY:
+            raise ValueError(f"config.evals.{name}.type {cfg.type!r} is not an evaluator; "
+                             f"choose from {sorted(REGISTRY)}")
+        if cfg.split not in ("val", "test"):
+            raise ValueError(f"config.evals.{name}.split must be 'val' or 'test', got "
+                             f"{cfg.split!r}")
+
+
+class Evaluator(abc.ABC):
+    defaults: dict = {}
+
+    def __init__(self, name: str, cfg, train_cfg, ctx: Context):
+        self.name, self.cfg, self.ctx = name, cfg, ctx
+        self.split = cfg.split
+        self.every = train_cfg.eval_every if cfg.every < 0 else cfg.every
+        self.steps = train_cfg.eval_steps if cfg.steps < 0 else cfg.steps
+        self.source = cfg.data or cfg.split
+
+    def batches(self):
+        if self.source not in self.ctx.data:
+            raise ValueError(f"evaluator {self.name!r} reads data {self.source!r}, which this "
+                             f"experiment does not provide (it has {sorted(self.ctx.data)})")
+        for i, batch in enumerate(self.ctx.data[self.source]()):
+            if self.steps and i >= self.steps:
+                return
+            yield batch
+
+    @abc.abstractmethod
+    def run(self, state) -> dict[str, float]:
+        """The evaluator's metrics for the train state `state`."""
+
+
+class Suite:
+    """The evaluators of a run, and which are due at a step."""
+
+    def __init__(self, evaluators: list[Evaluator]):
+        self.evaluators = evaluators
+
+    def due(self, step: int) -> bool:
+        return any(e.every and step % e.every == 0 for e in self.evaluators)
+
+    def run(self, state, step: int, final: bool = False) -> dict[str, dict]:
+        """{split: metrics} of the evaluators due at `step` (at step 0 and periodically those
+        with a cadence; at the end of training every one)."""
+        rows: dict[str, dict] = {}
+        for e in self.evaluators:
+            if final or (e.every and step % e.every == 0):
+                rows.setdefault(e.split, {}).update(e.run(state))
+        return rows
+
+
+def build(config, ctx: Context) -> Suite:
+    evals = config.get("evals") or {}
+    return Suite([REGISTRY[cfg.type](name, cfg, config.train, ctx)
+                  for name, cfg in evals.items()])
+
+
+from train.evaluators import classification, clip_evals  # noqa: E402,F401  (registers types)

@@ -1,0 +1,152 @@
+"""CLIP's two evaluations (Radford et al. 2021, section 3), as evaluators.
+
+zeroshot: each class is described by prompts ("a photo of the number {x}."); the classifier's
+weights are the text embeddings of those prompts, and an image gets the class whose embedding
+is most similar to its own. Prompt ensembling (section 3.1.4) averages the normalised embeddings
+of a class's prompts and normalises again, building the ensemble in embedding space.
+
+linear_probe (section 3.2): L2-regularised logistic regression on frozen image features
+(standardised with the train split's statistics), C = 1 / lambda chosen on a validation split,
+accuracy on the test split. Fitted on device by L-BFGS along the path of Cs from the strongest
+regularisation to the weakest, each fit warm-started from the previous one.
+
+The experiment provides (Context.fns): `tasks` (names, the first one logged without prefix),
+`labelled(task, split, n) -> (images, labels)`, `image_embeds(params, images)` (I_e),
+`image_features(params, images)` (I_f), `text_embeds(params, tokens)` (T_e) and
+`prompt_tokens(task) -> [classes, prompts, context]`.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from train.evaluators import Evaluator, register
+from train.evaluators.classification import labelled_in_batches
+
+
+def _normalize(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def zeroshot_top1(image_embeds: np.ndarray, class_weights: np.ndarray, labels) -> float:
+    """Top-1 accuracy of argmax_c <I_e, W_c>."""
+    return float(np.mean(np.argmax(image_embeds @ class_weights.T, axis=-1) == labels))
+
+
+class _CLIPEvaluator(Evaluator):
+    defaults = dict(images=500, batch_size=512, seed=1234)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        program = self.ctx.program
+        dp = program.batch_sharding.mesh.size // program.mesh.shape["tensor"]
+        self.batch_size = -(-int(self.cfg.batch_size) // dp) * dp
+        repl = jax.sharding.NamedSharding(program.mesh, jax.sharding.PartitionSpec())
+        self._jit = {}
+        for name in ("image_embeds", "image_features", "text_embeds"):
+            fn = self.ctx.fns[name]
+            self._jit[name] = jax.jit(lambda params, x, fn=fn: fn(params, x),
+                                      in_shardings=(program.state_shardings.params,
+                                                    program.batch_sharding),
+                                      out_shardings=repl)
+
+    def embed(self, name, state, x):
+        fn = lambda batch: self._jit[name](state.params, batch)   # noqa: E731
+        return labelled_in_batches(fn, self.ctx.program, x, self.batch_size)
+
+    def tasks(self):
+        return list(self.ctx.fns["tasks"])
+
+    def prefix(self, i, task, key):
+        return key if i == 0 else f"{task}/{key}"
+
+
+@register("zeroshot")
+class ZeroShot(_CLIPEvaluator):
+    """zeroshot_top1 (prompt ensemble), zeroshot_top1_single_prompt (the first prompt alone)
+    and zeroshot_top1_prompt_mean (any one prompt, on average), per task."""
+
+    def run(self, state):
+        out = {}
+        for i, task in enumerate(self.tasks()):
+            x, labels = self.ctx.fns["labelled"](task, self.split, int(self.cfg.images))
+            i_e = self.embed("image_embeds", state, x)
+            tokens = np.asarray(self.ctx.fns["prompt_tokens"](task))
+            t_e = self.embed("text_embeds", state, tokens.reshape(-1, tokens.shape[-1]))
+            t_e = t_e.reshape(*tokens.shape[:2], -1)
+            single = [zeroshot_top1(i_e, t_e[:, j], labels) for j in range(t_e.shape[1])]
+            r = {"zeroshot_top1": zeroshot_top1(i_e, _normalize(t_e.mean(axis=1)), labels),
+                 "zeroshot_top1_single_prompt": single[0],
+                 "zeroshot_top1_prompt_mean": float(np.mean(single))}
+            out.update({self.prefix(i, task, k): v for k, v in r.items()})
+        return out
+
+
+def probe_path(train, val, test, Cs, num_classes: int, iters: int = 100):
+    """(val accuracies, test accuracies) of the probe for each C of Cs (ascending), fitted with
+    warm starts. sklearn's objective C * sum(nll) + ||W||^2 / 2, divided by C n."""
+    (x, y), (xv, yv), (xt, yt) = train, val, test
+    mean, std = x.mean(0), x.std(0) + 1e-8
+    x, xv, xt = ((a - mean) / std for a in (x, xv, xt))
+    n = len(x)
+
+    def loss(w, lam):
+        logits = x @ w["W"] + w["b"]
+        nll = jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+            logits, y[:, None], -1)[:, 0])
+        return nll + 0.5 * lam * jnp.sum(w["W"] ** 2)
+
+    def accuracy(w, a, labels):
+        return jnp.mean(jnp.argmax(a @ w["W"] + w["b"], -1) == labels)
+
+    solver = optax.lbfgs()
+
+    def fit(w, lam):
+        f = lambda w: loss(w, lam)   # noqa: E731
+        value_and_grad = optax.value_and_grad_from_state(f)
+
+        def body(carry, _):
+            w, s = carry
+            value, grad = value_and_grad(w, state=s)
+            updates, s = solver.update(grad, s, w, value=value, grad=grad, value_fn=f)
+            return (optax.apply_updates(w, updates), s), None
+        (w, _), _ = jax.lax.scan(body, (w, solver.init(w)), None, length=iters)
+        return w, (accuracy(w, xv, yv), accuracy(w, xt, yt))
+
+    @jax.jit
+    def path(lams):
+        w0 = {"W": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
+        return jax.lax.scan(fit, w0, lams)[1]
+
+    val_acc, test_acc = path(jnp.asarray([1.0 / (c * n) for c in Cs], jnp.float32))
+    return np.asarray(val_acc), np.asarray(test_acc)
+
+
+@register("linear_probe")
+class LinearProbe(_CLIPEvaluator):
+    """linear_probe_top1 (test accuracy at the C chosen on val), linear_probe_val_top1 and
+    linear_probe_C, per task."""
+
+    defaults = dict(images=1000, batch_size=512, seed=1234, train_images=3000,
+                    val_images=500, Cs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+                    iters=100)
+
+    def run(self, state):
+        out = {}
+        c = self.cfg
+        for i, task in enumerate(self.tasks()):
+            sets = []
+            for split, n in (("train", c.train_images), ("val", c.val_images),
+                             ("test", c.images)):
+                x, labels = self.ctx.fns["labelled"](task, split, int(n))
+                feats = self.embed("image_features", state, x).astype(np.float32)
+                sets.append((jnp.asarray(feats), jnp.asarray(labels, jnp.int32)))
+            num_classes = int(max(int(s[1].max()) for s in sets)) + 1
+            Cs = sorted(float(v) for v in c.Cs)
+            val_acc, test_acc = probe_path(*sets, Cs, num_classes, int(c.iters))
+            best = int(np.argmax(val_acc))   # the first (most regularised) of equals
+            r = {"linear_probe_top1": float(test_acc[best]),
+                 "linear_probe_val_top1": float(val_acc[best]), "linear_probe_C": Cs[best]}
+            out.update({self.prefix(i, task, k): v for k, v in r.items()})
+        return out
