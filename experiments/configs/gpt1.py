@@ -20,6 +20,8 @@ from data import tasks, text
 from experiments.configs import gpt as gpt_configs
 from models import gpt
 
+EXPERIMENT = "finetune_gpt"
+
 TRANSFER_TASKS = ",".join(tasks.TRANSFER_TASKS)   # package, claims, same_package, next_line
 
 
