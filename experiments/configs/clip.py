@@ -17,6 +17,8 @@ import ml_collections
 from experiments.configs.common import base_config, eval_spec, mesh_config, train_config
 from models import clip
 
+EXPERIMENT = "clip"
+
 # Paper section 2.5 / table 20: learning rate per model (batch 32,768, 32 epochs).
 PAPER_LR = {"vit-b-32": 5e-4, "vit-b-16": 5e-4, "vit-l-14": 4e-4, "vit-l-14-336": 2e-5}
 PAPER_STEPS = 32 * 400_000_000 // 32_768  # 32 epochs over the 400M-pair WIT dataset

@@ -18,6 +18,8 @@ from data import text
 from experiments.configs.common import base_config, eval_spec, mesh_config, train_config
 from models import gpt
 
+EXPERIMENT = "pretrain_lm"
+
 # GPT-3 Table 2.1: learning rate and batch size in tokens (2048-token sequences).
 GPT3_TRAIN = {"gpt3-125m": (6e-4, 0.5e6), "gpt3-350m": (3e-4, 0.5e6),
               "gpt3-760m": (2.5e-4, 0.5e6), "gpt3-1.3b": (2e-4, 1e6), "gpt3-2.7b": (1.6e-4, 1e6),

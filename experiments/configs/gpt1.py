@@ -24,6 +24,8 @@ from experiments.configs import gpt as gpt_configs
 from experiments.configs.common import base_config, eval_spec, train_config
 from models import gpt
 
+EXPERIMENT = "finetune_gpt"
+
 
 def finetune_fields(**overrides) -> ml_collections.ConfigDict:
     """What one fine-tuning run reads besides model, data, mesh and train."""
