@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from experiments.configs import gpt as gpt_configs
+from experiments.configs import common, gpt as gpt_configs
 from train import optim
 from train.logging import read_metrics
 from train.trainer import NonFiniteError, fit
@@ -28,18 +28,23 @@ def noam(step, d=512, warmup=4000):
     return d ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
 
 
+def schedule_of(**train):
+    return optim.make_schedule(common.train_config(**train))
+
+
 def test_noam_schedule_values():
-    cfg = gpt_configs.train_config(schedule="noam", lr=1.0, warmup_steps=4000)
-    tx, schedule = optim.make_optimizer(cfg, d_model=512)
+    """Vaswani et al. eq. (3), the width from train.noam_width."""
+    schedule = schedule_of(schedule="noam", lr=1.0, warmup_steps=4000, noam_width=512)
     for step in (1, 100, 3999, 4000, 4001, 10_000, 100_000):   # optax counts from 0
         assert np.isclose(float(schedule(step - 1)), noam(step), rtol=1e-6)
     assert np.isclose(float(schedule(3999)), 512 ** -0.5 * 4000 ** -0.5, rtol=1e-6)  # the peak
+    with pytest.raises(ValueError, match="noam_width"):
+        schedule_of(schedule="noam", lr=1.0)
 
 
 def test_warmup_cosine_values():
-    cfg = gpt_configs.train_config(schedule="cosine", lr=1e-3, warmup_steps=10, steps=110,
-                                   min_lr_ratio=0.1)
-    _, schedule = optim.make_optimizer(cfg)
+    schedule = schedule_of(schedule="cosine", lr=1e-3, warmup_steps=10, steps=110,
+                           min_lr_ratio=0.1)
     assert float(schedule(0)) == 0.0
     assert np.isclose(float(schedule(5)), 5e-4)
     assert np.isclose(float(schedule(10)), 1e-3)
@@ -47,14 +52,30 @@ def test_warmup_cosine_values():
     assert np.isclose(float(schedule(110)), 1e-4)
 
 
-def test_weight_decay_and_freeze_masks():
-    params = {"h_0": {"attn": {"qkv": {"kernel": 1, "bias": 2}}, "ln_1": {"scale": 3}},
-              "wte": {"embedding": 4}}
-    assert optim.decay_mask(params) == {"h_0": {"attn": {"qkv": {"kernel": True, "bias": False}},
-                                                "ln_1": {"scale": False}},
-                                        "wte": {"embedding": True}}
-    frozen = optim.frozen_mask(params, r"^wte/")
-    assert frozen["wte"]["embedding"] and not frozen["h_0"]["attn"]["qkv"]["kernel"]
+def test_step_linear_and_rsqrt_schedules():
+    step = schedule_of(schedule="step", lr=0.1, warmup_steps=0, steps=100,
+                       step_boundaries=(30, 60), step_factor=0.1)
+    assert [round(float(step(s)), 6) for s in (0, 29, 30, 59, 60, 99)] == \
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    linear = schedule_of(schedule="linear", lr=1.0, warmup_steps=0, steps=11, min_lr_ratio=0.0)
+    assert np.isclose(float(linear(5)), 1 - 5 / 11, rtol=1e-6)
+    rsqrt = schedule_of(schedule="rsqrt", lr=2.0, warmup_steps=4)
+    assert np.allclose([float(rsqrt(s)) for s in (0, 3, 15)], [0.5, 2.0, 2.0 * (4 / 16) ** 0.5])
+    with pytest.raises(ValueError, match="step_boundaries"):
+        schedule_of(schedule="step", lr=0.1, warmup_steps=10, step_boundaries=(5,))
+
+
+def test_decay_multipliers_by_shape_then_regex():
+    params = {"h_0": {"attn": {"qkv": {"kernel": np.zeros((4, 2, 3, 2)), "bias": np.zeros(3)}},
+                      "ln_1": {"scale": np.zeros(4)}},
+              "wte": {"embedding": np.zeros((9, 4))}, "class_embedding": np.zeros(4),
+              "t": np.zeros(())}
+    got = optim.wd_multipliers(params, ((".*class_embedding", 1.0), ("wte/.*", 0.5)))
+    assert got == {"h_0": {"attn": {"qkv": {"kernel": 1.0, "bias": 0.0}}, "ln_1": {"scale": 0.0}},
+                   "wte": {"embedding": 0.5}, "class_embedding": 1.0, "t": 0.0}
+    trainable, frozen = optim.split_frozen(params, "wte/.*|h_0/ln_1/.*")
+    assert set(optim.flat(frozen)) == {"wte/embedding", "h_0/ln_1/scale"}
+    assert optim.merge(trainable, frozen).keys() == params.keys()
 
 
 # ------------------------------------------------------------------ a small in-process problem
@@ -91,10 +112,10 @@ def linear_config(**train):
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = ml_collections.ConfigDict({"kind": "linear"})
-    config.train = gpt_configs.train_config(**{
+    config.train = common.train_config(**{
         **dict(steps=30, batch_size=8, lr=0.1, schedule="constant", weight_decay=0.0,
                log_every=1, eval_every=1000, ckpt_every=1000), **train})
-    config.mesh = gpt_configs.mesh_config()
+    config.mesh = common.mesh_config()
     return config
 
 
@@ -228,7 +249,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     other = pretrain(tmp_path / "run", *flags, "--config.model.n_layer=3",
                      "--config.train.steps=4")
     assert other.returncode != 0
-    assert "another model" in other.stderr
+    assert "another run" in other.stderr and "model.n_layer" in other.stderr
     assert sorted((tmp_path / "run" / "checkpoints").iterdir()) == before  # nothing lost
 
 

@@ -189,10 +189,12 @@ def newest_intact_step(directory: pathlib.Path) -> int | None:
 def restore_subtree(directory: pathlib.Path, step: int, target: dict) -> dict:
     """Only the leaves of `target` (a nested dict of ShapeDtypeStructs with shardings, a subset
     of the saved train state, e.g. {"params": ...}) from a step: for init_from."""
-    manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=("state",))
+    manager = _reader(directory, ocp.PyTreeCheckpointHandler())
     try:
         restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(target, partial_restore=True)))
+            state=ocp.args.PyTreeRestore(
+                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True)))
     finally:
         manager.close()
     return restored["state"]
@@ -200,12 +202,18 @@ def restore_subtree(directory: pathlib.Path, step: int, target: dict) -> dict:
 
 def saved_shapes(directory: pathlib.Path, step: int) -> dict:
     """The saved train state's tree of shapes (from metadata; nothing is read)."""
-    manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=("state",))
+    manager = _reader(directory, ocp.StandardCheckpointHandler())
     try:
         meta = manager.item_metadata(step)["state"]
     finally:
         manager.close()
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), meta)
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), meta.tree)
+
+
+def _reader(directory, state_handler):
+    return ocp.CheckpointManager(
+        pathlib.Path(directory).absolute(), item_names=("state", "data"),
+        item_handlers={"state": state_handler, "data": ocp.JsonCheckpointHandler()})
 
 
 def abstract_like(tree, shardings):

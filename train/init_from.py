@@ -97,8 +97,10 @@ def _inner(path: str) -> str:
 _COLLECTIONS = ("batch_stats",)
 
 
-def apply(config, program, state, import_weights=None):
-    """`state` (fresh, sharded) with the selected entries replaced by the source's."""
+def prepare(config, program, import_weights=None):
+    """Check that config.init_from fits the program's model (one error naming every misfit)
+    and return apply(state) -> `state` (fresh, sharded) with the selected entries replaced by
+    the source's."""
     src_params, src_state, where, read = _source(config, import_weights)
     target_params = optim.flat(program.abstract.params)
     target_state = optim.flat(program.abstract.model_state)
@@ -113,9 +115,6 @@ def apply(config, program, state, import_weights=None):
     target = {**target_params, **target_state}
     grown = [k for k, v in load.items() if tuple(v.shape) != tuple(target[k].shape)]
     repl = jax.sharding.NamedSharding(program.mesh, jax.sharding.PartitionSpec())
-    arrays = read({k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                           sharding=repl if k in grown else shardings[k])
-                   for k, v in load.items()})
 
     def merge(fresh: dict, loaded: dict):
         out = dict(fresh)
@@ -124,15 +123,20 @@ def apply(config, program, state, import_weights=None):
             out[k] = x if k not in grown else jnp.concatenate([x, fresh[k][x.shape[0]:]])
         return out
 
-    fresh = {**optim.flat(state.params), **optim.flat(state.model_state)}
-    out_shardings = {k: shardings[k] for k in fresh}
-    merged = jax.jit(merge, out_shardings=out_shardings)(fresh, arrays)
-    params = optim.nest({k: merged[k] for k in target_params})
-    model_state = optim.nest({k: merged[k] for k in target_state}) if target_state else \
-        state.model_state
-    if jax.process_index() == 0:
-        kept = len(target_params) + len(target_state) - len(load)
-        note = f"; rows added to {', '.join(grown)}" if grown else ""
-        print(f"initialised {len(load)} of {len(target_params) + len(target_state)} entries "
-              f"from {where} ({kept} keep their fresh initialisation{note})", file=sys.stderr)
-    return state.replace(params=params, model_state=model_state)
+    def apply(state):
+        arrays = read({k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                               sharding=repl if k in grown else shardings[k])
+                       for k, v in load.items()})
+        fresh = {**optim.flat(state.params), **optim.flat(state.model_state)}
+        out_shardings = {k: shardings[k] for k in fresh}
+        merged = jax.jit(merge, out_shardings=out_shardings)(fresh, arrays)
+        params = optim.nest({k: merged[k] for k in target_params})
+        model_state = optim.nest({k: merged[k] for k in target_state}) if target_state else \
+            state.model_state
+        if jax.process_index() == 0:
+            kept = len(target) - len(load)
+            note = f"; rows added to {', '.join(grown)}" if grown else ""
+            print(f"initialised {len(load)} of {len(target)} entries from {where} ({kept} keep "
+                  f"their fresh initialisation{note})", file=sys.stderr)
+        return state.replace(params=params, model_state=model_state)
+    return apply

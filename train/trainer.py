@@ -370,21 +370,24 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
     checkpoints (the tokenizer), called once the run owns the workdir."""
     workdir = pathlib.Path(workdir)
     mesh = preflight(config, workdir, mesh)
+    program = build(config, init_fn=init_fn, loss_fn=loss_fn, mesh=mesh)   # checks freeze
+    start_from = (init_from.prepare(config, program, import_weights)
+                  if config.get("init_from") else None)
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir):
         save_config(check_resume(config, workdir), workdir)  # again, now no other run writes
         for name, write in (artifacts or {}).items():
             if jax.process_index() == 0 and not (workdir / name).exists():
                 write(workdir / name)
-        return _fit(config, workdir, mesh, init_fn, loss_fn, train_data, data or {},
-                    predict_fn, eval_fns or {}, import_weights, throughput or Throughput())
+        return _fit(config, workdir, program, train_data, data or {}, predict_fn,
+                    eval_fns or {}, start_from, throughput or Throughput())
 
 
-def _fit(config, workdir, mesh, init_fn, loss_fn, train_data, data, predict_fn, eval_fns,
-         import_weights, throughput) -> TrainState:
+def _fit(config, workdir, program, train_data, data, predict_fn, eval_fns, start_from,
+         throughput) -> TrainState:
     t = config.train
+    mesh = program.mesh
     leader = jax.process_index() == 0
-    program = build(config, init_fn=init_fn, loss_fn=loss_fn, mesh=mesh)
     if leader:
         print(f"mesh {dict(mesh.shape)}: {mesh.size} {mesh.devices.flat[0].platform} devices in "
               f"{jax.process_count()} process(es); {param_summary(program.abstract, t.freeze)}",
@@ -395,8 +398,8 @@ def _fit(config, workdir, mesh, init_fn, loss_fn, train_data, data, predict_fn, 
     if restored is None:
         with jax.set_mesh(mesh):
             state = program.init(jax.random.key(config.seed))
-            if config.get("init_from"):
-                state = init_from.apply(config, program, state, import_weights)
+            if start_from is not None:
+                state = start_from(state)
         start = 0
         writer.truncate_after(-1)    # a run without a checkpoint starts its log afresh
     else:
