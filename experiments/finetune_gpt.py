@@ -30,7 +30,7 @@ from experiments import launch
 from experiments.pretrain_lm import hf_gpt
 from models import gpt, gpt_tasks
 from train import objectives
-from train.logging import read_metrics
+from train.logging import MetricWriter, read_metrics
 from train.trainer import Throughput, fit, preflight
 
 
@@ -194,9 +194,13 @@ def main(config, workdir):
     preflight(config, workdir, resume=False)   # setup resolves the model; fit then checks it
     run = setup(config, workdir)
     task = run.pop("task")
-    fit(config, workdir=workdir, **run)
+    state = fit(config, workdir=workdir, **run)
     if jax.process_index() == 0:
         val, test = last_metrics(workdir, "val"), last_metrics(workdir, "test")
+        if "chance" not in test:   # beside the accuracy, for tables of several tasks
+            writer = MetricWriter(workdir)
+            writer.write(int(state.step), "test", chance=task.chance)
+            writer.close()
         print(f"{task.name} ({task.kind}, chance {task.chance:.3f}): val accuracy "
               f"{val.get('accuracy', float('nan')):.4f}, test accuracy "
               f"{test.get('accuracy', float('nan')):.4f}", file=sys.stderr)

@@ -3,75 +3,74 @@
     python -m experiments.gpt1_transfer --workdir=DIR \
         [--config=experiments/configs/gpt1.py:transfer]
 
-1. Pretrain the GPT with L1 on the standard library's train split (DIR/pretrain, pretrain_lm).
-2. For each task (default: the four offline tasks, one per input transformation), fine-tune
-       scratch_l2      a randomly initialised decoder with L2
-       pretrained_l2   the pretrained decoder with L2
-       pretrained_l3   the pretrained decoder with L3 = L2 + lambda * L1 (lambda 0.5)
-   with the same architecture, data, steps and seed (DIR/finetune/TASK-SETTING).
-3. Write the test accuracies to DIR/results.csv (task,setting,accuracy), DIR/results.md and
-   DIR/results.png.
+It is the named sweep `transfer` of experiments/configs/gpt1.py plus its table, i.e.
 
-Running the same command again resumes: finished runs are read back, unfinished ones continue.
+    python -m experiments.sweep --config=experiments/configs/gpt1.py:transfer --name=transfer \
+        --workdir=DIR
+
+1. Pretrain the GPT with L1 on the standard library's train split (DIR/pretrain, pretrain_lm).
+2. For each task (the four offline tasks, one per input transformation), fine-tune
+       scratch_l2      a randomly initialised decoder with L2
+       pretrained_l2   the pretrained decoder with L2 (config.init_from=DIR/pretrain)
+       pretrained_l3   the pretrained decoder with L3 = L2 + lambda * L1 (lambda 0.5)
+   with the same architecture, tokenizer, data, steps and seed (DIR/task=...,setting=...).
+3. The sweep writes DIR/results.csv, summary.md and summary.png; this command adds the table
+   of test accuracies DIR/transfer.md and its plot DIR/transfer.png.
+
+Running the same command again resumes: finished runs are skipped, unfinished ones continue.
 """
 
 import csv
+import os
 import pathlib
+import subprocess
 import sys
 import time
 
-import jax
-import ml_collections
-from absl import logging
+from absl import app, flags
 
-from data import tasks, text
-from experiments import finetune_gpt, launch, pretrain_lm
 from experiments.configs import gpt1
-from models import gpt
 
-SETTINGS = ("scratch_l2", "pretrained_l2", "pretrained_l3")
+SETTINGS = tuple(s["label"] for s in gpt1.SETTINGS)
 LABELS = {"scratch_l2": "scratch, L2", "pretrained_l2": "pretrained, L2",
           "pretrained_l3": "pretrained, L3"}
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# GPT-1 Figure 1's input transformation of each offline task.
+TRANSFORMATIONS = {"package": "classification", "claims": "entailment",
+                   "same_package": "similarity", "next_line": "multiple_choice",
+                   "docstring": "entailment", "module": "similarity"}
+
+flags.DEFINE_string("workdir", None, "Directory of the sweep.")
+flags.DEFINE_string("config", "experiments/configs/gpt1.py:transfer",
+                    "The fine-tuning preset; its named sweep has the preset's name.")
+FLAGS = flags.FLAGS
 
 
-def pretrain_config(config) -> ml_collections.ConfigDict:
-    pre = ml_collections.ConfigDict(config.to_dict())
-    del pre["finetune"]
-    return pre
-
-
-def run_config(config, task: str, setting: str, pretrained_dir) -> ml_collections.ConfigDict:
-    """The finetune_gpt config of one (task, setting) run."""
-    f = config.finetune
-    return gpt1.finetune_config(
-        gpt.GPTConfig(**config.model.to_dict()), config.data,
-        ml_collections.ConfigDict(f.train.to_dict()),
-        seed=config.seed, task=task, lam=f.lam if setting.endswith("l3") else 0.0,
-        pretrained=str(pretrained_dir) if setting.startswith("pretrained") else "",
-        max_len=f.max_len, head_dropout=f.head_dropout, epochs=f.epochs,
-        warmup_fraction=f.warmup_fraction,
-        max_train_examples=f.max_train_examples, max_eval_examples=f.max_eval_examples)
-
-
-def write_table(rows: list[dict], workdir: pathlib.Path, task_info: dict) -> str:
-    """results.csv (task,setting,accuracy), results.md and results.png; returns the markdown."""
-    with (workdir / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["task", "setting", "accuracy"])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({"task": r["task"], "setting": r["setting"],
-                             "accuracy": f"{r['accuracy']:.4f}"})
-    acc = {(r["task"], r["setting"]): r["accuracy"] for r in rows}
+def read_table(workdir: pathlib.Path) -> tuple[dict, list[str], dict]:
+    """(test accuracy by (task, setting), task names, (kind, chance) by task) from the
+    sweep's results.csv (mean over seeds)."""
+    with (workdir / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    acc, info = {}, {}
+    for r in rows:
+        key = (r["task"], r["setting"])
+        acc.setdefault(key, []).append(float(r["test/accuracy"]))
+        info[r["task"]] = (TRANSFORMATIONS.get(r["task"], ""), float(r["test/chance"]))
     names = list(dict.fromkeys(r["task"] for r in rows))
-    lines = ["| task | transformation | chance | " + " | ".join(LABELS[s] for s in SETTINGS) + " |",
-             "|---|---|---|" + "---|" * len(SETTINGS)]
+    return {k: sum(v) / len(v) for k, v in acc.items()}, names, info
+
+
+def write_table(acc: dict, names: list[str], task_info: dict, workdir: pathlib.Path) -> str:
+    """transfer.md and transfer.png; returns the markdown table."""
+    lines = ["| task | transformation | chance | " + " | ".join(LABELS[s] for s in SETTINGS)
+             + " |", "|---|---|---|" + "---|" * len(SETTINGS)]
     for name in names:
-        kind, chance, _ = task_info[name]
+        kind, chance = task_info[name]
         cells = [f"{acc[(name, s)]:.3f}" if (name, s) in acc else "" for s in SETTINGS]
         lines.append(f"| {name} | {kind} | {chance:.3f} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
-    (workdir / "results.md").write_text("Test accuracy\n\n" + table)
-    plot(acc, names, task_info, workdir / "results.png")
+    (workdir / "transfer.md").write_text("Test accuracy\n\n" + table)
+    plot(acc, names, task_info, workdir / "transfer.png")
     return table
 
 
@@ -97,46 +96,25 @@ def plot(acc: dict, names: list[str], task_info: dict, path: pathlib.Path) -> No
     plt.close(fig)
 
 
-def main(config, workdir):
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdir = pathlib.Path(FLAGS.workdir)
+    preset = FLAGS.config.rsplit(":", 1)[-1]
     started = time.perf_counter()
-    # Orbax logs every checkpoint save at INFO; keep the terminal for progress.
-    logging.set_verbosity(logging.WARNING)
     # The runs of a task share programs (scratch and pretrained L2 train the same step; all
     # three evaluate with the same one): compile each once, and not again on a rerun.
-    jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    pre_dir = workdir / "pretrain"
-    print(f"pretraining the decoder with L1 in {pre_dir}", file=sys.stderr)
-    pretrain_lm.main(pretrain_config(config), pre_dir)
-    pretrained_config, params = finetune_gpt.load_pretrained(pre_dir)
-    tokenizer = text.get_tokenizer(pretrained_config.data)
-    tasks.add_task_tokens(tokenizer)
-
-    names = [n.strip() for n in config.finetune.tasks.split(",") if n.strip()]
-    rows, task_info = [], {}
-    total, done = len(names) * len(SETTINGS), 0
-    for name in names:
-        task = tasks.get_task(name)
-        task_info[name] = (task.kind, task.chance, task.description)
-        for setting in SETTINGS:
-            cfg = run_config(config, name, setting, pre_dir)
-            model_cfg = finetune_gpt.model_for(cfg, tokenizer, pretrained_config)
-            t0 = time.perf_counter()
-            result = finetune_gpt.finetune(
-                cfg, workdir / "finetune" / f"{name}-{setting}", task=task, tokenizer=tokenizer,
-                pretrained=params if setting.startswith("pretrained") else None,
-                model_cfg=model_cfg)
-            done += 1
-            rows.append({"task": name, "setting": setting, "accuracy": result["test_accuracy"]})
-            print(f"[{done}/{total}] {name} {setting}: test accuracy "
-                  f"{result['test_accuracy']:.3f} (chance {task.chance:.3f}, "
-                  f"{time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    table = write_table(rows, workdir, task_info)
-    print(f"\nTest accuracy ({time.perf_counter() - started:.0f} s in all)\n\n{table}")
-    print(f"written: {workdir / 'results.csv'}, results.md, results.png")
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(workdir.absolute() / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    cmd = [sys.executable, "-m", "experiments.sweep", f"--config={FLAGS.config}",
+           f"--name={preset}", f"--workdir={workdir}"]
+    if subprocess.run(cmd, cwd=ROOT, env=env).returncode:
+        sys.exit(f"the sweep did not finish; run the same command again to resume")
+    table = write_table(*read_table(workdir), workdir)
+    print(f"\nTest accuracy ({time.perf_counter() - started:.0f} s)\n\n{table}")
+    print(f"written: {workdir / 'transfer.md'}, transfer.png, results.csv, summary.md")
 
 
 if __name__ == "__main__":
-    launch.run(main, "gpt1.py:transfer")
+    flags.mark_flag_as_required("workdir")
+    app.run(main)

@@ -2,6 +2,8 @@
 
     tiny        4 layers x 128 wide, BPE of 512 tokens, on the standard-library corpus; a few
                 minutes on 2 CPU cores
+    tiny-4k     the same model with a 4096-token BPE, 500 steps of 16 x 128 tokens: the language
+                model of GPT-1's transfer table (gpt1.py); `micro` is a seconds-long version
     bench-cpu   6 layers / 6 heads / 384 wide / context 256 / vocab 8192 / batch 8, float32,
                 CPU attention (xla_custom)
     bench-gpu   GPT-2 small, context 1024, batch 16, bfloat16 compute, cuDNN attention
@@ -26,6 +28,10 @@ GPT3_TRAIN = {"gpt3-125m": (6e-4, 0.5e6), "gpt3-350m": (3e-4, 0.5e6),
               "gpt3-6.7b": (1.2e-4, 2e6), "gpt3-13b": (1e-4, 2e6), "gpt3-175b": (0.6e-4, 3.2e6)}
 
 
+MICRO_MODEL = gpt.GPTConfig(vocab_size=512, n_ctx=64, n_layer=1, n_head=2, d_model=32,
+                            dropout=0.0, attn_dropout=0.0)
+
+
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config = base_config()
     config.data = text.default_config()
@@ -42,6 +48,18 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         config.data.seq_len = model.n_ctx
         config.train = train_config(steps=1000, batch_size=16, lr=3e-3, warmup_steps=50,
                                     eval_every=100, eval_steps=8, ckpt_every=200, log_every=10)
+    elif arg in ("tiny-4k", "micro"):
+        # The tasks' texts stay short in a 4096-token BPE, which keeps the twelve fine-tuning
+        # runs of the transfer table cheap; about 1M tokens of pretraining.
+        model = gpt.preset("tiny") if arg == "tiny-4k" else MICRO_MODEL
+        config.data.vocab_size, config.data.seq_len = model.vocab_size, model.n_ctx
+        config.train = train_config(steps=500, batch_size=16, lr=3e-3, warmup_steps=50,
+                                    eval_every=100, eval_steps=4, ckpt_every=500, log_every=10)
+        config.sample.num_tokens = 0
+        if arg == "micro":
+            config.data.max_docs = 40
+            config.train.update(steps=4, batch_size=4, warmup_steps=1, eval_every=4,
+                                eval_steps=2, ckpt_every=4, log_every=2)
     elif arg == "bench-cpu":
         # The CPU benchmark target (experiments/benchmark.py); attention in head-major layout
         # with a hand-derived backward is the faster XLA attention on CPUs.

@@ -5,10 +5,9 @@
                       3 epochs, warmup over 0.2% of training, lambda 0.5 (decay: cosine to 0
                       here, linear in the paper)
     transfer          the fine-tuning runs of GPT-1's transfer table (experiments.gpt1_transfer,
-                      the named sweep `transfer`): at most 64 tokens per sequence, 400 scored
-    pretrain          pretrain_lm config of the transfer table's language model: the tiny GPT,
-                      4096-token BPE, 500 steps of 16 x 128 tokens
-    transfer-micro, pretrain-micro   the same pipeline in seconds (tests)
+                      the named sweep `transfer`, after pretraining gpt.py:tiny-4k): at most 64
+                      tokens per sequence, 400 scored
+    transfer-micro    the same pipeline in seconds (tests; pretraining gpt.py:micro)
 
 A finetune config reads its model and tokenizer from `init_from` (a pretrain_lm workdir, or a
 transformers GPT directory) when it is set, and from `model` / `data` when it is empty (training
@@ -25,6 +24,21 @@ from experiments.configs.common import base_config, eval_spec, train_config
 from models import gpt
 
 EXPERIMENT = "finetune_gpt"
+
+# GPT-1's transfer table (experiments.gpt1_transfer): each offline task x three settings, the
+# same architecture, tokenizer, data, steps and seed; pretraining runs first, in DIR/pretrain.
+TRANSFER_TASKS = ["package", "claims", "same_package", "next_line"]  # one per transformation
+SETTINGS = [
+    {"label": "scratch_l2", "init_from": "", "lam": 0.0,
+     "data.tokenizer": "{sweep_dir}/pretrain/tokenizer.json"},
+    {"label": "pretrained_l2", "init_from": "{sweep_dir}/pretrain", "lam": 0.0},
+    {"label": "pretrained_l3", "init_from": "{sweep_dir}/pretrain", "lam": 0.5},
+]
+SWEEPS = {
+    name: {"task": TRANSFER_TASKS, "setting": SETTINGS, "metric": "test/accuracy",
+           "before": {"experiment": "pretrain_lm", "config": f"gpt.py:{pretrain}",
+                      "workdir": "pretrain"}}
+    for name, pretrain in (("transfer", "tiny-4k"), ("transfer-micro", "micro"))}
 
 
 def finetune_fields(**overrides) -> ml_collections.ConfigDict:
@@ -103,28 +117,7 @@ def get_config(arg: str = "finetune") -> ml_collections.ConfigDict:
             config.update(max_train_examples=32, max_eval_examples=16)
             config.train.update(steps=3, batch_size=4, warmup_steps=1, log_every=1)
         return config
-    if arg in ("pretrain", "pretrain-micro"):
-        return pretrain_config(arg)
     raise ValueError(f"unknown preset {arg!r}; see experiments/configs/gpt1.py")
 
 
-MICRO_MODEL = gpt.GPTConfig(vocab_size=512, n_ctx=64, n_layer=1, n_head=2, d_model=32,
-                            dropout=0.0, attn_dropout=0.0)
-
-
-def pretrain_config(arg: str) -> ml_collections.ConfigDict:
-    """The transfer table's language model, for pretrain_lm."""
-    config = gpt_configs.get_config("tiny")
-    # The tiny GPT with a 4096-token BPE: the tasks' texts stay short in tokens, which keeps
-    # the twelve fine-tuning runs cheap; 500 steps of 16 x 128 tokens (about 1M) of pretraining.
-    model = tiny_model() if arg == "pretrain" else MICRO_MODEL
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(model))
-    config.data.vocab_size, config.data.seq_len = model.vocab_size, model.n_ctx
-    config.train = train_config(steps=500, batch_size=16, lr=3e-3, warmup_steps=50,
-                                eval_every=100, eval_steps=4, ckpt_every=500, log_every=10)
-    config.sample.num_tokens = 0
-    if arg == "pretrain-micro":
-        config.data.max_docs = 40
-        config.train.update(steps=4, batch_size=4, warmup_steps=1, eval_every=4, eval_steps=2,
-                            ckpt_every=4, log_every=2)
-    return config
+MICRO_MODEL = gpt_configs.MICRO_MODEL
