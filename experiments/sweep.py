@@ -633,8 +633,10 @@ def plot_summary(path: pathlib.Path, fieldnames: list[str], rows: list[dict],
     if not ax.lines:
         ax.text(0.5, 0.5, "no finished run reported this metric", ha="center",
                 transform=ax.transAxes)
-    if any(line.get_label() and not line.get_label().startswith("_") for line in ax.lines):
+    if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize=8)
+    n = max((len(g) for g in settings_of(axes, rows).values()), default=0)
+    ax.set_title(f"mean ± std over {n} seeds" if n > 1 else "", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
