@@ -115,7 +115,8 @@ def format_value(value) -> str:
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, (list, tuple)):
-        return "(" + ", ".join(format_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+        inner = ", ".join(format_value(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
     return str(value)
 
 
@@ -166,7 +167,8 @@ def axes_from_spec(spec: dict, where: str) -> list[Axis]:
                 keys = {k: x for k, x in v.items() if k != "label"}
                 if not keys:
                     raise SweepError(f"{where}: a point of {name!r} sets no config key: {v}")
-                label = v.get("label") or ",".join(f"{k}={format_value(x)}" for k, x in keys.items())
+                label = v.get("label") or ",".join(f"{k}={format_value(x)}"
+                                                   for k, x in keys.items())
                 points.append((str(label), keys))
             labels = [p[0] for p in points]
             if len(set(labels)) != len(labels):
@@ -268,10 +270,14 @@ def as_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
+_MISSING = object()
+
+
 def lookup(tree: dict, key: str):
+    """tree["a"]["b"] for "a.b"; _MISSING when there is no such key."""
     for part in key.split("."):
         if not isinstance(tree, dict) or part not in tree:
-            return KeyError
+            return _MISSING
         tree = tree[part]
     return tree
 
@@ -296,7 +302,7 @@ def conflicts(run: Run) -> list[str]:
     out = []
     for key in run.overrides:
         want, have = lookup(run.requested, key), lookup(saved, key)
-        if have is not KeyError and have != want:
+        if have is not _MISSING and have != want:
             out.append(f"{key}={have!r} (the sweep asks for {want!r})")
     return out
 
@@ -337,17 +343,18 @@ class Launcher:
     def __init__(self, echo: bool):
         self.echo = echo
         self.procs: set[subprocess.Popen] = set()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.stopped = None   # the signal that asked the sweep to stop
 
     def handle(self, signum, frame):
         second = self.stopped is not None
         self.stopped = signal.Signals(signum).name
-        self.say(f"{self.stopped}: " + ("killing the running runs" if second else
-                 "the running runs checkpoint and stop; no new run starts "
-                 "(again to kill them)"))
-        with self.lock:
-            for p in self.procs:
+        # Straight to the file descriptor: the handler may interrupt a print.
+        os.write(2, (f"\n{self.stopped}: " + (
+            "killing the running runs\n" if second else "the running runs checkpoint and "
+            "stop; no new run starts (again to kill them)\n")).encode())
+        with self.lock:   # re-entrant: this thread may hold it already
+            for p in list(self.procs):
                 with contextlib.suppress(ProcessLookupError):
                     p.send_signal(signal.SIGKILL if second else signum)
 
@@ -371,6 +378,8 @@ class Launcher:
             # A session of its own: a terminal's Ctrl-C reaches the sweep, which passes it on
             # once (the trainer checkpoints on the first signal).
             with self.lock:
+                if self.stopped:   # a signal came while this run was being set up
+                    return None
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         env=env, start_new_session=True, text=True,
                                         errors="replace", bufsize=1)
@@ -527,8 +536,8 @@ def mean_std(values: list[str]) -> tuple[float, float, int] | None:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0), len(xs)
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.4g}" if math.isfinite(x) else str(x)
+def _fmt(x: float, digits: int = 4) -> str:
+    return f"{x:.{digits}g}" if math.isfinite(x) else str(x)
 
 
 def summary_table(fieldnames: list[str], rows: list[dict]) -> str:
@@ -543,7 +552,7 @@ def summary_table(fieldnames: list[str], rows: list[dict]) -> str:
         for m in metrics:
             s = mean_std([r[m] for r in group])
             cells.append("" if s is None else
-                         _fmt(s[0]) if s[2] == 1 else f"{_fmt(s[0])} ± {_fmt(s[1])}")
+                         _fmt(s[0]) if s[2] == 1 else f"{_fmt(s[0])} ± {_fmt(s[1], 2)}")
         lines.append("| " + " | ".join([*setting, str(len(group)), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -617,15 +626,17 @@ def plot_summary(path: pathlib.Path, fieldnames: list[str], rows: list[dict],
                     yerr=[p[2] for p in points], marker="o", capsize=3, label=label)
     if numeric is None:
         ax.set_xticks(range(len(xs_all)), xs_all, fontsize=8)
-    elif len(numeric) > 1 and min(numeric) > 0 and max(numeric) / min(numeric) >= 20:
+    elif len(numeric) > 1 and min(numeric) > 0 and max(numeric) / min(numeric) >= 10:
         ax.set_xscale("log")
     ax.set_xlabel(x_key)
     ax.set_ylabel(metric or "no metric")
     if not ax.lines:
         ax.text(0.5, 0.5, "no finished run reported this metric", ha="center",
                 transform=ax.transAxes)
-    if any(line.get_label() and not line.get_label().startswith("_") for line in ax.lines):
+    if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize=8)
+    n = max((len(g) for g in settings_of(axes, rows).values()), default=0)
+    ax.set_title(f"mean ± std over {n} seeds" if n > 1 else "", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

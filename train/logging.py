@@ -14,6 +14,7 @@ instead. The old events files stay on disk; TensorBoard reads them all as one ru
 import json
 import logging
 import math
+import os
 import pathlib
 import time
 
@@ -52,7 +53,12 @@ class MetricWriter:
         if self._tb is None:
             from tensorboardX import SummaryWriter   # no TensorFlow needed
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self._tb = SummaryWriter(str(self.workdir), purge_step=self._purge_step)
+            # tensorboardX names files by the second and truncates an existing one: two writers
+            # in one second (a test row after training, a quick resume) need their own names,
+            # ordered as written (TensorBoard reads a run's files in name order).
+            suffix = f".{time.time_ns()}.{os.getpid()}"
+            self._tb = SummaryWriter(str(self.workdir), purge_step=self._purge_step,
+                                     filename_suffix=suffix)
         for name, value in scalars.items():
             self._tb.add_scalar(f"{row['split']}/{name}", value, row["step"],
                                 walltime=row["time"])
