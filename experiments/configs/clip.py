@@ -19,6 +19,12 @@ from models import clip
 
 EXPERIMENT = "clip"
 
+# The temperature ablation: t learned (the paper) or fixed at log(1/0.07), two seeds each:
+#   python -m experiments.sweep --config=experiments/configs/clip.py:tiny --name=temperature \
+#       --workdir=DIR
+SWEEPS = {"temperature": {"model.learn_temperature": [True, False], "seeds": 2,
+                          "metric": "test/zeroshot_top1"}}
+
 # Paper section 2.5 / table 20: learning rate per model (batch 32,768, 32 epochs).
 PAPER_LR = {"vit-b-32": 5e-4, "vit-b-16": 5e-4, "vit-l-14": 4e-4, "vit-l-14-336": 2e-5}
 PAPER_STEPS = 32 * 400_000_000 // 32_768  # 32 epochs over the 400M-pair WIT dataset

@@ -35,10 +35,11 @@ SETTINGS = [
     {"label": "pretrained_l3", "init_from": "{sweep_dir}/pretrain", "lam": 0.5},
 ]
 SWEEPS = {
-    name: {"task": TRANSFER_TASKS, "setting": SETTINGS, "metric": "test/accuracy",
+    name: {"task": tasks, "setting": SETTINGS, "metric": "test/accuracy",
            "before": {"experiment": "pretrain_lm", "config": f"gpt.py:{pretrain}",
                       "workdir": "pretrain"}}
-    for name, pretrain in (("transfer", "tiny-4k"), ("transfer-micro", "micro"))}
+    for name, tasks, pretrain in (("transfer", TRANSFER_TASKS, "tiny-4k"),
+                                  ("transfer-micro", TRANSFER_TASKS[:1], "micro"))}
 
 
 def finetune_fields(**overrides) -> ml_collections.ConfigDict:
