@@ -25,7 +25,7 @@ from experiments import launch
 from models import clip, hf
 from models.vit import ViTConfig
 from train import objectives
-from train.logging import MetricWriter, read_metrics
+from train.logging import read_metrics
 from train.trainer import Throughput, fit, preflight
 
 SOT = "<|startoftext|>"
@@ -111,10 +111,10 @@ def training_data(config, scenes, workdir):
     return train, tokenizer, encode, stats
 
 
-def val_batches(config, scenes, encode, stats):
-    """A fixed few caption batches from val-split handwriting (for the val loss)."""
-    n, batch = config.train.eval_steps, config.train.batch_size
-    it = images.SceneBatches(scenes, encode, batch, *stats, seed=config.eval.seed, split="val",
+def caption_batches(config, scenes, encode, stats, split: str):
+    """A fixed few caption batches from `split` handwriting (for the val and test loss)."""
+    n, batch = max(config.train.eval_steps, 1), config.train.batch_size
+    it = images.SceneBatches(scenes, encode, batch, *stats, seed=config.eval.seed, split=split,
                              process_index=jax.process_index(),
                              process_count=jax.process_count())
     return [next(it) for _ in range(n)]
@@ -202,8 +202,9 @@ def setup(config, workdir) -> dict:
                                                                      images.CLIP_STD)
     data = {}
     if config.data.source == "mnist_scenes":
-        val = val_batches(config, scenes, encode, stats)
-        data["val"] = lambda: iter(val)
+        for split in ("val", "test"):
+            fixed = caption_batches(config, scenes, encode, stats, split)
+            data[split] = lambda fixed=fixed: iter(fixed)
     return dict(
         train_data=train_data, data=data, init_fn=lambda rng: model.init(
             rng, *clip.dummy_inputs(cfg)),
@@ -218,17 +219,12 @@ def main(config, workdir):
     preflight(config, workdir)
     run = setup(config, workdir)
     scenes = run.pop("scenes")
-    state = fit(config, workdir=workdir, **run)
-    model = clip.CLIP(model_config(config))
-    scale = float(jax.device_get(model.apply({"params": state.params}, method="logit_scale")))
-    writer = MetricWriter(workdir)
+    fit(config, workdir=workdir, **run)
     rows = [r for r in read_metrics(workdir) if r["split"] == "test"]
-    row = dict(rows[-1], logit_scale=scale) if rows else {"logit_scale": scale}
-    if not rows or "logit_scale" not in rows[-1]:
-        writer.write(int(state.step), "test", logit_scale=scale)
-    writer.close()
+    row = rows[-1] if rows else {}
     tasks = [t for t in config.eval.tasks.split(",") if t]
-    if jax.process_index() == 0 and "zeroshot_top1" in row and "linear_probe_top1" in row:
+    if jax.process_index() == 0 and {"zeroshot_top1", "linear_probe_top1",
+                                     "logit_scale"} <= row.keys():
         table = results_table(row, tasks, scenes)
         (pathlib.Path(workdir) / "results.md").write_text(table)
         print(table)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from experiments import clip_eval
 from models import clip
 from train import objectives, optim
+from train.evaluators import clip_evals
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -191,25 +191,37 @@ def test_prompt_ensembling():
     # Two classes, two prompts each; class 1's first prompt lies close to class 0.
     e = np.array([[[1.0, 0.0, 0.0], [0.8, 0.6, 0.0]],
                   [[0.8, 0.0, 0.6], [0.0, 1.0, 0.0]]])
-    w = clip_eval.zeroshot_weights(e)
+    w = clip_evals._normalize(e.mean(axis=1))   # the zeroshot evaluator's ensemble
     np.testing.assert_allclose(w[0], np.array([1.8, 0.6, 0.0]) / np.linalg.norm([1.8, 0.6, 0]))
     np.testing.assert_allclose(w[1], np.array([0.8, 1.0, 0.6]) / np.linalg.norm([0.8, 1.0, 0.6]))
-    images = clip_eval.l2_normalize(np.array([[0.9, 0.1, 0.0], [0.6, 0.8, 0.0]]))
-    labels = [0, 1]
-    assert clip_eval.zeroshot_top1(images, e[:, 0], labels) == 0.5   # first prompt alone
-    assert clip_eval.zeroshot_top1(images, w, labels) == 1.0         # ensemble
+    images = clip_evals._normalize(np.array([[0.9, 0.1, 0.0], [0.6, 0.8, 0.0]]))
+    labels = np.array([0, 1])
+    assert clip_evals.zeroshot_top1(images, e[:, 0], labels) == 0.5   # first prompt alone
+    assert clip_evals.zeroshot_top1(images, w, labels) == 1.0         # ensemble
 
 
-def test_linear_probe_picks_c_on_val():
+def test_linear_probe_on_device_matches_scikit_learn():
+    """The warm-started L-BFGS path gives scikit-learn's LogisticRegression accuracies (the
+    same objective, C sum(nll) + |W|^2 / 2 on standardised features) at every C."""
+    from sklearn.linear_model import LogisticRegression
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(3, 8)) * 3
+    centres = rng.normal(size=(3, 8))
 
     def split(n):
         y = rng.integers(3, size=n)
-        return centres[y] + rng.normal(size=(n, 8)), y
+        return (centres[y] + rng.normal(size=(n, 8))).astype(np.float32), y
 
-    r = clip_eval.linear_probe(split(300), split(100), split(200), Cs=[1e-4, 1.0])
-    assert r["C"] == 1.0 and r["test_top1"] > 0.9
+    sets = [split(300), split(100), split(200)]
+    Cs = [1e-4, 1e-2, 1.0]
+    val, test = clip_evals.probe_path(*[(jnp.asarray(x), jnp.asarray(y)) for x, y in sets],
+                                      Cs, num_classes=3)
+    (x, y), (xv, yv), (xt, yt) = sets
+    mean, std = x.mean(0), x.std(0) + 1e-8
+    for i, C in enumerate(Cs):
+        clf = LogisticRegression(C=C, max_iter=1000).fit((x - mean) / std, y)
+        assert abs(val[i] - clf.score((xv - mean) / std, yv)) <= 0.011, C
+        assert abs(test[i] - clf.score((xt - mean) / std, yt)) <= 0.011, C
+    assert val[0] < 0.6 < val[-1]    # the strongest regularisation underfits
 
 
 # --------------------------------------------------------------------------- experiment
@@ -221,9 +233,9 @@ def test_experiment_end_to_end(tmp_path):
     config.train.steps, config.train.batch_size = 4, 16
     config.train.eval_every, config.train.log_every, config.train.eval_steps = 2, 2, 1
     config.train.warmup_steps = 2
-    e = config.eval
-    e.val_images, e.test_images, e.probe_train_images, e.probe_val_images = 40, 60, 80, 40
-    e.probe_Cs = (0.1, 1.0)
+    e = config.evals
+    e.val_zeroshot.images, e.test_zeroshot.images = 40, 60
+    e.test_probe.update(images=60, train_images=80, val_images=40, Cs=(0.1, 1.0))
     config.model.learn_temperature = False
     experiment.main(config, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -63,10 +63,11 @@ def eval_config() -> ml_collections.ConfigDict:
 
 
 def evals_config() -> ml_collections.ConfigDict:
-    """Val loss and zero-shot on val handwriting during training; zero-shot and the linear
-    probe on test handwriting at the end."""
+    """Loss (and exp(t), retrieval accuracy) and zero-shot on val handwriting during training;
+    the same and the linear probe on test handwriting at the end."""
     return ml_collections.ConfigDict(dict(
         val=eval_spec(type="loss", split="val"),
+        test=eval_spec(type="loss", split="test", every=0),
         val_zeroshot=eval_spec(type="zeroshot", split="val", images=500),
         test_zeroshot=eval_spec(type="zeroshot", split="test", every=0, images=1000),
         test_probe=eval_spec(type="linear_probe", split="test", every=0, images=1000,
