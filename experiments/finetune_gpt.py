@@ -27,7 +27,7 @@ import numpy as np
 
 from data import tasks, text
 from experiments import launch
-from experiments.pretrain_lm import hf_gpt
+from experiments.pretrain_lm import hf_gpt, load_lm
 from models import gpt, gpt_tasks
 from train import objectives
 from train.logging import MetricWriter, read_metrics
@@ -137,8 +137,8 @@ def decoder_and_tokenizer(config):
         saved = ml_collections.ConfigDict(json.loads((source / "config.json").read_text()))
         return (gpt.GPTConfig(**saved.model.to_dict()),
                 text.workdir_tokenizer(saved.data, source))
-    cfg, _ = hf_gpt(source)
-    return cfg, text.get_tokenizer(ml_collections.ConfigDict(dict(tokenizer=str(source))))
+    cfg, _, tokenizer = load_lm(source)
+    return cfg, tokenizer
 
 
 def setup(config, workdir) -> dict:

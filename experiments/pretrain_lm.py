@@ -10,15 +10,17 @@ weights, or from a transformers GPT-2 / GPT-1 directory.
 """
 
 import dataclasses
+import pathlib
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax.experimental import multihost_utils
 
 from data import text
 from experiments import launch
 from models import gpt, hf
-from train import objectives
+from train import checkpoint, objectives
 from train.trainer import Throughput, fit, preflight
 
 
@@ -77,6 +79,20 @@ def hf_gpt(path) -> tuple[gpt.GPTConfig, dict]:
 def import_gpt(path) -> dict:
     """A transformers GPT-2 or GPT-1 directory, as variables for init_from."""
     return {"params": hf_gpt(path)[1]}
+
+
+def load_lm(path) -> tuple[gpt.GPTConfig, dict, object]:
+    """(config, params, tokenizer) of a trained language model: a pretrain_lm workdir (its
+    newest intact checkpoint and its tokenizer.json) or a transformers GPT-2 / GPT-1 directory
+    (its vocab.json + merges.txt or tokenizer.json)."""
+    path = pathlib.Path(path).expanduser()
+    if (path / "checkpoints").is_dir():
+        saved, params = checkpoint.load_params(path)
+        saved = ml_collections.ConfigDict(saved)
+        return (gpt.GPTConfig(**saved.model.to_dict()), params,
+                text.workdir_tokenizer(saved.data, path))
+    cfg, params = hf_gpt(path)
+    return cfg, params, text.get_tokenizer(ml_collections.ConfigDict(dict(tokenizer=str(path))))
 
 
 def setup(config, workdir) -> dict:

@@ -253,3 +253,20 @@ class WorkdirLock:
         if self.file is not None:
             fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
+
+
+def load_params(workdir) -> tuple[dict, dict]:
+    """(config.json as a dict, the parameters of the newest intact checkpoint as host arrays)
+    of a workdir of ours: for using a trained model elsewhere (generation, evaluation)."""
+    workdir = pathlib.Path(workdir).expanduser()
+    if not (workdir / "config.json").exists():
+        raise FileNotFoundError(f"{workdir} holds no config.json: not a workdir of ours")
+    step = newest_intact_step(workdir / "checkpoints")
+    if step is None:
+        raise FileNotFoundError(f"{workdir}/checkpoints holds no intact checkpoint")
+    shapes = saved_shapes(workdir / "checkpoints", step)["params"]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {"params": jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)}
+    params = restore_subtree(workdir / "checkpoints", step, target)["params"]
+    return json.loads((workdir / "config.json").read_text()), jax.device_get(params)
