@@ -387,6 +387,33 @@ def quality_filter(docs: Iterable[Doc], classifier: QualityClassifier, alpha: fl
 # ----------------------------------------------------------------------------- mixture
 
 
+def split_long(docs: Iterable[Doc], max_chars: int) -> Iterator[Doc]:
+    """Documents longer than max_chars cut at line ends into pieces of at most max_chars
+    (a longer line is cut where it must), ids suffixed #0, #1, ...; shorter ones pass as they
+    are. GPT-3 trains on 2048-token windows, so a mixture counted in characters can be too."""
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be positive, not {max_chars}")
+    for doc in docs:
+        text = doc["text"]
+        if len(text) <= max_chars:
+            yield doc
+            continue
+        pieces, current = [], ""
+        for line in text.splitlines(keepends=True):
+            while len(line) > max_chars:
+                room = max_chars - len(current)
+                pieces.append(current + line[:room])
+                current, line = "", line[room:]
+            if len(current) + len(line) > max_chars:
+                pieces.append(current)
+                current = ""
+            current += line
+        if current:
+            pieces.append(current)
+        for k, piece in enumerate(pieces):
+            yield {**doc, "id": f"{doc['id']}#{k}", "text": piece}
+
+
 def mix(sources: dict[str, Callable[[], Iterable[Doc]]], weights: dict[str, float],
         total: int, unit: str = "chars") -> Iterator[Doc]:
     """Draws `total` characters (unit="chars", the paper's tokens) or documents (unit="docs")

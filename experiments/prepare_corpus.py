@@ -221,7 +221,13 @@ def mixture(config, shards: dict, per_source: dict, workdir: pathlib.Path) -> di
     total = config.mixture.total or int(min(
         size(per_source[n]) * config.mixture.max_epochs * norm / w
         for n, w in weights.items() if w > 0))
-    factories = {n: (lambda n=n: corpus_prep.read_jsonl(shards[n])) for n in weights}
+    chunk = config.mixture.chunk_chars if unit == "chars" else 0
+
+    def factory(name):
+        docs = lambda: corpus_prep.read_jsonl(shards[name])  # noqa: E731
+        return (lambda: corpus_prep.split_long(docs(), chunk)) if chunk else docs
+
+    factories = {n: factory(n) for n in weights}
     counts = {n: {"docs": 0, "chars": 0} for n in weights}
 
     def counted(docs):

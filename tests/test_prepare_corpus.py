@@ -145,6 +145,19 @@ def test_cross_fitting_scores_each_document_with_a_model_that_did_not_see_it():
         corpus_prep.QualityClassifier().score(raw)
 
 
+def test_long_documents_are_mixed_as_pieces():
+    text = "".join(f"line {i:03d}\n" for i in range(100))  # 9 characters a line
+    one_long_line = "x" * 25
+    pieces = list(corpus_prep.split_long([doc(0, text), doc(1, "short"), doc(2, one_long_line)],
+                                         100))
+    assert len(pieces) == 10 + 2 and "".join(p["text"] for p in pieces[:-2]) == text
+    assert all(len(p["text"]) <= 100 and p["text"].endswith("\n") for p in pieces[:-2])
+    assert [p["id"] for p in pieces[:2]] == ["s:0#0", "s:0#1"]
+    assert [p["id"] for p in pieces[-2:]] == ["s:1", "s:2"]
+    assert [p["text"] for p in corpus_prep.split_long([doc(2, one_long_line)], 10)] == \
+        ["x" * 10, "x" * 10, "x" * 5]
+
+
 def test_mixture_by_documents_and_bad_weights():
     pools = {"a": [doc(i, "a" * 10, "a") for i in range(3)], "b": [doc(0, "b", "b")]}
     factories = {s: (lambda s=s: pools[s]) for s in pools}

@@ -56,6 +56,8 @@ def get_config(arg: str = "offline") -> ml_collections.ConfigDict:
         across_sources=True))  # one index for all datasets: curated ones first, then the crawl
     config.mixture = ml_collections.ConfigDict(dict(
         unit="chars",          # chars (as the paper's tokens) or docs
+        chunk_chars=8192,      # unit=chars: longer documents are mixed as pieces of at most
+                               # this many characters (about one 2048-token window); 0 = whole
         total=0,               # > 0: the mixture's size in `unit`; 0: the largest in which no
         max_epochs=3.4))       # source repeats more than max_epochs times (GPT-3's Wikipedia)
     return config
