@@ -23,7 +23,6 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import (Collator, handle_stop_sequences, normalize_gen_kwargs,
@@ -31,9 +30,8 @@ from lm_eval.models.utils import (Collator, handle_stop_sequences, normalize_gen
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from data import text
 from data.tokenizer import Tokenizer
-from models import gpt, hf
+from models import gpt
 
 REGISTRY_NAME = "flaxpapers"
 
@@ -42,26 +40,14 @@ REGISTRY_NAME = "flaxpapers"
 
 
 def load_model(path) -> tuple[gpt.GPTConfig, dict, Tokenizer]:
-    """A Hugging Face GPT-2 directory or a pretrain_lm workdir -> (config, params, tokenizer)."""
+    """A Hugging Face GPT-2 / GPT-1 directory or a pretrain_lm workdir -> (config, params,
+    tokenizer)."""
+    from experiments.pretrain_lm import load_lm   # orbax, the trainer: only here
     path = pathlib.Path(path).expanduser()
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: expected a Hugging Face GPT-2 "
-                                "directory or a pretrain_lm workdir")
-    saved = json.loads(config_file.read_text())
-    if "model_type" in saved:
-        cfg, params = hf.gpt2_from_pretrained(path)
-        tokenizer = text.get_tokenizer(ml_collections.ConfigDict({"tokenizer": str(path)}))
-    elif "model" in saved and "data" in saved:
-        from experiments.finetune_gpt import load_pretrained  # orbax, the trainer: only here
-        from experiments.pretrain_lm import model_config
-        config, params = load_pretrained(path)
-        cfg = model_config(config)
-        tokenizer = (Tokenizer.load(path / "tokenizer.json")
-                     if (path / "tokenizer.json").is_file() else text.get_tokenizer(config.data))
-    else:
-        raise ValueError(f"{config_file} is neither a Hugging Face config (no 'model_type') nor "
-                         "a pretrain_lm config (no 'model' and 'data' sections)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path / 'config.json'} not found: expected a Hugging Face "
+                                "GPT-2 directory or a pretrain_lm workdir")
+    cfg, params, tokenizer = load_lm(path)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"the tokenizer of {path} has {tokenizer.vocab_size} tokens, more than "
                          f"the model's {cfg.vocab_size}")

@@ -109,7 +109,7 @@ def main(argv):
     cmd = [sys.executable, "-m", "experiments.sweep", f"--config={FLAGS.config}",
            f"--name={preset}", f"--workdir={workdir}"]
     if subprocess.run(cmd, cwd=ROOT, env=env).returncode:
-        sys.exit(f"the sweep did not finish; run the same command again to resume")
+        sys.exit("the sweep did not finish; run the same command again to resume")
     table = write_table(*read_table(workdir), workdir)
     print(f"\nTest accuracy ({time.perf_counter() - started:.0f} s)\n\n{table}")
     print(f"written: {workdir / 'transfer.md'}, transfer.png, results.csv, summary.md")

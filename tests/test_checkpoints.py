@@ -1,13 +1,11 @@
 """What survives: damaged checkpoints, two runs in one workdir, deaths before the first
 checkpoint, diverged runs, and resumptions with another config."""
 
-import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
