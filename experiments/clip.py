@@ -119,7 +119,7 @@ def val_batches(config, scenes, encode, stats):
     n, batch = config.train.eval_steps, config.train.batch_size
     it = images.SceneBatches(scenes, encode, batch, *stats, seed=config.eval.seed, split="val",
                              process_index=jax.process_index(),
-                             process_count=jax.process_count())
+                             process_count=jax.process_count(), prefetch=0)
     return [next(it) for _ in range(n)]
 
 

@@ -7,7 +7,7 @@
 --config.pretrained names a pretrain_lm workdir: its newest checkpoint, model and tokenizer are
 used. Left empty, the model of --config.model is trained from a random initialisation with the
 tokenizer of --config.data. Tasks: the offline ones (package, claims, same_package, next_line,
-docstring, module; data/tasks.py) or a hub task (sst2, rte, mnli, mrpc, qqp, hellaswag, race);
+docstring, module; data/code_tasks.py) or a hub task (sst2, rte, mnli, mrpc, qqp, hellaswag, race);
 --config.hub_data_files="train=a.jsonl,validation=b.jsonl" reads the hub task's columns from
 local files.
 
@@ -25,7 +25,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from data import tasks, text
+from data import code_tasks, gpt1_inputs, hub_tasks, text
+from data.iterators import ArrayBatches
 from experiments import launch
 from models import gpt, gpt_tasks
 from train import objectives, sharding
@@ -47,61 +48,23 @@ def load_pretrained(workdir) -> tuple[ml_collections.ConfigDict, dict]:
     return config, jax.device_get(state["state"]["params"])
 
 
-def _data_files(spec: str) -> dict[str, str] | None:
-    """"train=a.jsonl,validation=b.jsonl" -> {"train": "a.jsonl", "validation": "b.jsonl"}."""
-    items = [s.strip() for s in spec.split(",") if s.strip()]
-    return dict(item.split("=", 1) for item in items) or None
+def load_task(config) -> gpt1_inputs.Task:
+    if config.task in code_tasks.DEFAULT_TASKS:
+        return code_tasks.default_task(config.task)
+    files = text.parse_data_files(config.hub_data_files)
+    return hub_tasks.hub_task(config.task, data_files=files)
 
 
-def load_task(config) -> tasks.Task:
-    if config.task in tasks.DEFAULT_TASKS:
-        return tasks.default_task(config.task)
-    return tasks.hub_task(config.task, data_files=_data_files(config.hub_data_files))
-
-
-def encode_task(task: tasks.Task, tokenizer, config) -> dict[str, dict[str, np.ndarray]]:
-    """Each split as arrays (data/tasks.py: encode_split), after the configured size limits."""
-    sp = tasks.add_task_tokens(tokenizer)
+def encode_task(task: gpt1_inputs.Task, tokenizer, config) -> dict[str, dict[str, np.ndarray]]:
+    """Each split as arrays (data/gpt1_inputs.py: encode_split), after the configured size limits."""
+    sp = gpt1_inputs.add_task_tokens(tokenizer)
     out = {}
     for split, records in task.splits.items():
         limit = config.max_train_examples if split == "train" else config.max_eval_examples
         records = records[:limit] if limit > 0 else records
-        out[split] = tasks.encode_split(task.kind, records, tokenizer.encode_batch,
-                                        config.max_len, sp, pad_id=tokenizer.eot_id)
+        out[split] = gpt1_inputs.encode_split(task.kind, records, tokenizer.encode_batch,
+                                              config.max_len, sp, pad_id=tokenizer.eot_id)
     return out
-
-
-class TaskBatches:
-    """Minibatches of a task's train arrays, reshuffled each epoch, forever; resumable."""
-
-    def __init__(self, arrays: dict, batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1):
-        self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
-        self.n = len(arrays["labels"])
-        self.steps_per_epoch = max(self.n // batch_size, 1)
-        local = batch_size // process_count
-        self._rows = slice(process_index * local, (process_index + 1) * local)
-        self.epoch, self.index = 0, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self.index >= self.steps_per_epoch:
-            self.epoch, self.index = self.epoch + 1, 0
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n)
-        start = self.index * self.batch_size
-        rows = np.resize(order[start:start + self.batch_size], self.batch_size)[self._rows]
-        self.index += 1
-        return {k: v[rows] for k, v in self.arrays.items()}
-
-    def get_state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "n": self.n}
-
-    def set_state(self, state: dict) -> None:
-        if state["n"] != self.n:
-            raise ValueError(f"iterator state is for {state['n']} examples, not {self.n}")
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
 def task_loss_fn(model: gpt_tasks.GPTForTasks, lam: float):
@@ -174,7 +137,7 @@ def model_for(config, tokenizer, pretrained_config=None) -> gpt.GPTConfig:
     return gpt.GPTConfig(**{**fields, "vocab_size": vocab})
 
 
-def finetune(config, workdir, *, task: tasks.Task | None = None, tokenizer=None,
+def finetune(config, workdir, *, task: gpt1_inputs.Task | None = None, tokenizer=None,
              pretrained: dict | None = None, model_cfg: gpt.GPTConfig | None = None) -> dict:
     """One fine-tuning run; returns {"val_accuracy", "test_accuracy", "chance", ...}.
 
@@ -200,8 +163,9 @@ def finetune(config, workdir, *, task: tasks.Task | None = None, tokenizer=None,
     arrays = encode_task(task, tokenizer, config)
     model = gpt_tasks.GPTForTasks(model_cfg, task.kind, task.num_classes, config.head_dropout)
     example = arrays["train"]
-    train_data = TaskBatches(example, t.batch_size, config.seed, jax.process_index(),
-                             jax.process_count())
+    train_data = ArrayBatches(example, t.batch_size, seed=config.seed, repeat_small=True,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count())
     loss_fn = task_loss_fn(model, config.lam)
 
     def init_fn(rng):
@@ -246,7 +210,7 @@ def main(config, workdir):
         data_cfg = config.data
     tokenizer = text.get_tokenizer(data_cfg)
     task = load_task(config)
-    tasks.add_task_tokens(tokenizer)
+    gpt1_inputs.add_task_tokens(tokenizer)
     cfg = model_for(config, tokenizer, pretrained_config)
     results = finetune(config, workdir, task=task, tokenizer=tokenizer, pretrained=params,
                        model_cfg=cfg)

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from data import tasks, text
+from data import gpt1_inputs, hub_tasks, text
 from experiments import finetune_gpt, launch, pretrain_lm
 from experiments.configs import gpt1
 from models import gpt
@@ -112,13 +112,13 @@ def main(config, workdir):
     pretrain_lm.main(pretrain_config(config), pre_dir)
     pretrained_config, params = finetune_gpt.load_pretrained(pre_dir)
     tokenizer = text.get_tokenizer(pretrained_config.data)
-    tasks.add_task_tokens(tokenizer)
+    gpt1_inputs.add_task_tokens(tokenizer)
 
     names = [n.strip() for n in config.finetune.tasks.split(",") if n.strip()]
     rows, task_info = [], {}
     total, done = len(names) * len(SETTINGS), 0
     for name in names:
-        task = tasks.get_task(name)
+        task = hub_tasks.get_task(name)
         task_info[name] = (task.kind, task.chance, task.description)
         for setting in SETTINGS:
             cfg = run_config(config, name, setting, pre_dir)

@@ -16,17 +16,17 @@ import dataclasses
 
 import ml_collections
 
-from data import tasks, text
+from data import code_tasks, text
 from experiments.configs import gpt as gpt_configs
 from models import gpt
 
-TRANSFER_TASKS = ",".join(tasks.TRANSFER_TASKS)   # package, claims, same_package, next_line
+TRANSFER_TASKS = ",".join(code_tasks.TRANSFER_TASKS)   # package, claims, same_package, next_line
 
 
 def finetune_fields(**overrides) -> ml_collections.ConfigDict:
     """What one fine-tuning run reads besides model, data, mesh and train."""
     f = ml_collections.ConfigDict(dict(
-        task="next_line",          # an offline task (data/tasks.py: DEFAULT_TASKS) or a hub
+        task="next_line",          # an offline task (data/code_tasks.py: DEFAULT_TASKS) or a hub
                                    # task (sst2, rte, mnli, mrpc, qqp, hellaswag, race)
         hub_data_files="",         # "train=a.jsonl,validation=b.jsonl": the hub task from files
         pretrained="",             # a pretrain_lm workdir; "" = random initialisation
