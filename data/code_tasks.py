@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from data.gpt1_inputs import Task
 from data.text import stdlib_files, stdlib_root
 
+
 @dataclasses.dataclass(frozen=True)
 class Function:
     path: str               # relative to the library root, "/"-separated
