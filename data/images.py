@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from data.iterators import EpochBatches
+
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the released CLIP preprocessing
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -230,42 +232,34 @@ def tokenize(tokenizer, captions: Sequence[str], context_length: int, sot_id: in
     return out
 
 
-class SceneBatches:
+def _crop_each(images, size: int, rngs) -> np.ndarray:
+    """A random square crop of every image, example j's from rngs[j]."""
+    return np.stack([random_square_crop(im[None], size, rng)[0] for im, rng in zip(images, rngs)])
+
+
+class SceneBatches(EpochBatches):
     """Endless training batches {"images": float32 NHWC, "tokens": int32} of captioned scenes.
 
-    Batch k is a pure function of (seed, k), so the iterator position is one integer and a
-    resumed run sees exactly the batches it would have. Each process keeps its rows of the
-    global batch, so the data do not depend on the number of processes."""
+    An epoch is one global batch of fresh scenes: scene i of epoch e, and its random crop, come
+    from default_rng((seed, e, i)) (data/iterators.py), so a resumed run sees exactly the batches
+    it would have, and each process renders only its own rows of the global batch."""
 
     def __init__(self, scenes: DigitScenes, encode, batch_size: int, mean, std, *, seed: int,
-                 split: str = "train", process_index: int = 0, process_count: int = 1):
-        if batch_size % process_count:
-            raise ValueError(f"batch {batch_size} is not divisible by {process_count} processes")
-        self.scenes, self.encode, self.batch_size = scenes, encode, batch_size
-        self.mean, self.std, self.seed, self.split = mean, std, seed, split
-        local = batch_size // process_count
-        self.rows = slice(process_index * local, (process_index + 1) * local)
-        self.step = 0
+                 split: str = "train", process_index: int = 0, process_count: int = 1,
+                 prefetch: int = 2):
+        self.scenes, self.encode, self.mean, self.std, self.split = scenes, encode, mean, std, split
+        self.kind = f"SceneBatches({split})"
+        super().__init__(batch_size, batch_size, seed=seed, process_index=process_index,
+                         process_count=process_count, prefetch=prefetch)
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng((self.seed, self.step))
-        self.step += 1
-        images, captions = self.scenes.captioned(self.batch_size, rng, self.split)
-        images = random_square_crop(images, self.scenes.config.crop, rng)[self.rows]
-        return {"images": normalize(images, self.mean, self.std),
-                "tokens": self.encode(captions[self.rows])}
-
-    def get_state(self) -> dict:
-        return {"step": self.step, "seed": self.seed, "batch_size": self.batch_size}
-
-    def set_state(self, state: dict) -> None:
-        if (state["seed"], state["batch_size"]) != (self.seed, self.batch_size):
-            raise ValueError(f"iterator state {state} is not from this data "
-                             f"(seed {self.seed}, batch {self.batch_size})")
-        self.step = int(state["step"])
+    def make_batch(self, indices, rngs):
+        images, captions = [], []
+        for rng in rngs:
+            image, (text,) = self.scenes.captioned(1, rng, self.split)
+            images.append(random_square_crop(image, self.scenes.config.crop, rng)[0])
+            captions.append(text)
+        return {"images": normalize(np.stack(images), self.mean, self.std),
+                "tokens": self.encode(captions)}
 
 
 # --------------------------------------------------------------------------- hub image-caption data
@@ -301,47 +295,23 @@ def load_image_captions(path: str, split: str = "train", image_column: str = "im
     return ds
 
 
-class HubBatches:
+class HubBatches(EpochBatches):
     """Endless training batches from a map-style image-caption dataset, in the same form as
-    SceneBatches: each epoch a (seed, epoch) permutation; images resized to `resize`
-    (shorter side, centre square), then a random `crop` square, then normalised."""
+    SceneBatches: each epoch a (seed, epoch) permutation (data/iterators.py); images resized to
+    `resize` (shorter side, centre square), then a random `crop` square drawn from the example's
+    default_rng((seed, epoch, i)), then normalised."""
 
     def __init__(self, ds, encode, batch_size: int, resize: int, crop: int, mean, std, *,
                  seed: int, image_column: str = "image", caption_column: str = "caption",
-                 process_index: int = 0, process_count: int = 1):
-        if len(ds) < batch_size:
-            raise ValueError(f"{len(ds)} examples are fewer than one batch of {batch_size}")
-        if batch_size % process_count:
-            raise ValueError(f"batch {batch_size} is not divisible by {process_count} processes")
-        self.ds, self.encode, self.batch_size = ds, encode, batch_size
-        self.resize, self.crop, self.mean, self.std, self.seed = resize, crop, mean, std, seed
+                 process_index: int = 0, process_count: int = 1, prefetch: int = 2):
+        self.ds, self.encode = ds, encode
+        self.resize, self.crop, self.mean, self.std = resize, crop, mean, std
         self.columns = (image_column, caption_column)
-        local = batch_size // process_count
-        self.rows = slice(process_index * local, (process_index + 1) * local)
-        self.steps_per_epoch = len(ds) // batch_size
-        self.epoch, self.index = 0, 0
+        super().__init__(len(ds), batch_size, seed=seed, process_index=process_index,
+                         process_count=process_count, prefetch=prefetch)
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self.index == self.steps_per_epoch:
-            self.epoch, self.index = self.epoch + 1, 0
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.ds))
-        start = self.index * self.batch_size
-        picked = order[start : start + self.batch_size][self.rows]
-        rng = np.random.default_rng((self.seed, self.epoch, self.index))
-        self.index += 1
-        rows = self.ds[picked.tolist()]
+    def make_batch(self, indices, rngs):
+        rows = self.ds[indices.tolist()]
         images = np.stack([resize_square(im, self.resize) for im in rows[self.columns[0]]])
-        images = random_square_crop(images, self.crop, rng)
-        return {"images": normalize(images, self.mean, self.std),
+        return {"images": normalize(_crop_each(images, self.crop, rngs), self.mean, self.std),
                 "tokens": self.encode([str(c) for c in rows[self.columns[1]]])}
-
-    def get_state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "size": len(self.ds)}
-
-    def set_state(self, state: dict) -> None:
-        if state["size"] != len(self.ds):
-            raise ValueError(f"iterator state is for {state['size']} examples, not {len(self.ds)}")
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from filelock import FileLock
 
+from data.iterators import EpochBatches
 from data.tokenizer import Tokenizer, from_gpt2_files, train_bpe
 
 SPLITS = ("train", "val", "test")
@@ -138,8 +139,10 @@ def _read(path: pathlib.Path) -> str:
 # ----------------------------------------------------------------------------- Hugging Face
 
 
-def _hf_data_files(spec: str):
-    """"a,b" -> [a, b]; "train=a,test=b" -> {"train": [a], "test": [b]}; "" -> None."""
+def parse_data_files(spec: str) -> list[str] | dict[str, list[str]] | None:
+    """"a,b" -> [a, b]; "train=a,test=b" -> {"train": [a], "test": [b]}; "" -> None.
+
+    The form of `data_files` that HF `datasets.load_dataset` takes, from a command-line string."""
     items = [s.strip() for s in spec.split(",") if s.strip()]
     if not items:
         return None
@@ -159,7 +162,7 @@ def _hf_split(cfg, split: str) -> datasets.Dataset:
         raise ValueError("source 'hf' needs data_cfg.hf_dataset (a hub name, or 'json'/'text'/"
                          "'parquet'/'csv' with hf_data_files)")
     dd = datasets.load_dataset(_get(cfg, "hf_dataset"), _get(cfg, "hf_config") or None,
-                               data_files=_hf_data_files(_get(cfg, "hf_data_files")))
+                               data_files=parse_data_files(_get(cfg, "hf_data_files")))
     names = {s: next((n for n in _HF_SPLIT_NAMES[s] if n in dd), None) for s in SPLITS}
     if names[split] is not None and (split != "train" or all(names.values())):
         return dd[names[split]]
@@ -229,7 +232,7 @@ def _source_identity(cfg, split: str) -> dict:
     elif source == "files":
         ident.update(files=_file_stats(local_files(_get(cfg, "files"), split)))
     elif source == "hf":
-        data_files = _hf_data_files(_get(cfg, "hf_data_files")) or []
+        data_files = parse_data_files(_get(cfg, "hf_data_files")) or []
         patterns = [p for v in (data_files.values() if isinstance(data_files, dict)
                                 else [data_files]) for p in v]
         local = sorted(pathlib.Path(m) for p in patterns
@@ -329,83 +332,39 @@ def _tokenize(texts: list[str], tokenizer: Tokenizer, arrow_path: pathlib.Path,
 # ----------------------------------------------------------------------------- windows
 
 
-class PackedWindows:
+class PackedWindows(EpochBatches):
     """Batches of non-overlapping windows over a flat token array, resumable and sharded.
 
     Window i is tokens[i*seq_len : i*seq_len + seq_len + 1]; inputs are its first seq_len tokens,
-    targets the last seq_len. Epoch e visits windows in the order
-    `default_rng((seed, e)).permutation` (shuffle=True, forever) or in order once (shuffle=False).
-    `batch_size` is global; process p gets rows [p*B/P, (p+1)*B/P) of every global batch, so the
-    data seen does not depend on the number of processes.
-
-    drop_remainder=False keeps the last partial batch, padded to full size with window 0, and
-    then every batch also carries "weights": float32[B/P, seq_len], 0 on padding rows.
+    targets the last seq_len. Epochs, per-process rows, padding and state are EpochBatches'
+    (data/iterators.py): shuffle=True visits the windows of epoch e in the order
+    `default_rng((seed, e)).permutation`, forever; shuffle=False once in order.
+    drop_remainder=False keeps the last partial batch, padded with window 0, and then every batch
+    also carries "weights": float32[B/P, seq_len], 0 on padding rows.
     """
 
     def __init__(self, tokens, seq_len: int, batch_size: int, *, seed: int, shuffle: bool = True,
-                 process_index: int = 0, process_count: int = 1, drop_remainder: bool = True):
-        if batch_size % process_count:
-            raise ValueError(f"global batch {batch_size} is not divisible by {process_count} "
-                             "processes")
-        if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+                 process_index: int = 0, process_count: int = 1, drop_remainder: bool = True,
+                 prefetch: int = 2):
         if len(tokens) < seq_len + 1:
             raise ValueError(f"{len(tokens)} tokens, but one window of seq_len {seq_len} needs "
                              f"{seq_len + 1}")
-        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
-        self.shuffle, self.drop_remainder = shuffle, drop_remainder
-        self.local_batch_size = batch_size // process_count
-        self._rows = slice(process_index * self.local_batch_size,
-                           (process_index + 1) * self.local_batch_size)
+        self.tokens, self.seq_len = tokens, seq_len
         self.num_windows = (len(tokens) - 1) // seq_len
-        self.steps_per_epoch = (self.num_windows // batch_size if drop_remainder
-                                else -(-self.num_windows // batch_size))
-        if self.steps_per_epoch == 0:
+        if drop_remainder and self.num_windows < batch_size:
             raise ValueError(f"{len(tokens)} tokens make {self.num_windows} windows of "
                              f"{seq_len + 1}, fewer than one global batch of {batch_size} "
                              f"(needs {batch_size * seq_len + 1} tokens)")
-        self._epoch, self._index, self._order_epoch, self._order = 0, 0, None, None
+        self.kind = f"PackedWindows(seq_len={seq_len})"
+        super().__init__(self.num_windows, batch_size, seed=seed, shuffle=shuffle,
+                         drop_remainder=drop_remainder, process_index=process_index,
+                         process_count=process_count, prefetch=prefetch)
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self._index >= self.steps_per_epoch:
-            if not self.shuffle:
-                raise StopIteration
-            self._epoch, self._index = self._epoch + 1, 0
-        order = self._epoch_order()
-        start = self._index * self.batch_size
-        windows = order[start:start + self.batch_size]
-        self._index += 1
-        return self._batch(windows)
-
-    def _epoch_order(self) -> np.ndarray:
-        if self._order_epoch != self._epoch:
-            self._order = (np.random.default_rng((self.seed, self._epoch)).permutation(
-                self.num_windows) if self.shuffle else np.arange(self.num_windows))
-            self._order_epoch = self._epoch
-        return self._order
-
-    def _batch(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        real = np.arange(self.batch_size) < len(windows)
-        windows = np.pad(windows, (0, self.batch_size - len(windows)))[self._rows]
+    def make_batch(self, windows, rngs):
         # One fancy-indexing gather: row r is tokens[w_r*seq_len : w_r*seq_len + seq_len + 1].
         idx = windows[:, None] * self.seq_len + np.arange(self.seq_len + 1)
         chunk = np.asarray(self.tokens[idx], dtype=np.int32)
-        batch = {"inputs": chunk[:, :-1], "targets": chunk[:, 1:]}
-        if not self.drop_remainder:
-            batch["weights"] = np.repeat(real[self._rows, None], self.seq_len, 1).astype(
-                np.float32)
-        return batch
+        return {"inputs": chunk[:, :-1], "targets": chunk[:, 1:]}
 
-    def get_state(self) -> dict:
-        return {"epoch": self._epoch, "index": self._index, "num_windows": self.num_windows,
-                "seq_len": self.seq_len, "batch_size": self.batch_size}
-
-    def set_state(self, state: dict) -> None:
-        for name in ("num_windows", "seq_len", "batch_size"):
-            if name in state and state[name] != getattr(self, name):
-                raise ValueError(f"iterator state has {name}={state[name]}, this iterator "
-                                 f"{getattr(self, name)}: not the same data")
-        self._epoch, self._index = int(state["epoch"]), int(state["index"])
+    def weights(self, valid):
+        return np.repeat(valid[:, None], self.seq_len, 1).astype(np.float32)

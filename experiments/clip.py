@@ -116,7 +116,7 @@ def caption_batches(config, scenes, encode, stats, split: str):
     n, batch = max(config.train.eval_steps, 1), config.train.batch_size
     it = images.SceneBatches(scenes, encode, batch, *stats, seed=config.eval.seed, split=split,
                              process_index=jax.process_index(),
-                             process_count=jax.process_count())
+                             process_count=jax.process_count(), prefetch=0)
     return [next(it) for _ in range(n)]
 
 

@@ -9,7 +9,7 @@ its model and tokenizer are used, and its weights initialise the decoder (init_f
 leaves the new task head, `head/`, to its fresh initialisation). Left empty, the model of
 --config.model is trained from a random initialisation with the tokenizer of --config.data.
 Tasks: the offline ones (package, claims, same_package, next_line, docstring, module;
-data/tasks.py) or a hub task (sst2, rte, mnli, mrpc, qqp, hellaswag, race);
+data/code_tasks.py) or a hub task (sst2, rte, mnli, mrpc, qqp, hellaswag, race);
 --config.hub_data_files="train=a.jsonl,validation=b.jsonl" reads the hub task's columns from
 local files.
 
@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from data import tasks, text
+from data import code_tasks, gpt1_inputs, hub_tasks, text
+from data.iterators import ArrayBatches
 from experiments import launch
 from experiments.pretrain_lm import hf_gpt, load_lm
 from models import gpt, gpt_tasks
@@ -34,77 +35,23 @@ from train.logging import MetricWriter, read_metrics
 from train.trainer import Throughput, fit, preflight
 
 
-def _data_files(spec: str) -> dict[str, str] | None:
-    """"train=a.jsonl,validation=b.jsonl" -> {"train": "a.jsonl", "validation": "b.jsonl"}."""
-    items = [s.strip() for s in spec.split(",") if s.strip()]
-    return dict(item.split("=", 1) for item in items) or None
+def load_task(config) -> gpt1_inputs.Task:
+    if config.task in code_tasks.DEFAULT_TASKS:
+        return code_tasks.default_task(config.task)
+    files = text.parse_data_files(config.hub_data_files)
+    return hub_tasks.hub_task(config.task, data_files=files)
 
 
-def load_task(config) -> tasks.Task:
-    if config.task in tasks.DEFAULT_TASKS:
-        return tasks.default_task(config.task)
-    return tasks.hub_task(config.task, data_files=_data_files(config.hub_data_files))
-
-
-def encode_task(task: tasks.Task, tokenizer, config) -> dict[str, dict[str, np.ndarray]]:
-    """Each split as arrays (data/tasks.py: encode_split), after the configured size limits."""
-    sp = tasks.add_task_tokens(tokenizer)
+def encode_task(task: gpt1_inputs.Task, tokenizer, config) -> dict[str, dict[str, np.ndarray]]:
+    """Each split as arrays (data/gpt1_inputs.py: encode_split), after the configured size limits."""
+    sp = gpt1_inputs.add_task_tokens(tokenizer)
     out = {}
     for split, records in task.splits.items():
         limit = config.max_train_examples if split == "train" else config.max_eval_examples
         records = records[:limit] if limit > 0 else records
-        out[split] = tasks.encode_split(task.kind, records, tokenizer.encode_batch,
-                                        config.max_len, sp, pad_id=tokenizer.eot_id)
+        out[split] = gpt1_inputs.encode_split(task.kind, records, tokenizer.encode_batch,
+                                              config.max_len, sp, pad_id=tokenizer.eot_id)
     return out
-
-
-class TaskBatches:
-    """Minibatches of a task's train arrays, reshuffled each epoch, forever; resumable."""
-
-    def __init__(self, arrays: dict, batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1):
-        self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
-        self.n = len(arrays["labels"])
-        self.steps_per_epoch = max(self.n // batch_size, 1)
-        local = batch_size // process_count
-        self._rows = slice(process_index * local, (process_index + 1) * local)
-        self.epoch, self.index = 0, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self.index >= self.steps_per_epoch:
-            self.epoch, self.index = self.epoch + 1, 0
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n)
-        start = self.index * self.batch_size
-        rows = np.resize(order[start:start + self.batch_size], self.batch_size)[self._rows]
-        self.index += 1
-        return {k: v[rows] for k, v in self.arrays.items()}
-
-    def get_state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "n": self.n}
-
-    def set_state(self, state: dict) -> None:
-        if state["n"] != self.n:
-            raise ValueError(f"iterator state is for {state['n']} examples, not {self.n}")
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-
-
-def one_pass(arrays: dict, batch_size: int):
-    """Factory of one ordered pass over a split's arrays in global batches of `batch_size`
-    (the last padded, with per-example weights 0 on padding), this process's rows of each."""
-    p, count = jax.process_index(), jax.process_count()
-    local = batch_size // count
-
-    def batches():
-        n = len(arrays["labels"])
-        for start in range(0, n, batch_size):
-            rows = np.resize(np.arange(start, min(start + batch_size, n)), batch_size)
-            weights = (np.arange(batch_size) < n - start).astype(np.float32)
-            mine = slice(p * local, (p + 1) * local)
-            yield {**{k: v[rows[mine]] for k, v in arrays.items()}, "weights": weights[mine]}
-    return batches
 
 
 def task_loss_fn(model: gpt_tasks.GPTForTasks, lam: float):
@@ -175,14 +122,21 @@ def setup(config, workdir) -> dict:
 
     return dict(
         init_fn=init_fn, loss_fn=task_loss_fn(model, config.lam), predict_fn=predict_fn,
-        train_data=TaskBatches(example, t.batch_size, config.seed, jax.process_index(),
-                               jax.process_count()),
-        data={split: one_pass(arrays[split], t.batch_size) for split in ("val", "test")},
+        train_data=ArrayBatches(example, t.batch_size, repeat_small=True, **rows(config.seed)),
+        # One ordered pass over each split, the last batch padded with weight-0 rows.
+        data={split: lambda a=arrays[split]: ArrayBatches(
+            a, t.batch_size, shuffle=False, drop_remainder=False, prefetch=0, **rows(0))
+              for split in ("val", "test")},
         import_weights=lambda path: {"params": hf_gpt(path)[1]},
         artifacts={"tokenizer.json": lambda path: text.save_tokenizer(tokenizer, path)},
         throughput=Throughput(tokens_per_example,
                               gpt.flops_per_token(cfg, length) * tokens_per_example),
         task=task)
+
+
+def rows(seed: int) -> dict:
+    """This process's share of every global batch."""
+    return dict(seed=seed, process_index=jax.process_index(), process_count=jax.process_count())
 
 
 def last_metrics(workdir, split: str) -> dict:

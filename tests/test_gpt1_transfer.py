@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from data import tasks
+from data import code_tasks, gpt1_inputs
 from experiments.configs import gpt1
 from models import gpt, gpt_tasks
 from train import objectives
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SP = tasks.Specials(start=61, delim=62, extract=63)
+SP = gpt1_inputs.Specials(start=61, delim=62, extract=63)
 CFG = gpt.GPTConfig(vocab_size=64, n_ctx=32, n_layer=2, n_head=2, d_model=16, dropout=0.0,
                     attn_dropout=0.0)
 
@@ -48,7 +48,7 @@ def test_l3_is_l2_plus_lambda_l1_on_the_task_inputs():
 
 def encode(kind, records):
     chars = lambda texts: [[ord(c) % 60 for c in t] for t in texts]  # noqa: E731
-    out = tasks.encode_split(kind, records, chars, CFG.n_ctx, SP)
+    out = gpt1_inputs.encode_split(kind, records, chars, CFG.n_ctx, SP)
     return jnp.asarray(out["tokens"]), jnp.asarray(out["lengths"])
 
 
@@ -126,7 +126,7 @@ def test_transfer_writes_the_table(transfer_run):
         reader = csv.DictReader(f)
         rows = list(reader)
     assert reader.fieldnames == ["task", "setting", "accuracy"]
-    names = list(tasks.TRANSFER_TASKS)
+    names = list(code_tasks.TRANSFER_TASKS)
     assert [(r["task"], r["setting"]) for r in rows] == [
         (n, s) for n in names for s in ("scratch_l2", "pretrained_l2", "pretrained_l3")]
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from data import tasks
-from data.tasks import Specials
+from data import code_tasks, gpt1_inputs, hub_tasks
+from data.gpt1_inputs import Specials
 
 SP = Specials(start=1, delim=2, extract=3)
 
@@ -18,20 +18,20 @@ def chars(texts):
 # --------------------------------------------------------------------------- transformations
 
 def test_classification_layout():
-    assert tasks.classification([10, 11, 12], 16, SP) == [[1, 10, 11, 12, 3]]
+    assert gpt1_inputs.classification([10, 11, 12], 16, SP) == [[1, 10, 11, 12, 3]]
 
 
 def test_entailment_layout():
-    assert tasks.entailment([10, 11], [20, 21, 22], 16, SP) == [[1, 10, 11, 2, 20, 21, 22, 3]]
+    assert gpt1_inputs.entailment([10, 11], [20, 21, 22], 16, SP) == [[1, 10, 11, 2, 20, 21, 22, 3]]
 
 
 def test_similarity_layout_has_both_orders():
-    assert tasks.similarity([10, 11], [20], 16, SP) == [[1, 10, 11, 2, 20, 3],
+    assert gpt1_inputs.similarity([10, 11], [20], 16, SP) == [[1, 10, 11, 2, 20, 3],
                                                         [1, 20, 2, 10, 11, 3]]
 
 
 def test_multiple_choice_layout():
-    assert tasks.multiple_choice([10, 11], [[20], [30, 31], [40]], 16, SP) == [
+    assert gpt1_inputs.multiple_choice([10, 11], [[20], [30, 31], [40]], 16, SP) == [
         [1, 10, 11, 2, 20, 3], [1, 10, 11, 2, 30, 31, 3], [1, 10, 11, 2, 40, 3]]
 
 
@@ -39,10 +39,10 @@ def test_multiple_choice_layout():
 def test_truncation_keeps_every_special_token(max_len):
     long_a, long_b = list(range(100, 200)), list(range(200, 260))
     outs = {
-        "classification": tasks.classification(long_a, max_len, SP),
-        "entailment": tasks.entailment(long_a, long_b, max_len, SP),
-        "similarity": tasks.similarity(long_a, long_b, max_len, SP),
-        "multiple_choice": tasks.multiple_choice(long_a, [long_b, long_b[:3]], max_len, SP),
+        "classification": gpt1_inputs.classification(long_a, max_len, SP),
+        "entailment": gpt1_inputs.entailment(long_a, long_b, max_len, SP),
+        "similarity": gpt1_inputs.similarity(long_a, long_b, max_len, SP),
+        "multiple_choice": gpt1_inputs.multiple_choice(long_a, [long_b, long_b[:3]], max_len, SP),
     }
     for kind, seqs in outs.items():
         for s in seqs:
@@ -53,21 +53,21 @@ def test_truncation_keeps_every_special_token(max_len):
 
 
 def test_pair_truncation_shortens_the_longer_text():
-    (s,) = tasks.entailment(list(range(100, 150)), [20, 21], 16, SP)
+    (s,) = gpt1_inputs.entailment(list(range(100, 150)), [20, 21], 16, SP)
     assert s == [1, *range(100, 111), 2, 20, 21, 3]   # the short hypothesis is kept whole
-    (s,) = tasks.entailment(list(range(100, 150)), list(range(200, 250)), 13, SP)
+    (s,) = gpt1_inputs.entailment(list(range(100, 150)), list(range(200, 250)), 13, SP)
     assert s == [1, *range(100, 105), 2, *range(200, 205), 3]
 
 
 def test_similarity_orders_hold_the_same_tokens():
-    a, b = tasks.similarity(list(range(100, 140)), list(range(200, 210)), 24, SP)
+    a, b = gpt1_inputs.similarity(list(range(100, 140)), list(range(200, 210)), 24, SP)
     assert sorted(a) == sorted(b)
     cut = a.index(SP.delim)
     assert b == [SP.start, *a[cut + 1:-1], SP.delim, *a[1:cut], SP.extract]
 
 
 def test_multiple_choice_context_keeps_its_end_and_is_shared():
-    seqs = tasks.multiple_choice(list(range(100, 150)), [[20, 21, 22], [30]], 12, SP)
+    seqs = gpt1_inputs.multiple_choice(list(range(100, 150)), [[20, 21, 22], [30]], 12, SP)
     context = list(range(144, 150))  # room: 12 - 3 special tokens - the longest answer
     assert seqs == [[1, *context, 2, 20, 21, 22, 3], [1, *context, 2, 30, 3]]
 
@@ -75,7 +75,7 @@ def test_multiple_choice_context_keeps_its_end_and_is_shared():
 def test_encode_split_arrays():
     records = [{"context": "ab", "answers": ["x", "yz"], "label": 1},
                {"context": "c", "answers": ["u", "v"], "label": 0}]
-    out = tasks.encode_split("multiple_choice", records, chars, 16, SP, pad_id=0)
+    out = gpt1_inputs.encode_split("multiple_choice", records, chars, 16, SP, pad_id=0)
     assert out["tokens"].shape == (2, 2, 7) and out["tokens"].dtype == np.int32
     np.testing.assert_array_equal(out["tokens"][0, 1], [1, 97, 98, 2, 121, 122, 3])
     np.testing.assert_array_equal(out["tokens"][1, 0], [1, 99, 2, 117, 3, 0, 0])
@@ -88,11 +88,11 @@ def test_encode_split_arrays():
 def test_task_tokens_are_single_new_ids():
     from data.tokenizer import train_bpe
     tok = train_bpe(["def f(x):\n    return x + 1\n"] * 20, 300)
-    sp = tasks.add_task_tokens(tok)
+    sp = gpt1_inputs.add_task_tokens(tok)
     assert len({sp.start, sp.delim, sp.extract, tok.eot_id}) == 4
-    ids = tok.encode(f"{tasks.START}x = 1{tasks.DELIM}y{tasks.EXTRACT}")
+    ids = tok.encode(f"{gpt1_inputs.START}x = 1{gpt1_inputs.DELIM}y{gpt1_inputs.EXTRACT}")
     assert ids[0] == sp.start and ids[-1] == sp.extract and sp.delim in ids
-    assert tasks.add_task_tokens(tok) == sp  # idempotent
+    assert gpt1_inputs.add_task_tokens(tok) == sp  # idempotent
 
 
 # --------------------------------------------------------------------------- default tasks
@@ -133,12 +133,12 @@ def fake_library(tmp_path_factory):
 
 def build(name, fake_library):
     root, files = fake_library
-    return tasks.default_task(name, files=files, root=str(root))
+    return code_tasks.default_task(name, files=files, root=str(root))
 
 
 def test_functions_drop_docstrings_and_keep_order(fake_library):
     root, files = fake_library
-    funcs = tasks.extract_functions(files, str(root))
+    funcs = code_tasks.extract_functions(files, str(root))
     assert len(funcs) == 13 * 20
     f = funcs[0]
     assert (f.path, f.name, f.package, f.doc) == ("alpha/mod0.py", "a0_f0", "alpha",
@@ -147,7 +147,7 @@ def test_functions_drop_docstrings_and_keep_order(fake_library):
     assert f.lines[-1] == "    return a0_0 - y + 0"
 
 
-@pytest.mark.parametrize("name", sorted(tasks.DEFAULT_TASKS))
+@pytest.mark.parametrize("name", sorted(code_tasks.DEFAULT_TASKS))
 def test_default_tasks_are_balanced_and_deterministic(name, fake_library):
     task = build(name, fake_library)
     again = build(name, fake_library)
@@ -161,7 +161,7 @@ def test_default_tasks_are_balanced_and_deterministic(name, fake_library):
             assert max(counts.values()) - min(counts.values()) <= 1
         else:
             assert len(set(counts.values())) == 1 and len(counts) == task.num_classes
-    assert set(tasks.TEXT_FIELDS[task.kind]) | {"label"} == set(task.splits["train"][0])
+    assert set(gpt1_inputs.TEXT_FIELDS[task.kind]) | {"label"} == set(task.splits["train"][0])
 
 
 def test_package_classes_are_the_largest_packages(fake_library):
@@ -180,11 +180,11 @@ def test_docstring_negatives_come_from_other_functions(fake_library):
 
 def test_claims_are_read_off_the_lines_shown(fake_library):
     task = build("claims", fake_library)
-    holds = dict(tasks.CLAIMS)
+    holds = dict(code_tasks.CLAIMS)
     seen = set()
     for r in task.splits["train"]:
         lines = r["premise"].split("\n")
-        assert len(lines) == tasks.CLAIM_LINES
+        assert len(lines) == code_tasks.CLAIM_LINES
         assert holds[r["hypothesis"]]([ln.strip() for ln in lines[1:]]) == bool(r["label"])
         seen.add(r["hypothesis"])
     assert {"The code loops with for.", "The code has a try statement."} <= seen
@@ -212,11 +212,12 @@ def test_module_pairs_follow_their_files(fake_library):
 def test_next_line_answer_follows_the_context(fake_library):
     task = build("next_line", fake_library)
     root, files = fake_library
-    funcs = {fn.text(tasks.CONTEXT_LINES): fn for fn in tasks.extract_functions(files, str(root))}
+    funcs = {fn.text(code_tasks.CONTEXT_LINES): fn
+             for fn in code_tasks.extract_functions(files, str(root))}
     for r in task.splits["test"]:
         fn = funcs[r["context"]]
-        assert r["answers"][r["label"]] == fn.lines[tasks.CONTEXT_LINES]
-        assert len(set(r["answers"])) == tasks.N_ANSWERS
+        assert r["answers"][r["label"]] == fn.lines[code_tasks.CONTEXT_LINES]
+        assert len(set(r["answers"])) == code_tasks.N_ANSWERS
 
 
 def test_splits_do_not_share_functions(fake_library):
@@ -227,10 +228,10 @@ def test_splits_do_not_share_functions(fake_library):
 
 def test_real_tasks_use_only_files_outside_the_pretraining_split():
     from data import text
-    held = tasks.heldout_files()
+    held = code_tasks.heldout_files()
     train = set(text.stdlib_files("train"))
     assert held and not train & set(held)
-    task = tasks.default_task("next_line", files=held)
+    task = code_tasks.default_task("next_line", files=held)
     assert all(len(task.splits[s]) >= 100 for s in ("train", "val", "test"))
     assert abs(task.chance - 0.25) < 0.01
 
@@ -269,18 +270,18 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(tasks.HUB_TASKS))
+@pytest.mark.parametrize("name", sorted(hub_tasks.HUB_TASKS))
 def test_hub_loaders_on_local_files(name, tmp_path):
-    spec = tasks.HUB_TASKS[name]
+    spec = hub_tasks.HUB_TASKS[name]
     data_files = {}
     for split in set(spec.splits.values()):
         path = tmp_path / f"{split}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in HUB_ROWS[name]))
         data_files[split] = str(path)
-    task = tasks.hub_task(name, data_files=data_files)
+    task = hub_tasks.hub_task(name, data_files=data_files)
     assert task.kind == spec.kind and task.num_classes == spec.num_classes
     for split in ("train", "val", "test"):
         assert task.splits[split] == EXPECTED[name]
-    enc = tasks.encode_split(task.kind, task.splits["test"], chars, 32, SP)
+    enc = gpt1_inputs.encode_split(task.kind, task.splits["test"], chars, 32, SP)
     n_seq = {"similarity": 2, "multiple_choice": 4}.get(task.kind, 1)
     assert enc["tokens"].shape[:2] == (len(EXPECTED[name]), n_seq)

@@ -18,7 +18,7 @@ import dataclasses
 
 import ml_collections
 
-from data import text
+from data import code_tasks, text
 from experiments.configs import gpt as gpt_configs
 from experiments.configs.common import base_config, eval_spec, train_config
 from models import gpt
@@ -27,7 +27,7 @@ EXPERIMENT = "finetune_gpt"
 
 # GPT-1's transfer table (experiments.gpt1_transfer): each offline task x three settings, the
 # same architecture, tokenizer, data, steps and seed; pretraining runs first, in DIR/pretrain.
-TRANSFER_TASKS = ["package", "claims", "same_package", "next_line"]  # one per transformation
+TRANSFER_TASKS = list(code_tasks.TRANSFER_TASKS)   # one task per input transformation
 SETTINGS = [
     {"label": "scratch_l2", "init_from": "", "lam": 0.0,
      "data.tokenizer": "{sweep_dir}/pretrain/tokenizer.json"},
@@ -45,7 +45,7 @@ SWEEPS = {
 def finetune_fields(**overrides) -> ml_collections.ConfigDict:
     """What one fine-tuning run reads besides model, data, mesh and train."""
     f = ml_collections.ConfigDict(dict(
-        task="next_line",          # an offline task (data/tasks.py: DEFAULT_TASKS) or a hub
+        task="next_line",          # an offline task (data/code_tasks.py: DEFAULT_TASKS) or a hub
                                    # task (sst2, rte, mnli, mrpc, qqp, hellaswag, race)
         hub_data_files="",         # "train=a.jsonl,validation=b.jsonl": the hub task from files
         lam=0.5,                   # L3 = L2 + lam * L1 on the task inputs; 0 = L2 alone
