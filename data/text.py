@@ -40,7 +40,9 @@ _DEFAULTS = dict(
     hf_config="",             # e.g. "wikitext-103-raw-v1"; "" = none
     hf_data_files="",         # "a.jsonl,b.jsonl" or "train=a.jsonl,test=b.jsonl"; "" = none
     hf_text_column="text",
-    files="",                 # source="files": comma-separated paths/globs/directories
+    files="",                 # source="files": comma-separated paths/globs/directories, split
+                              # 90/5/5 by a hash of each path; or explicit splits:
+                              # "train=a/*.txt,val=b.txt,test=c.txt"
     max_docs=0,               # first N non-empty documents of each split; 0 = all
     tokenizer="",             # tokenizer.json, or a directory with vocab.json + merges.txt
     vocab_size=8192,          # BPE trained on the train split when `tokenizer` is ""
@@ -126,8 +128,16 @@ def _local_all(spec: str) -> tuple[list[pathlib.Path], pathlib.Path]:
 
 
 def local_files(spec: str, split: str) -> list[pathlib.Path]:
-    """source="files": the matched non-empty files of `split`, hashed relative to their parent."""
+    """source="files": the matched non-empty files of `split`: those named for it
+    ("train=...,val=...,test=..."), or those its hash of the path relative to their common
+    parent puts in it."""
     _check_split(split)
+    named = parse_data_files(spec)
+    if isinstance(named, dict):
+        unknown = set(named) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"data.files names splits {sorted(unknown)}; use {SPLITS}")
+        return _local_all(",".join(named.get(split, [])))[0]
     files, root = _local_all(spec)
     return [p for p in files if _split_of(p.relative_to(root).as_posix()) == split]
 
@@ -206,7 +216,13 @@ def load_texts(data_cfg, split: str) -> list[str]:
     else:
         raise ValueError(f"unknown data source {source!r}; expected 'stdlib', 'hf' or 'files'")
     if not texts:
-        raise ValueError(f"source {_describe(data_cfg)} has no documents in split {split!r}")
+        hint = {"files": " Name each split's files: --config.data.files='train=a/*.txt,"
+                         "val=b.txt,test=c.txt' (or give more files, so that the 90/5/5 split "
+                         "by path hash leaves every split some).",
+                "hf": " Name the split's files: --config.data.hf_data_files='train=a.jsonl,"
+                      "validation=b.jsonl,test=c.jsonl'."}.get(source, "")
+        raise ValueError(f"source {_describe(data_cfg)} has no documents in split "
+                         f"{split!r}.{hint}")
     return texts
 
 

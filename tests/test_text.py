@@ -268,3 +268,15 @@ def test_too_short_errors():
         windows(n_tokens=5)
     with pytest.raises(ValueError, match="fewer than one global batch"):
         windows(n_tokens=31, batch=4)
+
+
+def test_explicit_split_files_and_the_hint_when_a_split_is_empty(tmp_path):
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / name).write_text(f"contents of {name}\n")
+    spec = f"train={tmp_path / 'a.txt'},val={tmp_path / 'b.txt'},test={tmp_path / 'c.txt'}"
+    c = cfg(tmp_path, source="files", files=spec)
+    assert [text.load_texts(c, s) for s in text.SPLITS] == [
+        ["contents of a.txt\n"], ["contents of b.txt\n"], ["contents of c.txt\n"]]
+    c = cfg(tmp_path, source="files", files=f"train={tmp_path / 'a.txt'}")
+    with pytest.raises(ValueError, match="val=b.txt,test=c.txt"):
+        text.load_texts(c, "val")
