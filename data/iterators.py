@@ -33,6 +33,7 @@ grain would be slower and would need this base's logic around it: it is not used
 
 from __future__ import annotations
 
+import abc
 import queue
 import threading
 import weakref
@@ -60,7 +61,7 @@ class ExampleRngs(Sequence):
         return np.random.default_rng((self.seed, self.epoch, int(self.indices[j])))
 
 
-class EpochBatches:
+class EpochBatches(abc.ABC):
     """Batches of `n` examples, epoch by epoch; subclasses implement `make_batch`.
 
     shuffle=True: each epoch a fresh permutation, forever. shuffle=False: one pass in order, then
@@ -100,9 +101,9 @@ class EpochBatches:
         self._pipe: _Prefetcher | None = None
 
     # ------------------------------------------------------------------ what subclasses say
+    @abc.abstractmethod
     def make_batch(self, indices: np.ndarray, rngs: ExampleRngs) -> dict[str, np.ndarray]:
         """This process's rows of a batch from their example indices (rngs[j] for example j)."""
-        raise NotImplementedError(f"{type(self).__name__} must define make_batch")
 
     def weights(self, valid: np.ndarray) -> np.ndarray:
         """Per-row weights of a batch, 1 on real rows and 0 on padding (drop_remainder=False)."""
