@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from train import evaluators, init_from, optim, sharding
 from train.checkpoint import Checkpointer, WorkdirLock, abstract_like
-from train.logging import MetricWriter
+from train.logging import MetricWriter, progress_line, quiet_library_logging
 from train.perf import compiler_options, peak_flops
 
 
@@ -369,6 +369,7 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
     `artifacts` maps file names to writers(path) of what the workdir must hold besides
     checkpoints (the tokenizer), called once the run owns the workdir."""
     workdir = pathlib.Path(workdir)
+    quiet_library_logging()   # orbax logs every checkpoint step at INFO
     mesh = preflight(config, workdir, mesh)
     program = build(config, init_fn=init_fn, loss_fn=loss_fn, mesh=mesh)   # checks freeze
     start_from = (init_from.prepare(config, program, import_weights)
@@ -455,7 +456,6 @@ def _fit(config, workdir, program, train_data, data, predict_fn, eval_fns, start
                     bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}",
                                     val=f"{last_val.get('loss', float('nan')):.4f}")
                     if plain and leader:
-                        from train.logging import progress_line
                         print(progress_line(s, t.steps, row, last_val,
                                             time.perf_counter() - run_start, start),
                               file=sys.stderr, flush=True)
