@@ -95,7 +95,7 @@ def setup_ours(config, cfg: gpt.GPTConfig, mesh) -> Ours:
     seq_len = config.data.seq_len
     program = build(config, init_fn=lambda rng: model.init(rng, jnp.zeros((1, seq_len),
                                                                           jnp.int32)),
-                    loss_fn=lm_loss_fn(model), mesh=mesh, d_model=cfg.d_model)
+                    loss_fn=lm_loss_fn(model), mesh=mesh)
     local = config.train.batch_size // jax.process_count()
     tokens = np.random.default_rng(jax.process_index()).integers(
         0, cfg.vocab_size, (local, seq_len + 1)).astype(np.int32)
@@ -129,8 +129,9 @@ def input_pipeline(config, mesh, batches: int) -> dict:
         vocab = min(config.model.vocab_size, np.iinfo(np.uint16).max + 1)
         np.save(path, np.random.default_rng(0).integers(0, vocab, n_tokens).astype(np.uint16))
         tokens = np.load(path, mmap_mode="r")
+        # prefetch=0: the pipeline's own cost, not what a read-ahead thread hides of it.
         data = PackedWindows(tokens, seq_len, batch, seed=0, process_index=jax.process_index(),
-                             process_count=jax.process_count())
+                             process_count=jax.process_count(), prefetch=0)
         put = sharding.batch_sharding(mesh)
         jax.block_until_ready(global_batch(next(data), put))
         t0 = time.perf_counter()

@@ -250,3 +250,19 @@ def test_accuracy_is_the_same_on_one_and_eight_devices_and_two_processes():
         assert (r["accuracy"], r["top1"], r["top3"]) == (one["accuracy"], one["top1"],
                                                          one["top3"])
     assert one["top3"] >= one["top1"]
+
+
+def test_zero_steps_evaluates_the_init_from_weights(tmp_path):
+    """train.steps=0: the evaluators measure the weights init_from loaded (e.g. CLIP's zero-shot
+    and linear probe of another run's or an imported model), and nothing trains."""
+    source = fit(config_of(steps=3), workdir=tmp_path / "src", **task(Net()))
+    config = config_of(steps=0)
+    config.init_from = str(tmp_path / "src")
+    config.evals.test = common.eval_spec(type="loss", split="test", every=0)
+    state = fit(config, workdir=tmp_path / "eval", data={"test": lambda: iter([{"x": X, "y": Y}])},
+                **task(Net()))
+    np.testing.assert_array_equal(jax.device_get(state.params["head"]["kernel"]),
+                                  jax.device_get(source.params["head"]["kernel"]))
+    rows = read_metrics(tmp_path / "eval")
+    assert [(r["step"], r["split"]) for r in rows] == [(0, "test")] and rows[0]["loss"] > 0
+    assert (tmp_path / "eval" / "checkpoints" / "0").is_dir()

@@ -65,10 +65,13 @@ def validate(config, mesh) -> None:
     """Fail on impossible values before anything is compiled or written."""
     t = config.train
     dp = sharding.data_parallel_size(mesh)
-    for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every",
+    for name in ("batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every",
                  "keep_ckpts", "max_nonfinite"):
         if t[name] <= 0:
             raise ValueError(f"train.{name} must be positive, got {t[name]}")
+    if t.steps < 0:
+        raise ValueError(f"train.steps must be >= 0 (0: only evaluate the initial or init_from "
+                         f"weights), got {t.steps}")
     if t.batch_size % t.grad_accum:
         raise ValueError(f"train.batch_size {t.batch_size} is not divisible by "
                          f"train.grad_accum {t.grad_accum}")
@@ -270,7 +273,6 @@ class _StopSignal:
 class Program:
     """The compiled pieces of training on one mesh: state shapes and shardings, init and steps."""
     mesh: Any
-    tx: optax.GradientTransformation
     schedule: Callable
     abstract: TrainState          # ShapeDtypeStructs of the whole train state
     state_shardings: TrainState
@@ -278,7 +280,6 @@ class Program:
     init: Callable                # rng -> TrainState, sharded
     train_step: Callable          # (state, batch) -> (state, metrics); donates state
     eval_step: Callable           # (state, batch) -> metrics
-    compiler_options: dict
 
 
 def _check_freeze(pattern: str, params) -> None:
@@ -338,10 +339,10 @@ def build(config, *, init_fn: Callable, loss_fn: Callable, mesh) -> Program:
                          compiler_options=options)
     eval_step = jax.jit(make_eval_step(loss_fn), in_shardings=(state_shardings, batch_sharding),
                         out_shardings=repl, compiler_options=options)
-    return Program(mesh=mesh, tx=tx, schedule=schedule, abstract=abstract,
+    return Program(mesh=mesh, schedule=schedule, abstract=abstract,
                    state_shardings=state_shardings, batch_sharding=batch_sharding,
                    init=jax.jit(init_state, out_shardings=state_shardings),
-                   train_step=train_step, eval_step=eval_step, compiler_options=options)
+                   train_step=train_step, eval_step=eval_step)
 
 
 def param_summary(state_or_abstract, freeze: str) -> str:
@@ -429,7 +430,12 @@ def _fit(config, workdir, program, train_data, data, predict_fn, eval_fns, start
         return rows.get("val", {})
 
     peak = peak_flops(mesh.devices.flatten().tolist()) if throughput.flops_per_example else None
-    last_val = evaluate(0) if start == 0 else {}
+    last_val = evaluate(0, final=t.steps == 0) if start == 0 else {}
+    if t.steps == 0:    # evaluation of the initial (or init_from) weights only
+        ckpt.save(0, state, train_data.get_state())
+        ckpt.close()
+        writer.close()
+        return state
     window, window_start, window_steps = [], None, 0
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=None,
                dynamic_ncols=True)
