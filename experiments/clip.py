@@ -99,7 +99,7 @@ def training_data(config, scenes, workdir):
         raise ValueError(f"unknown data.source {d.source!r}; choose mnist_scenes or hf")
     tokenizer = caption_tokenizer(config, captions, workdir)
     encode = functools.partial(
-        images.tokenize, tokenizer, context_length=config.model.text.context_length,
+        images.tokenize, tokenizer, context_length=config.model.text.n_ctx,
         sot_id=tokenizer.token_id(SOT), eot_id=tokenizer.eot_id)
     if d.source == "mnist_scenes":
         train = images.SceneBatches(scenes, encode, batch, *stats, **kw)

@@ -30,11 +30,11 @@ from models.vit import ViT, ViTConfig
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
     vocab_size: int = 49408
-    context_length: int = 77
-    width: int = 512
-    layers: int = 12
-    heads: int = 8
-    mlp_dim: int = 0  # 0: 4 * width
+    n_ctx: int = 77
+    d_model: int = 512
+    n_layer: int = 12
+    n_head: int = 8
+    d_ff: int = 0  # 0: 4 * d_model
     act: str = "quick_gelu"
     ln_eps: float = 1e-5
     eot_token_id: int = -1  # -1: each sequence's largest id (CLIP's tokenizer gives EOT the top id)
@@ -56,9 +56,9 @@ class CLIPConfig:
 def _clip(embed_dim, image_size, patch, v_width, v_layers, v_heads, t_width, t_layers, t_heads):
     return CLIPConfig(
         embed_dim=embed_dim,
-        vision=ViTConfig(image_size=image_size, patch_size=patch, width=v_width, layers=v_layers,
-                         heads=v_heads),
-        text=TextConfig(width=t_width, layers=t_layers, heads=t_heads))
+        vision=ViTConfig(image_size=image_size, patch_size=patch, d_model=v_width,
+                         n_layer=v_layers, n_head=v_heads),
+        text=TextConfig(d_model=t_width, n_layer=t_layers, n_head=t_heads))
 
 
 PRESETS: dict[str, CLIPConfig] = {
@@ -71,8 +71,9 @@ PRESETS: dict[str, CLIPConfig] = {
     # CPU-sized: 32x32 one-channel digit scenes, captions of at most a few words.
     "tiny": CLIPConfig(
         embed_dim=64,
-        vision=ViTConfig(image_size=32, patch_size=8, channels=1, width=64, layers=3, heads=4),
-        text=TextConfig(vocab_size=512, context_length=16, width=64, layers=2, heads=4)),
+        vision=ViTConfig(image_size=32, patch_size=8, channels=1, d_model=64, n_layer=3,
+                         n_head=4),
+        text=TextConfig(vocab_size=512, n_ctx=16, d_model=64, n_layer=2, n_head=4)),
 }
 
 
@@ -91,20 +92,20 @@ class TextTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens):
-        """tokens int [batch, T <= context] -> LN(h_L) at the end-of-text token: [batch, width]."""
+        """tokens int [batch, T <= context] -> LN(h_L) at the end-of-text token: [batch, d_model]."""
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        if tokens.ndim != 2 or tokens.shape[1] > cfg.context_length:
-            raise ValueError(f"expected tokens [batch, <= {cfg.context_length}], "
+        if tokens.ndim != 2 or tokens.shape[1] > cfg.n_ctx:
+            raise ValueError(f"expected tokens [batch, <= {cfg.n_ctx}], "
                              f"got shape {tuple(tokens.shape)}")
-        wte = TokenEmbedding(cfg.vocab_size, cfg.width, dtype=dtype, param_dtype=param_dtype,
+        wte = TokenEmbedding(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
                              name="token_embedding")
-        wpe = LearnedPositions(cfg.context_length, cfg.width, init_std=0.01,
+        wpe = LearnedPositions(cfg.n_ctx, cfg.d_model, init_std=0.01,
                                param_dtype=param_dtype, name="positions")
         h = wte(tokens) + wpe(tokens.shape[1]).astype(dtype)
-        out_std = cfg.width ** -0.5 * (2 * cfg.layers) ** -0.5
-        for layer in range(cfg.layers):
-            h = Block(cfg.heads, cfg.width // cfg.heads, cfg.mlp_dim or 4 * cfg.width,
+        out_std = cfg.d_model ** -0.5 * (2 * cfg.n_layer) ** -0.5
+        for layer in range(cfg.n_layer):
+            h = Block(cfg.n_head, cfg.d_model // cfg.n_head, cfg.d_ff or 4 * cfg.d_model,
                       norm="pre", act=cfg.act, mask="causal", ln_eps=cfg.ln_eps,
                       out_init_std=out_std, attention_impl=cfg.attention_impl,
                       dtype=dtype, param_dtype=param_dtype, name=f"block_{layer}")(h)
@@ -126,12 +127,12 @@ class CLIP(nn.Module):
         self.text_encoder = TextTransformer(cfg.text)
         self.W_i = self.param(
             "W_i", nn.with_logical_partitioning(
-                nn.initializers.normal(cfg.vision.width ** -0.5), ("embed", None)),
-            (cfg.vision.width, cfg.embed_dim), pdt)
+                nn.initializers.normal(cfg.vision.d_model ** -0.5), ("embed", None)),
+            (cfg.vision.d_model, cfg.embed_dim), pdt)
         self.W_t = self.param(
             "W_t", nn.with_logical_partitioning(
-                nn.initializers.normal(cfg.text.width ** -0.5), ("embed", None)),
-            (cfg.text.width, cfg.embed_dim), pdt)
+                nn.initializers.normal(cfg.text.d_model ** -0.5), ("embed", None)),
+            (cfg.text.d_model, cfg.embed_dim), pdt)
         t0 = math.log(1.0 / cfg.init_temperature)
         if cfg.learn_temperature:
             self.t = self.param("t", nn.with_logical_partitioning(
@@ -164,7 +165,7 @@ class CLIP(nn.Module):
 def dummy_inputs(cfg: CLIPConfig, batch: int = 1):
     v = cfg.vision
     return (jnp.zeros((batch, v.image_size, v.image_size, v.channels), jnp.float32),
-            jnp.zeros((batch, cfg.text.context_length), jnp.int32))
+            jnp.zeros((batch, cfg.text.n_ctx), jnp.int32))
 
 
 def abstract_params(cfg: CLIPConfig):
@@ -185,10 +186,10 @@ def flops_per_pair(cfg: CLIPConfig, batch: int) -> float:
     def blocks(tower) -> int:
         return param_count([sub for name, sub in tower.items() if name.startswith("block_")])
 
-    tv, tt = v.num_patches + 1, t.context_length
-    patch = v.patch_size ** 2 * v.channels * v.width
-    vision = tv * training_flops_per_token(blocks(params["image_encoder"]), v.layers, v.width,
+    tv, tt = v.num_patches + 1, t.n_ctx
+    patch = v.patch_size ** 2 * v.channels * v.d_model
+    vision = tv * training_flops_per_token(blocks(params["image_encoder"]), v.n_layer, v.d_model,
                                            tv) + 6 * patch * v.num_patches
-    text = tt * training_flops_per_token(blocks(params["text_encoder"]), t.layers, t.width, tt)
-    return float(vision + text + 6 * (v.width + t.width) * cfg.embed_dim
+    text = tt * training_flops_per_token(blocks(params["text_encoder"]), t.n_layer, t.d_model, tt)
+    return float(vision + text + 6 * (v.d_model + t.d_model) * cfg.embed_dim
                  + 6 * batch * cfg.embed_dim)

@@ -161,15 +161,15 @@ def clip_config(hf: dict) -> clip.CLIPConfig:
     eos = t.get("eos_token_id", 49407)
     vision = vit.ViTConfig(
         image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32),
-        channels=v.get("num_channels", 3), width=v.get("hidden_size", 768),
-        layers=v.get("num_hidden_layers", 12), heads=v.get("num_attention_heads", 12),
-        mlp_dim=v.get("intermediate_size", 3072),
+        channels=v.get("num_channels", 3), d_model=v.get("hidden_size", 768),
+        n_layer=v.get("num_hidden_layers", 12), n_head=v.get("num_attention_heads", 12),
+        d_ff=v.get("intermediate_size", 3072),
         act=activation_name(v.get("hidden_act", "quick_gelu")),
         ln_eps=v.get("layer_norm_eps", 1e-5))
     text = clip.TextConfig(
-        vocab_size=t.get("vocab_size", 49408), context_length=t.get("max_position_embeddings", 77),
-        width=t.get("hidden_size", 512), layers=t.get("num_hidden_layers", 12),
-        heads=t.get("num_attention_heads", 8), mlp_dim=t.get("intermediate_size", 2048),
+        vocab_size=t.get("vocab_size", 49408), n_ctx=t.get("max_position_embeddings", 77),
+        d_model=t.get("hidden_size", 512), n_layer=t.get("num_hidden_layers", 12),
+        n_head=t.get("num_attention_heads", 8), d_ff=t.get("intermediate_size", 2048),
         act=activation_name(t.get("hidden_act", "quick_gelu")),
         ln_eps=t.get("layer_norm_eps", 1e-5),
         eot_token_id=-1 if eos == 2 else eos)  # eos 2: old configs, pooled at the largest id
@@ -203,8 +203,8 @@ def clip_from_pretrained(path) -> tuple[clip.CLIPConfig, dict]:
         ("W_t",): pop(t, "text_projection.weight").T,
         ("t",): pop(t, "logit_scale").reshape(()),
     }
-    towers = (("image_encoder", "vision_model", v.layers, v.width, v.heads),
-              ("text_encoder", "text_model", x.layers, x.width, x.heads))
+    towers = (("image_encoder", "vision_model", v.n_layer, v.d_model, v.n_head),
+              ("text_encoder", "text_model", x.n_layer, x.d_model, x.n_head))
     for ours, theirs, layers, width, heads in towers:
         for layer in range(layers):
             block = clip_block(t, f"{theirs}.encoder.layers.{layer}.", width, heads)

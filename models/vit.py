@@ -21,10 +21,10 @@ class ViTConfig:
     image_size: int = 224
     patch_size: int = 32
     channels: int = 3
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-    mlp_dim: int = 0  # 0: 4 * width
+    d_model: int = 768   # the fields GPTConfig and TextConfig name the same way
+    n_layer: int = 12
+    n_head: int = 12
+    d_ff: int = 0  # 0: 4 * d_model
     act: str = "quick_gelu"  # the released CLIP models; "gelu" for the erf form
     ln_eps: float = 1e-5
     patch_bias: bool = False  # CLIP's patch embedding has no bias; the original ViT's has one
@@ -43,7 +43,7 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, images):
-        """images [batch, H, W, C] -> the class token's normalised final state [batch, width]."""
+        """images [batch, H, W, C] -> the class token's normalised final state [batch, d_model]."""
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         expected = (cfg.image_size, cfg.image_size, cfg.channels)
@@ -53,27 +53,27 @@ class ViT(nn.Module):
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image size {cfg.image_size} is not a multiple of the patch "
                              f"size {cfg.patch_size}")
-        scale = cfg.width ** -0.5  # CLIP's init for the class token and positions
+        scale = cfg.d_model ** -0.5  # CLIP's init for the class token and positions
         p = cfg.patch_size
         x = nn.Conv(  # x_p E: a linear map of each P x P patch, as a stride-P convolution
-            cfg.width, (p, p), strides=(p, p), padding="VALID", use_bias=cfg.patch_bias,
+            cfg.d_model, (p, p), strides=(p, p), padding="VALID", use_bias=cfg.patch_bias,
             dtype=dtype, param_dtype=param_dtype, name="patch_embed",
             kernel_init=nn.with_logical_partitioning(
                 nn.initializers.lecun_normal(), (None, None, None, "embed")))(images)
-        x = x.reshape(x.shape[0], -1, cfg.width)
+        x = x.reshape(x.shape[0], -1, cfg.d_model)
         x_class = self.param(
             "class_embedding",
             nn.with_logical_partitioning(nn.initializers.normal(scale), ("embed",)),
-            (cfg.width,), param_dtype)
-        x_class = jnp.broadcast_to(x_class.astype(dtype), (x.shape[0], 1, cfg.width))
-        e_pos = LearnedPositions(cfg.num_patches + 1, cfg.width, init_std=scale,
+            (cfg.d_model,), param_dtype)
+        x_class = jnp.broadcast_to(x_class.astype(dtype), (x.shape[0], 1, cfg.d_model))
+        e_pos = LearnedPositions(cfg.num_patches + 1, cfg.d_model, init_std=scale,
                                  param_dtype=param_dtype, name="positions")
         z = jnp.concatenate([x_class, x], axis=1) + e_pos(cfg.num_patches + 1).astype(dtype)
         if cfg.ln_pre:
             z = layer_norm("ln_pre", cfg.ln_eps, dtype, param_dtype)(z)
-        out_std = scale * (2 * cfg.layers) ** -0.5  # CLIP's init for residual projections
-        for layer in range(cfg.layers):
-            z = Block(cfg.heads, cfg.width // cfg.heads, cfg.mlp_dim or 4 * cfg.width,
+        out_std = scale * (2 * cfg.n_layer) ** -0.5  # CLIP's init for residual projections
+        for layer in range(cfg.n_layer):
+            z = Block(cfg.n_head, cfg.d_model // cfg.n_head, cfg.d_ff or 4 * cfg.d_model,
                       norm="pre", act=cfg.act, mask="full", ln_eps=cfg.ln_eps,
                       out_init_std=out_std, attention_impl=cfg.attention_impl,
                       dtype=dtype, param_dtype=param_dtype, name=f"block_{layer}")(z)

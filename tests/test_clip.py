@@ -125,8 +125,8 @@ def test_paper_presets():
         params = clip.abstract_params(clip.preset(name))
         assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == n, name
     cfg = clip.preset("vit-l-14")
-    assert (cfg.vision.patch_size, cfg.vision.width, cfg.vision.layers, cfg.vision.heads,
-            cfg.embed_dim, cfg.text.context_length, cfg.text.vocab_size) == (
+    assert (cfg.vision.patch_size, cfg.vision.d_model, cfg.vision.n_layer, cfg.vision.n_head,
+            cfg.embed_dim, cfg.text.n_ctx, cfg.text.vocab_size) == (
         14, 1024, 24, 16, 768, 77, 49408)
 
 
