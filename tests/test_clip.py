@@ -82,9 +82,13 @@ def test_temperature_clamp():
 
 
 def test_weight_decay_covers_weights_not_gains_biases_or_temperature():
-    """CLIP decays every weight but gains and biases (section 2.5): W_i and W_t too."""
-    mask = optim.decay_mask(init(tiny()))
+    """CLIP decays every weight but gains and biases (section 2.5): W_i, W_t and the class
+    token too, as the preset's multipliers say."""
+    from experiments.configs import clip as configs
+    rules = configs.get_config("tiny").train.wd_mults
+    mask = optim.wd_multipliers(init(tiny()), rules)
     assert mask["W_i"] and mask["W_t"] and not mask["t"]
+    assert mask["image_encoder"]["class_embedding"] == 1.0
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
             for path, v in jax.tree_util.tree_leaves_with_path(mask)}
     assert all(v for k, v in flat.items() if k != "t" and not k.endswith(("bias", "scale")))

@@ -66,7 +66,8 @@ def test_step_linear_and_rsqrt_schedules():
 
 
 def test_decay_multipliers_by_shape_then_regex():
-    params = {"h_0": {"attn": {"qkv": {"kernel": np.zeros((4, 2, 3, 2)), "bias": np.zeros(3)}},
+    params = {"h_0": {"attn": {"qkv": {"kernel": np.zeros((4, 2, 3, 2)),
+                                       "bias": np.zeros((2, 3, 2))}},
                       "ln_1": {"scale": np.zeros(4)}},
               "wte": {"embedding": np.zeros((9, 4))}, "class_embedding": np.zeros(4),
               "t": np.zeros(())}

@@ -10,8 +10,9 @@ all from `config.train`.
                 lr * noam_width^-0.5 * warmup^-0.5); each with `warmup_steps` of linear warmup
     wd_mults    ((regex, multiplier), ...): the first regex that fully matches a parameter's
                 path ('h_0/attn/qkv/kernel') sets its decay multiplier; unmatched parameters are
-                decayed when they are matrices, kernels or embeddings (ndim >= 2), not when they
-                are biases, norm scales or scalars, whatever the model calls them
+                decayed when they are matrices, kernels or embeddings (two or more dimensions,
+                W_i and W_t included), not when they are biases or norm gains (Flax's `bias`
+                and `scale`, of any shape) or vectors and scalars
     lr_mults    the same for learning-rate multipliers (default 1)
     freeze      a regex fully matched against each parameter's path: those parameters take no
                 gradient, hold no optimiser state and stay bitwise unchanged
@@ -100,17 +101,19 @@ def _multipliers(params, rules, default) -> dict:
         for regex, m in compiled:
             if regex.fullmatch(name):
                 return m
-        return default(leaf)
+        return default(name, leaf)
     return jax.tree_util.tree_map_with_path(mult, params)
 
 
 def wd_multipliers(params, rules=()) -> dict:
     """Per-parameter weight-decay multipliers (see the module docstring)."""
-    return _multipliers(params, rules, lambda leaf: 1.0 if len(leaf.shape) >= 2 else 0.0)
+    def default(path, leaf):
+        return 0.0 if path.endswith(("bias", "scale")) or len(leaf.shape) < 2 else 1.0
+    return _multipliers(params, rules, default)
 
 
 def lr_multipliers(params, rules=()) -> dict:
-    return _multipliers(params, rules, lambda leaf: 1.0)
+    return _multipliers(params, rules, lambda name, leaf: 1.0)
 
 
 def _rules(value) -> tuple:
