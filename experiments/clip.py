@@ -14,6 +14,7 @@ an image-caption dataset through HF `datasets` instead of the digit scenes.
 
 import functools
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -225,7 +226,19 @@ def results_table(results: dict[str, dict], logit_scale: float) -> str:
 
 
 # --------------------------------------------------------------------------- main
+def match_channels(config) -> None:
+    """Hub images are decoded to RGB (data.images.resize_square) whatever the preset's
+    channels (the tiny preset's digit scenes have one); the digit-scene evaluation then repeats
+    its grey to three channels too."""
+    vision = config.model.vision
+    if config.data.source == "hf" and vision.channels != 3:
+        print(f"model.vision.channels {vision.channels} -> 3: hub images are RGB",
+              file=sys.stderr)
+        vision.channels = 3
+
+
 def main(config, workdir):
+    match_channels(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     scenes = images.DigitScenes(scene_config(config))

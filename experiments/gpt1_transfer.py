@@ -97,7 +97,21 @@ def plot(acc: dict, names: list[str], task_info: dict, path: pathlib.Path) -> No
     plt.close(fig)
 
 
+def task_names(config) -> list[str]:
+    """config.finetune.tasks, every name checked against the offline and the hub tasks before
+    pretraining starts."""
+    names = [n.strip() for n in config.finetune.tasks.split(",") if n.strip()]
+    unknown = [n for n in names if n not in tasks.DEFAULT_TASKS and n not in tasks.HUB_TASKS]
+    if unknown or not names:
+        raise ValueError(f"finetune.tasks {config.finetune.tasks!r}: unknown "
+                         f"{unknown or 'none given'}; choose from the offline tasks "
+                         f"{sorted(tasks.DEFAULT_TASKS)} or the hub tasks "
+                         f"{sorted(tasks.HUB_TASKS)}")
+    return names
+
+
 def main(config, workdir):
+    names = task_names(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -114,7 +128,6 @@ def main(config, workdir):
     tokenizer = text.get_tokenizer(pretrained_config.data)
     tasks.add_task_tokens(tokenizer)
 
-    names = [n.strip() for n in config.finetune.tasks.split(",") if n.strip()]
     rows, task_info = [], {}
     total, done = len(names) * len(SETTINGS), 0
     for name in names:
