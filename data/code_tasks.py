@@ -77,8 +77,11 @@ def extract_functions(files: Sequence[str], root: str) -> list[Function]:
     funcs, seen = [], set()
     for f in sorted(files, key=lambda p: os.path.relpath(p, root)):
         rel = os.path.relpath(f, root).replace(os.sep, "/")
-        with open(f, encoding="utf-8", errors="replace") as fh:
-            source = fh.read()
+        try:
+            with open(f, encoding="utf-8") as fh:
+                source = fh.read()
+        except UnicodeDecodeError:
+            continue  # not UTF-8 (binary, another encoding): skipped, never half-read
         try:
             tree = ast.parse(source)
         except (SyntaxError, ValueError):

@@ -22,6 +22,7 @@ import sysconfig
 
 import ml_collections
 import numpy as np
+from absl import logging
 from filelock import FileLock
 
 from data.iterators import EpochBatches
@@ -43,6 +44,8 @@ _DEFAULTS = dict(
     files="",                 # source="files": comma-separated paths/globs/directories, split
                               # 90/5/5 by a hash of each path; or explicit splits:
                               # "train=a/*.txt,val=b.txt,test=c.txt"
+    encoding="utf-8",         # stdlib / files: how the files are decoded
+    on_decode_error="skip",   # a file that does not decode: "skip" (one warning) | "error"
     max_docs=0,               # first N non-empty documents of each split; 0 = all
     tokenizer="",             # tokenizer.json, or a directory with vocab.json + merges.txt
     vocab_size=8192,          # BPE trained on the train split when `tokenizer` is ""
@@ -142,8 +145,41 @@ def local_files(spec: str, split: str) -> list[pathlib.Path]:
     return [p for p in files if _split_of(p.relative_to(root).as_posix()) == split]
 
 
-def _read(path: pathlib.Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
+DECODE_ERROR_POLICIES = ("skip", "error")
+
+
+def read_text(path, encoding: str = "utf-8") -> str | None:
+    """The file decoded as `encoding`, or None if it does not decode (binary data, or text in
+    another encoding): no replacement characters slip into a corpus."""
+    try:
+        return pathlib.Path(path).read_bytes().decode(encoding)
+    except UnicodeDecodeError:
+        return None
+
+
+def _read_files(paths, cfg, limit: int | None) -> list[str]:
+    """The non-empty documents of `paths` (the first `limit`); files that do not decode are
+    skipped with one warning, or stop the run (on_decode_error="error")."""
+    encoding, policy = _get(cfg, "encoding"), _get(cfg, "on_decode_error")
+    if policy not in DECODE_ERROR_POLICIES:
+        raise ValueError(f"data.on_decode_error {policy!r}; choose from {DECODE_ERROR_POLICIES}")
+    texts, undecodable = [], []
+    for p in paths:  # read lazily so a small max_docs stays cheap
+        if len(texts) == limit:
+            break
+        doc = read_text(p, encoding)
+        if doc is None:
+            undecodable.append(str(p))
+        elif doc:
+            texts.append(doc)
+    if undecodable:
+        named = ", ".join(undecodable[:3]) + (" ..." if len(undecodable) > 3 else "")
+        if policy == "error":
+            raise ValueError(f"{len(undecodable)} file(s) are not {encoding} (set data.encoding, "
+                             f"or data.on_decode_error=skip): {named}")
+        logging.warning("skipped %d file(s) that are not %s text: %s", len(undecodable),
+                        encoding, named)
+    return texts
 
 
 # ----------------------------------------------------------------------------- Hugging Face
@@ -200,12 +236,7 @@ def load_texts(data_cfg, split: str) -> list[str]:
     if source in ("stdlib", "files"):
         paths = (stdlib_files(split) if source == "stdlib"
                  else local_files(_get(data_cfg, "files"), split))
-        texts = []
-        for p in paths:  # read lazily so a small max_docs stays cheap
-            if len(texts) == limit:
-                break
-            if text := _read(p):
-                texts.append(text)
+        texts = _read_files(paths, data_cfg, limit)
     elif source == "hf":
         ds, column = _hf_split(data_cfg, split), _get(data_cfg, "hf_text_column")
         if column not in ds.column_names:
@@ -243,6 +274,8 @@ def _source_identity(cfg, split: str) -> dict:
     """What the documents of `split` depend on, cheap to compute (file stats, not contents)."""
     source = _source(cfg)
     ident = dict(source=source, split=split, max_docs=int(_get(cfg, "max_docs")), format=_FORMAT)
+    if source in ("stdlib", "files"):  # how the files decode is part of what they hold
+        ident.update(encoding=_get(cfg, "encoding"), on_decode_error=_get(cfg, "on_decode_error"))
     if source == "stdlib":
         ident.update(python=sys.version, files=_file_stats(stdlib_files(split)))
     elif source == "files":
@@ -293,6 +326,7 @@ def save_tokenizer(tokenizer: Tokenizer, path) -> None:
 
 
 def _load_tokenizer(path: pathlib.Path) -> Tokenizer:
+    """A tokenizer.json (the file, or in the directory), or GPT-2's vocab.json + merges.txt."""
     if path.is_file():
         return Tokenizer.load(path)
     if (path / "tokenizer.json").is_file():
@@ -362,6 +396,9 @@ class PackedWindows(EpochBatches):
     def __init__(self, tokens, seq_len: int, batch_size: int, *, seed: int, shuffle: bool = True,
                  process_index: int = 0, process_count: int = 1, drop_remainder: bool = True,
                  prefetch: int = 2):
+        if seq_len < 1 or batch_size < 1:
+            raise ValueError(f"seq_len {seq_len} and batch_size {batch_size}: both must be "
+                             "positive")
         if len(tokens) < seq_len + 1:
             raise ValueError(f"{len(tokens)} tokens, but one window of seq_len {seq_len} needs "
                              f"{seq_len + 1}")

@@ -92,7 +92,14 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
-        return cls(tokenizers.Tokenizer.from_file(os.fspath(path)))
+        """A tokenizer.json; a file that is not one is named in a ValueError."""
+        path = os.fspath(path)
+        try:
+            tok = tokenizers.Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises a bare Exception with serde's message
+            raise ValueError(f"{path} is not a tokenizer file (tokenizer.json of Hugging Face "
+                             f"tokenizers): {e}") from e
+        return cls(tok)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int,
@@ -114,7 +121,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int,
 
 def from_gpt2_files(vocab_json, merges_txt) -> Tokenizer:
     """GPT-2's released vocab.json + merges.txt, tokenising exactly as OpenAI's encoder.py."""
-    vocab, merges = models.BPE.read_file(os.fspath(vocab_json), os.fspath(merges_txt))
+    try:
+        vocab, merges = models.BPE.read_file(os.fspath(vocab_json), os.fspath(merges_txt))
+    except Exception as e:  # a bare Exception from the Rust side
+        raise ValueError(f"{vocab_json} and {merges_txt} are not a tokenizer (GPT-2's vocab.json "
+                         f"+ merges.txt): {e}") from e
     bpe = models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="",
                      fuse_unk=False, dropout=None)
     return Tokenizer(_byte_level(tokenizers.Tokenizer(bpe)))

@@ -44,10 +44,11 @@ from train.trainer import build, global_batch, validate
 
 flags.DEFINE_bool("peer", False, "Also run transformers' GPT2LMHeadModel (PyTorch) and compare.")
 flags.DEFINE_bool("peer_compile", False, "With --peer, also a torch.compile'd peer.")
-flags.DEFINE_integer("rounds", 5, "Alternating rounds (ours, then each peer).")
-flags.DEFINE_integer("steps", 4, "Timed steps per round and side.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
-flags.DEFINE_integer("input_batches", 200, "Batches for the input-pipeline measurement.")
+flags.DEFINE_integer("rounds", 5, "Alternating rounds (ours, then each peer).", lower_bound=1)
+flags.DEFINE_integer("steps", 4, "Timed steps per round and side.", lower_bound=1)
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.", lower_bound=1)
+flags.DEFINE_integer("input_batches", 200, "Batches for the input-pipeline measurement.",
+                     lower_bound=1)
 flags.DEFINE_string("profile_dir", "", "If set, also trace 3 of our steps there with "
                     "jax.profiler (TensorBoard / XProf format), after the timed rounds.")
 FLAGS = flags.FLAGS

@@ -14,6 +14,7 @@ an image-caption dataset through HF `datasets` instead of the digit scenes.
 
 import functools
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -183,12 +184,24 @@ def results_table(row: dict, tasks: list[str], scenes) -> str:
 
 
 # --------------------------------------------------------------------------- main
+def match_channels(config) -> None:
+    """Hub images are decoded to RGB (data.images.resize_square) whatever the preset's
+    channels (the tiny preset's digit scenes have one); the digit-scene evaluation then repeats
+    its grey to three channels too."""
+    vision = config.model.vision
+    if config.data.source == "hf" and vision.channels != 3:
+        print(f"model.vision.channels {vision.channels} -> 3: hub images are RGB",
+              file=sys.stderr)
+        vision.channels = 3
+
+
 def import_clip(path) -> dict:
     """A transformers CLIP directory, as variables for init_from."""
     return {"params": hf.clip_from_pretrained(path)[1]}
 
 
 def setup(config, workdir) -> dict:
+    match_channels(config)
     workdir = pathlib.Path(workdir)
     scenes = images.DigitScenes(scene_config(config))
     train_data, tokenizer, encode, stats = training_data(config, scenes, workdir)
@@ -216,6 +229,7 @@ def setup(config, workdir) -> dict:
 
 
 def main(config, workdir):
+    match_channels(config)
     preflight(config, workdir)
     run = setup(config, workdir)
     scenes = run.pop("scenes")

@@ -35,7 +35,15 @@ from train.logging import MetricWriter, read_metrics
 from train.trainer import Throughput, fit, preflight
 
 
+def check_task(config) -> None:
+    if config.task not in code_tasks.DEFAULT_TASKS and config.task not in hub_tasks.HUB_TASKS:
+        raise ValueError(f"unknown task {config.task!r}; choose an offline task "
+                         f"{sorted(code_tasks.DEFAULT_TASKS)} or a hub task "
+                         f"{sorted(hub_tasks.HUB_TASKS)}")
+
+
 def load_task(config) -> gpt1_inputs.Task:
+    check_task(config)
     if config.task in code_tasks.DEFAULT_TASKS:
         return code_tasks.default_task(config.task)
     files = text.parse_data_files(config.hub_data_files)
@@ -146,6 +154,7 @@ def last_metrics(workdir, split: str) -> dict:
 
 def main(config, workdir):
     preflight(config, workdir, resume=False)   # setup resolves the model; fit then checks it
+    check_task(config)
     run = setup(config, workdir)
     task = run.pop("task")
     state = fit(config, workdir=workdir, **run)

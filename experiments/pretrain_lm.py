@@ -57,6 +57,9 @@ def lm_data(config, tokenizer):
 
 
 def check_fit(cfg: gpt.GPTConfig, config, tokenizer=None) -> None:
+    if config.data.seq_len < 1:
+        raise ValueError(f"data.seq_len is {config.data.seq_len}; a window needs at least one "
+                         "token")
     if config.data.seq_len > cfg.n_ctx:
         raise ValueError(f"data.seq_len {config.data.seq_len} is longer than the model's "
                          f"context model.n_ctx {cfg.n_ctx}")

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from models.layers import (Block, LearnedPositions, TokenEmbedding, layer_norm, param_count,
-                           training_flops_per_token)
+from models.layers import (Block, LearnedPositions, TokenEmbedding, check_config, layer_norm,
+                           param_count, training_flops_per_token)
 from models.vit import ViT, ViTConfig
 
 
@@ -41,6 +41,9 @@ class TextConfig:
     attention_impl: str = "auto"
     dtype: str = "float32"
     param_dtype: str = "float32"
+
+    def __post_init__(self):
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,8 +18,8 @@ import numpy as np
 from flax import linen as nn
 
 from models.attention import constrain
-from models.layers import (Block, LearnedPositions, TokenEmbedding, layer_norm, param_count,
-                           scaled_init_std, training_flops_per_token)
+from models.layers import (Block, LearnedPositions, TokenEmbedding, check_config, layer_norm,
+                           param_count, scaled_init_std, training_flops_per_token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,12 @@ class GPTConfig:
     dtype: str = "float32"        # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
     remat: str = "none"           # none | full | dots: what jax.checkpoint keeps per block
+
+    def __post_init__(self):
+        check_config(self)
+        if self.remat != "none" and self.remat not in REMAT_POLICIES:
+            raise ValueError(f"GPTConfig.remat is {self.remat!r}; choose from none, "
+                             f"{', '.join(REMAT_POLICIES)}")
 
     @property
     def d_head(self) -> int:

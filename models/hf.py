@@ -51,6 +51,31 @@ def activation_name(hf_name: str) -> str:
     return ACTIVATION_NAMES[hf_name]
 
 
+def check_all_used(t: dict, path) -> None:
+    """Every tensor of the file has a place in our tree: name all that do not."""
+    if t:
+        names = sorted(t)
+        raise ValueError(f"{path}: {len(names)} unexpected tensor(s) this model has no place "
+                         f"for: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
+
+
+def tie_head(t: dict, head: str, embedding: str, path) -> None:
+    """Our GPT ties the output projection to the token embedding, as GPT-1 and GPT-2 do: a file
+    may store the tied matrix under either name, or both. An untied head (one that differs from
+    the embedding) would be silently replaced by it, so it is refused."""
+    if head not in t:
+        return
+    if embedding not in t:
+        t[embedding] = t.pop(head)
+    elif np.array_equal(t[head], t[embedding]):
+        del t[head]
+    else:
+        raise ValueError(
+            f"{path}: tensor {head!r} differs from {embedding!r}: the checkpoint has an "
+            "untied output projection (tie_word_embeddings=False), while this GPT ties it "
+            "to the token embedding; importing it would change the model's outputs")
+
+
 def check_and_build(flat: dict[tuple, np.ndarray], expected) -> dict:
     """Nest `flat` after checking it has exactly the names and shapes of `expected`."""
     want = flatten_dict(expected)
@@ -121,11 +146,11 @@ def gpt2_from_pretrained(path) -> tuple[gpt.GPTConfig, dict]:
         ln_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
         attn_dropout=hf.get("attn_pdrop", 0.1))
     t = read_tensors(path, strip_prefixes=("transformer.",))
-    t.pop("lm_head.weight", None)  # tied to wte
+    tie_head(t, "lm_head.weight", "wte.weight", path)
+    # Older files store the causal mask buffers; the mask is built here.
     t = {k: v for k, v in t.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     params = decoder_params(t, cfg, final_norm="ln_f")
-    if t:
-        raise ValueError(f"checkpoint tensors left unused: {sorted(t)[:5]}")
+    check_all_used(t, path)
     return cfg, params
 
 
@@ -209,9 +234,8 @@ def clip_from_pretrained(path) -> tuple[clip.CLIPConfig, dict]:
         for layer in range(layers):
             block = clip_block(t, f"{theirs}.encoder.layers.{layer}.", width, heads)
             flat.update({(ours, f"block_{layer}") + k: val for k, val in block.items()})
-    t = {k: val for k, val in t.items() if not k.endswith("position_ids")}
-    if t:
-        raise ValueError(f"checkpoint tensors left unused: {sorted(t)[:5]}")
+    t = {k: val for k, val in t.items() if not k.endswith("position_ids")}  # index buffers
+    check_all_used(t, path)
     return cfg, check_and_build(flat, clip.abstract_params(cfg))
 
 
@@ -237,15 +261,13 @@ def gpt1_from_pretrained(path) -> tuple[gpt.GPTConfig, dict]:
         ln_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
         attn_dropout=hf.get("attn_pdrop", 0.1), scale_residual_init=False)
     t = read_tensors(path, strip_prefixes=("transformer.",))
+    # The double-heads model's task head is read by gpt1_multiple_choice_head.
     t = {k: v for k, v in t.items() if not k.startswith("multiple_choice_head.")}
-    lm_head = t.pop("lm_head.weight", None)  # tied to tokens_embed: a file may hold either name
-    t["wte.weight"] = t.pop("tokens_embed.weight") if "tokens_embed.weight" in t else lm_head
-    if t["wte.weight"] is None:
-        raise ValueError(f"{path} has neither tokens_embed.weight nor lm_head.weight")
+    tie_head(t, "lm_head.weight", "tokens_embed.weight", path)
+    t["wte.weight"] = pop(t, "tokens_embed.weight")
     t["wpe.weight"] = pop(t, "positions_embed.weight")
     params = decoder_params(t, cfg, final_norm=None)
-    if t:
-        raise ValueError(f"checkpoint tensors left unused: {sorted(t)[:5]}")
+    check_all_used(t, path)
     return cfg, params
 
 

@@ -1,7 +1,7 @@
 """Building blocks shared by the Transformer family: FFN, embeddings, the residual block."""
 
 import math
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,20 @@ def activation(name: str) -> Callable:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_config(cfg) -> None:
+    """Unknown names in a model config (dtype, param_dtype, attention_impl, act, norm) fail when
+    the config is built, naming the field, rather than inside tracing."""
+    choices = {"dtype": DTYPES, "param_dtype": DTYPES, "attention_impl": get_args(Implementation),
+               "act": tuple(ACTIVATIONS), "norm": ("pre", "post")}
+    for field, allowed in choices.items():
+        if hasattr(cfg, field) and getattr(cfg, field) not in allowed:
+            raise ValueError(f"{type(cfg).__name__}.{field} is {getattr(cfg, field)!r}; "
+                             f"choose from {', '.join(allowed)}")
 
 
 def param_count(tree) -> int:

@@ -13,7 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import linen as nn
 
-from models.layers import Block, LearnedPositions, layer_norm
+from models.layers import Block, LearnedPositions, check_config, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,9 @@ class ViTConfig:
     attention_impl: str = "auto"
     dtype: str = "float32"
     param_dtype: str = "float32"
+
+    def __post_init__(self):
+        check_config(self)
 
     @property
     def num_patches(self) -> int:

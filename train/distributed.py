@@ -1,6 +1,9 @@
 """Multi-process start-up: jax.distributed from flags, the environment, or not at all."""
 
 import os
+import socket
+import sys
+import time
 
 import jax
 
@@ -12,13 +15,36 @@ def _cluster_detected() -> bool:
             or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
 
 
-def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1):
+def wait_for_coordinator(address: str, timeout: float) -> None:
+    """Returns once something accepts connections at `address` (host:port); raises a
+    ConnectionError naming it after `timeout` seconds. JAX's own client aborts the process
+    (a fatal log, no Python exception) after its deadline when nobody answers."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"coordinator address {address!r} is not HOST:PORT")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)),
+                                          timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(f"no coordinator is listening at {address} after "
+                                      f"{timeout:g} s ({e.strerror or e}): start process 0 "
+                                      "there, or check --coordinator_address") from e
+            time.sleep(0.25)
+
+
+def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
+               timeout: int = 60):
     """Join a multi-process run, or do nothing for a single process.
 
     Flags win over the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables.
     With a coordinator, a process count and an id, they are used as given. Otherwise, under
     SLURM (srun), Open MPI (mpirun) or on a multi-host TPU slice, or with
-    --coordinator_address=auto, JAX detects what is missing from its environment."""
+    --coordinator_address=auto, JAX detects what is missing from its environment. `timeout`
+    (seconds) bounds the wait for the coordinator and for the other processes."""
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     if num_processes <= 0:
         num_processes = int(os.environ.get("JAX_NUM_PROCESSES", "0"))
@@ -37,7 +63,14 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
     # recent JAX; set here so that older ones and a changed default do the same).
     if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if explicit and process_id > 0:  # process 0 starts the coordinator itself
+        wait_for_coordinator(coordinator_address, timeout)
+    if explicit and process_id >= 0:
+        # If the others do not join in time, JAX ends the process with a fatal log; say first
+        # what it was waiting for.
+        print(f"process {process_id} of {num_processes}: joining the run at "
+              f"{coordinator_address} (waiting at most {timeout} s)", file=sys.stderr, flush=True)
     jax.distributed.initialize(
         coordinator_address=coordinator_address if explicit else None,
         num_processes=num_processes if num_processes > 0 else None,
-        process_id=process_id if process_id >= 0 else None)
+        process_id=process_id if process_id >= 0 else None, initialization_timeout=int(timeout))

@@ -90,7 +90,7 @@ def measure_matmul_flops(sizes=(1024,), repeats: int = 10, device=None,
     square sizes and repeats, i.e. the hardware's limit as XLA reaches it. Random operands: a
     GPU multiplies zeros faster than data."""
     device = device or jax.devices("cpu")[0]
-    f = jax.jit(lambda x: x @ x, compiler_options=compiler_options(device.platform))
+    f = _matmul(device.platform)
     rate = 0.0
     for n in sizes:
         a = jax.device_put(jax.random.normal(jax.random.key(n), (n, n), dtype), device)
@@ -100,6 +100,18 @@ def measure_matmul_flops(sizes=(1024,), repeats: int = 10, device=None,
             f(a).block_until_ready()
             rate = max(rate, 2 * n ** 3 / (time.perf_counter() - t))
     return rate
+
+
+@functools.cache
+def _matmul(platform: str):
+    """The probe's jitted x @ x, kept (with its executables) for the life of the process.
+
+    With CPU_OPTIONS each dot runs in a oneDNN thunk that borrows a runtime from a pool the
+    executable owns and returns it only after the result is marked ready. Freeing an executable
+    just after running it could destroy that pool while a runtime was still out, and XLA
+    aborted the process (`available_.size() == num_created_` in object_pool.h; 16 of 50 starts
+    that measured the peak 5 times). Kept executables are never freed while one runs."""
+    return jax.jit(lambda x: x @ x, compiler_options=compiler_options(platform))
 
 
 @functools.cache

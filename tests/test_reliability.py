@@ -1,0 +1,398 @@
+"""Failure paths: weights that do not fit, undecodable text, bad command lines and a full disk
+each stop with an error that names the problem (before any work where the input is at fault)."""
+
+import json
+import logging
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from data import tasks, text
+from data.tokenizer import Tokenizer, train_bpe
+from models import clip, gpt, hf, vit
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+
+
+def cli(module, *args, timeout=120):
+    """Runs `python -m experiments.MODULE ARGS`; returns (returncode, stderr's last line, stderr)."""
+    out = subprocess.run([sys.executable, "-m", f"experiments.{module}", *map(str, args)],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    return out.returncode, lines[-1] if lines else "", out.stderr
+
+
+def pretrain(workdir, *args, **kw):
+    return cli("pretrain_lm", "--config=experiments/configs/gpt.py:tiny", f"--workdir={workdir}",
+               *args, **kw)
+
+
+# --------------------------------------------------------------------------- weight import
+
+@pytest.fixture(scope="module")
+def transformers():
+    pytest.importorskip("torch")
+    return pytest.importorskip("transformers")
+
+
+def _tensors(path) -> dict:
+    from safetensors.numpy import load_file
+    return load_file(pathlib.Path(path) / "model.safetensors")
+
+
+def _rewrite(path, tensors) -> None:
+    from safetensors.numpy import save_file
+    save_file(tensors, pathlib.Path(path) / "model.safetensors")
+
+
+def _gpt2(transformers, path, tied=True):
+    import torch
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=61, n_positions=16, n_embd=32, n_layer=1,
+                                     n_head=2, tie_word_embeddings=tied)
+    transformers.GPT2LMHeadModel(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def test_gpt2_untied_head_is_refused(transformers, tmp_path):
+    path = _gpt2(transformers, tmp_path, tied=False)
+    assert "lm_head.weight" in _tensors(path)      # transformers saves the untied head
+    with pytest.raises(ValueError, match=r"lm_head\.weight.*(differs|tied)"):
+        hf.gpt2_from_pretrained(path)
+
+
+def test_gpt2_head_equal_to_wte_is_tied(transformers, tmp_path):
+    path = _gpt2(transformers, tmp_path)
+    t = _tensors(path)
+    t["lm_head.weight"] = t["transformer.wte.weight"].copy()   # a file that stores both copies
+    _rewrite(path, t)
+    _, params = hf.gpt2_from_pretrained(path)
+    np.testing.assert_array_equal(params["wte"]["embedding"], t["transformer.wte.weight"])
+
+
+def test_gpt2_unexpected_tensors_are_all_named(transformers, tmp_path):
+    path = _gpt2(transformers, tmp_path)
+    t = _tensors(path)
+    t["transformer.h.0.attn.extra"] = np.zeros(3, np.float32)
+    t["score.weight"] = np.zeros((2, 32), np.float32)
+    _rewrite(path, t)
+    with pytest.raises(ValueError, match=r"unexpected.*h\.0\.attn\.extra.*score\.weight"):
+        hf.gpt2_from_pretrained(path)
+
+
+def _gpt1(transformers, path):
+    import torch
+    torch.manual_seed(0)
+    config = transformers.OpenAIGPTConfig(vocab_size=61, n_positions=16, n_embd=32, n_layer=1,
+                                          n_head=2)
+    transformers.OpenAIGPTLMHeadModel(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def test_gpt1_untied_head_is_refused(transformers, tmp_path):
+    path = _gpt1(transformers, tmp_path)
+    t = _tensors(path)
+    t["lm_head.weight"] = t["transformer.tokens_embed.weight"] + 1.0
+    _rewrite(path, t)
+    with pytest.raises(ValueError, match=r"lm_head\.weight.*(differs|tied)"):
+        hf.gpt1_from_pretrained(path)
+    t["lm_head.weight"] = t["transformer.tokens_embed.weight"].copy()  # equal: tied, accepted
+    _rewrite(path, t)
+    hf.gpt1_from_pretrained(path)
+
+
+def test_gpt1_unexpected_tensors_are_all_named(transformers, tmp_path):
+    path = _gpt1(transformers, tmp_path)
+    t = _tensors(path)
+    t["transformer.h.0.mlp.gate.weight"] = np.zeros((2, 2), np.float32)
+    t["classifier.weight"] = np.zeros(2, np.float32)
+    _rewrite(path, t)
+    with pytest.raises(ValueError, match=r"unexpected.*classifier\.weight.*h\.0\.mlp\.gate"):
+        hf.gpt1_from_pretrained(path)
+
+
+def test_clip_unexpected_tensors_are_all_named(transformers, tmp_path):
+    import torch
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=50, hidden_size=16, intermediate_size=24,
+                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8),
+        vision_config=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=8, patch_size=4),
+        projection_dim=8)
+    transformers.CLIPModel(config).save_pretrained(tmp_path)
+    hf.clip_from_pretrained(tmp_path)                             # the file as saved imports
+    t = _tensors(tmp_path)
+    t["text_projection.bias"] = np.zeros(8, np.float32)
+    t["vision_model.head.weight"] = np.zeros(2, np.float32)
+    _rewrite(tmp_path, t)
+    with pytest.raises(ValueError, match=r"unexpected.*text_projection\.bias.*vision_model\.head"):
+        hf.clip_from_pretrained(tmp_path)
+
+
+# --------------------------------------------------------------------------- text that is not UTF-8
+
+def _train_name(stem: str, suffix: str) -> str:
+    """A file name that data.text puts in the train split."""
+    return next(f"{stem}{i}{suffix}" for i in range(1000)
+                if text._split_of(f"{stem}{i}{suffix}") == "train")
+
+
+@pytest.fixture
+def mixed_files(tmp_path):
+    d = tmp_path / "docs"
+    d.mkdir()
+    good = d / _train_name("good", ".txt")
+    good.write_text("naïve café, plain UTF-8\n", encoding="utf-8")
+    latin = d / _train_name("latin", ".txt")
+    latin.write_bytes("un café à Paris\n".encode("latin-1"))
+    binary = d / _train_name("blob", ".bin")
+    binary.write_bytes(bytes(range(256)) * 4)
+    return d, good, latin, binary
+
+
+def _files_cfg(tmp_path, d, **kw):
+    c = text.default_config()
+    c.update(dict(source="files", files=str(d), cache_dir=str(tmp_path / "cache"), **kw))
+    return c
+
+
+def test_undecodable_files_are_skipped_with_one_warning(tmp_path, mixed_files, caplog):
+    d, good, latin, binary = mixed_files
+    with caplog.at_level(logging.WARNING):
+        texts = text.load_texts(_files_cfg(tmp_path, d), "train")
+    assert texts == ["naïve café, plain UTF-8\n"]
+    assert not any("\ufffd" in t for t in texts)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "2 " in warnings[0] and latin.name in warnings[0] and binary.name in warnings[0]
+
+
+def test_undecodable_files_can_stop_the_run(tmp_path, mixed_files):
+    d, _, latin, binary = mixed_files
+    with pytest.raises(ValueError, match=rf"not utf-8.*({latin.name}|{binary.name})"):
+        text.load_texts(_files_cfg(tmp_path, d, on_decode_error="error"), "train")
+
+
+def test_files_in_another_encoding(tmp_path, mixed_files):
+    d, good, _, binary = mixed_files
+    good.unlink()
+    binary.unlink()
+    texts = text.load_texts(_files_cfg(tmp_path, d, encoding="latin-1"), "train")
+    assert texts == ["un café à Paris\n"]
+
+
+def test_unknown_decode_policy_is_an_error(tmp_path, mixed_files):
+    with pytest.raises(ValueError, match="on_decode_error"):
+        text.load_texts(_files_cfg(tmp_path, mixed_files[0], on_decode_error="ignore"), "train")
+
+
+def test_task_functions_skip_undecodable_files(tmp_path):
+    body = "def f(x):\n    y = x + 1\n    return y\n"
+    (tmp_path / "ok.py").write_text(body, encoding="utf-8")
+    (tmp_path / "latin.py").write_bytes(("# café\n" + body.replace("f(x)", "g(x)")).encode(
+        "latin-1"))
+    funcs = tasks.extract_functions([str(tmp_path / "ok.py"), str(tmp_path / "latin.py")],
+                                    str(tmp_path))
+    assert [fn.name for fn in funcs] == ["f"]
+
+
+# --------------------------------------------------------------------------- matmul peak probe
+
+PEAK = """
+import sys
+from train import perf
+perf._cpu_has = lambda flag: True   # CPU_OPTIONS (oneDNN) as on an AVX-512 host
+assert perf.compiler_options("cpu")
+for _ in range(12):      # before the fix 10 of 12 such processes aborted (2-core host)
+    assert perf.measure_matmul_flops(sizes=(768,), repeats=1) > 0
+print("ok")
+"""
+
+
+def test_peak_measurement_repeated_does_not_abort():
+    """Each measurement used to compile its own x @ x and free it right after running it; with
+    oneDNN the thunk hands its runtime back to its pool after the result is ready, and freeing
+    the pool in between aborted the process (`available_.size() == num_created_`)."""
+    out = subprocess.run([sys.executable, "-c", PEAK], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- configs and inputs
+
+def test_model_configs_reject_unknown_values():
+    with pytest.raises(ValueError, match="dtype.*bfloat17"):
+        gpt.GPTConfig(dtype="bfloat17")
+    with pytest.raises(ValueError, match="param_dtype.*f32"):
+        gpt.GPTConfig(param_dtype="f32")
+    with pytest.raises(ValueError, match="attention_impl.*flash"):
+        gpt.GPTConfig(attention_impl="flash")
+    with pytest.raises(ValueError, match="act.*swish"):
+        gpt.GPTConfig(act="swish")
+    with pytest.raises(ValueError, match="norm.*sandwich"):
+        gpt.GPTConfig(norm="sandwich")
+    with pytest.raises(ValueError, match="dtype.*float8"):
+        vit.ViTConfig(dtype="float8")
+    with pytest.raises(ValueError, match="attention_impl.*flash"):
+        clip.TextConfig(attention_impl="flash")
+    gpt.GPTConfig(dtype="bfloat16", attention_impl="xla_custom")  # the valid ones still build
+    clip.preset("tiny")
+
+
+def test_packed_windows_reject_empty_windows():
+    with pytest.raises(ValueError, match="seq_len"):
+        text.PackedWindows(np.arange(100), 0, 2, seed=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        text.PackedWindows(np.arange(100), 4, 0, seed=0)
+
+
+def test_corrupt_tokenizer_file_is_named(tmp_path):
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=rf"{bad}.*not a tokenizer"):
+        Tokenizer.load(bad)
+    gpt2_dir = tmp_path / "gpt2"
+    gpt2_dir.mkdir()
+    (gpt2_dir / "vocab.json").write_text("[1, 2")
+    (gpt2_dir / "merges.txt").write_text("a b\n")
+    with pytest.raises(ValueError, match="vocab.json.*not a tokenizer"):
+        text._load_tokenizer(gpt2_dir)
+    good = tmp_path / "good.json"
+    train_bpe(["some text to learn from"], 300).save(good)
+    assert Tokenizer.load(good).vocab_size >= 257
+
+
+def test_missing_config_file(tmp_path):
+    rc, last, err = pretrain(tmp_path / "w", f"--config={tmp_path}/nope.py:tiny")
+    assert rc != 0 and "nope.py" in last and "does not exist" in last, err[-2000:]
+    assert "Traceback" not in err and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("flag,named", [
+    ("--config.data.seq_len=0", "data.seq_len"),
+    ("--config.model.dtype=bfloat17", "bfloat17"),
+    ("--config.model.attention_impl=flash", "flash"),
+])
+def test_bad_values_stop_before_any_work(tmp_path, flag, named):
+    rc, last, err = pretrain(tmp_path / "w", flag)
+    assert rc != 0 and named in last, err[-2000:]
+    assert not (tmp_path / "w").exists()
+
+
+def test_corrupt_tokenizer_stops_the_run(tmp_path):
+    bad = tmp_path / "tok.json"
+    bad.write_bytes(b"\x00\x01 definitely not a tokenizer")
+    rc, last, err = pretrain(tmp_path / "w", f"--config.data.tokenizer={bad}")
+    assert rc != 0 and str(bad) in last and "not a tokenizer" in last, err[-2000:]
+    assert not (tmp_path / "w").exists()
+
+
+def test_benchmark_needs_a_round():
+    rc, _, err = cli("benchmark", "--rounds=0")
+    assert rc != 0 and "--rounds" in err and "Traceback" not in err, err[-2000:]
+
+
+def test_finetune_checks_the_task_name_first(tmp_path):
+    rc, last, err = cli("finetune_gpt", "--config=experiments/configs/gpt1.py:finetune",
+                        f"--workdir={tmp_path / 'w'}", "--config.task=no_such_task")
+    assert rc != 0 and "no_such_task" in last, err[-2000:]
+    assert "package" in last and "sst2" in last            # offline and hub names both listed
+    assert "Tokenizing" not in err and not (tmp_path / "w").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_coordinator_is_named(tmp_path):
+    address = f"127.0.0.1:{_free_port()}"
+    rc, last, err = pretrain(tmp_path / "w", f"--coordinator_address={address}",
+                             "--num_processes=2", "--process_id=1", "--coordinator_timeout=2",
+                             timeout=90)
+    assert rc != 0 and address in last, err[-2000:]
+    assert not (tmp_path / "w").exists()
+
+
+def test_coordinator_timeout_must_be_positive(tmp_path):
+    rc, _, err = pretrain(tmp_path / "w", "--coordinator_timeout=0")
+    assert rc != 0 and "--coordinator_timeout" in err and "Traceback" not in err, err[-2000:]
+
+
+# --------------------------------------------------------------------------- a full disk
+
+FULL_DISK = """
+import asyncio, errno, sys
+from absl import logging
+from experiments import launch
+
+def main(config, workdir):
+    for i in range(300):
+        logging.info("checkpoint library chatter %d", i)
+
+    async def write():
+        raise OSError(errno.ENOSPC, "No space left on device", "shard")
+    loop = asyncio.new_event_loop()
+    # Failed writes whose errors nobody collects: asyncio logs each when the task is freed,
+    # after the traceback of the error that ended the run.
+    orphans = [loop.create_task(write()) for _ in range(20)]
+    loop.run_until_complete(asyncio.sleep(0.01))
+    with open("/dev/full", "w") as f:
+        f.write("x" * 4096)
+
+launch.run(main, "gpt.py:tiny", workdir_required=False)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_full_disk_cause_is_the_last_line():
+    out = subprocess.run([sys.executable, "-c", FULL_DISK], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode != 0
+    assert lines[-1].startswith("error: No space left on device"), out.stderr[-3000:]
+    assert "chatter" not in out.stderr                      # INFO logging is off by default
+
+
+# --------------------------------------------------------------------------- CLIP on hub data
+
+def test_clip_on_hub_images_runs_with_the_readme_command(tmp_path):
+    """The README's `--config.data.source=hf` on the tiny preset, with a local imagefolder of
+    RGB photos: training and the digit-scene evaluation both take 3-channel images."""
+    from PIL import Image
+    data = tmp_path / "photos"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    with open(data / "metadata.jsonl", "w") as f:
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (30 + i, 36, 3), dtype=np.uint8)).save(
+                data / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "caption": f"a photo of thing {i}"})
+                    + "\n")
+    env = dict(ENV, HF_DATASETS_CACHE=str(tmp_path / "hf"), HF_DATASETS_OFFLINE="1")
+    args = ["--config=experiments/configs/clip.py:tiny", f"--workdir={tmp_path / 'run'}",
+            "--config.data.source=hf", "--config.data.hf_dataset=imagefolder",
+            f"--config.data.hf_data_dir={data}",
+            # small and one shape everywhere (few compilations); the step-0 evaluation included
+            "--config.train.steps=1", "--config.train.batch_size=4", "--config.train.eval_every=1",
+            "--config.train.warmup_steps=1", "--config.eval.tasks=digits",
+            "--config.eval.val_images=10", "--config.eval.test_images=10",
+            "--config.eval.probe_train_images=10", "--config.eval.probe_val_images=10",
+            "--config.eval.batch_size=10", "--config.eval.probe_Cs=(1.0,)"]
+    out = subprocess.run([sys.executable, "-m", "experiments.clip", *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert any(r["split"] == "val" and r["step"] == 0 and "zeroshot_top1" in r for r in rows)
+    assert any(r["split"] == "train" and np.isfinite(r["loss"]) for r in rows)
+    assert any(r["split"] == "test" for r in rows)
