@@ -1,0 +1,181 @@
+"""The ConvNet zoo by name: create, count_params, flops, default_resolution, from_torchvision.
+
+Every model maps float32 NHWC images to logits:
+
+    logits = module.apply(variables, images, train=False)                   # [batch, classes]
+    out, updates = module.apply(variables, images, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": key})
+
+`variables` holds "params" and, for models with BatchNorm, "batch_stats" (running mean/var);
+`updates["batch_stats"]` is the new running statistics after a training step. In training,
+googlenet and googlenet_paper (with aux_logits=True, the default) return
+{"logits", "aux1", "aux2"} (inception.training_loss weighs them 1, 0.3, 0.3); every other model,
+and every model in eval mode, returns the logits array. The input channel count is free
+(1 for digits); count_params and flops assume 3 (1 for lenet5) unless told.
+
+torchvision's names (alexnet, vgg11..vgg19 and *_bn, resnet18..resnet152, googlenet,
+mobilenet_v2, efficientnet_b0..b7) are torchvision's architectures, number for number, and
+from_torchvision imports their state dicts. The others follow the papers (lenet5, alexnet_paper,
+googlenet_paper, the CIFAR ResNets resnet8..resnet110) or are CPU-sized variants for 32x32
+inputs (mobilenet_v2_tiny, efficientnet_tiny).
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from models import alexnet, efficientnet, inception, lenet, mobilenet, resnet, vgg
+from models import torchvision_import
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    build: Callable[..., nn.Module]
+    preset: dict[str, Any]
+    resolution: int
+    num_classes: int = 1000
+    in_channels: int = 3
+    family: str | None = None  # the torchvision family it imports from; None: no counterpart
+
+
+def _registry() -> dict[str, Entry]:
+    r = {
+        "lenet5": Entry(lenet.LeNet5, {}, 32, num_classes=10, in_channels=1),
+        "alexnet": Entry(alexnet.AlexNet, dict(variant="torchvision"), 224, family="alexnet"),
+        "alexnet_paper": Entry(alexnet.AlexNet, dict(variant="paper"), 227),
+        "googlenet": Entry(inception.GoogLeNet, dict(variant="torchvision"), 224,
+                           family="googlenet"),
+        "googlenet_paper": Entry(inception.GoogLeNet, dict(variant="paper", dropout=0.4), 224),
+        "mobilenet_v2": Entry(mobilenet.MobileNetV2, {}, 224, family="mobilenet_v2"),
+        "mobilenet_v2_tiny": Entry(mobilenet.MobileNetV2, dict(width_mult=0.25, stem_stride=1),
+                                   32, num_classes=10),
+        "efficientnet_tiny": Entry(efficientnet.EfficientNet,
+                                   dict(width_mult=0.25, depth_mult=0.5, stem_stride=1), 32,
+                                   num_classes=10),
+    }
+    for depth, config in vgg.DEPTH_TO_CONFIG.items():
+        r[f"vgg{depth}"] = Entry(vgg.VGG, dict(config=config), 224, family="vgg")
+        r[f"vgg{depth}_bn"] = Entry(vgg.VGG, dict(config=config, batch_norm=True), 224,
+                                    family="vgg")
+    for depth, block, layers in [(18, "basic", (2, 2, 2, 2)), (34, "basic", (3, 4, 6, 3)),
+                                 (50, "bottleneck", (3, 4, 6, 3)),
+                                 (101, "bottleneck", (3, 4, 23, 3)),
+                                 (152, "bottleneck", (3, 8, 36, 3))]:
+        r[f"resnet{depth}"] = Entry(resnet.ResNet, dict(block=block, layers=layers), 224,
+                                    family="resnet")
+    for n in (1, 3, 5, 7, 9, 18):  # section 4.2: 6n + 2 layers on CIFAR-10
+        r[f"resnet{6 * n + 2}"] = Entry(
+            resnet.ResNet, dict(block="basic", layers=(n, n, n), widths=(16, 32, 64),
+                                stem="cifar", shortcut="A"), 32, num_classes=10)
+    for b, (w, d, res, dropout) in efficientnet.PRESETS.items():
+        bn = dict(bn_eps=1e-3, bn_momentum=0.99) if b in ("b5", "b6", "b7") else {}
+        r[f"efficientnet_{b}"] = Entry(
+            efficientnet.EfficientNet, dict(width_mult=w, depth_mult=d, dropout=dropout, **bn),
+            res, family="efficientnet")
+    return r
+
+
+REGISTRY = _registry()
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def _entry(name: str) -> Entry:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose from {names()}")
+    return REGISTRY[name]
+
+
+def create(name: str, num_classes: int | None = None, **overrides) -> nn.Module:
+    """The model `name` (its paper's or torchvision's preset), num_classes outputs (default: the
+    preset's, 1000 for ImageNet models and 10 for lenet5 and the CIFAR/tiny ones), any field of
+    the module overridden (dropout=0.0, width_mult=0.5, ...)."""
+    entry = _entry(name)
+    fields = {f.name for f in dataclasses.fields(entry.build)} - {"parent", "name"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"{name} has no setting {unknown}; it has {sorted(fields)}")
+    kwargs = {**entry.preset, **overrides,
+              "num_classes": entry.num_classes if num_classes is None else num_classes}
+    return entry.build(**kwargs)
+
+
+def default_resolution(name: str) -> int:
+    """The input side the model was designed for: 224 for ImageNet models, 227 for the paper's
+    AlexNet, 32 for LeNet-5 and the CIFAR/tiny models, the EfficientNet table's r."""
+    return _entry(name).resolution
+
+
+def dummy_images(name: str, batch: int = 1, resolution: int | None = None,
+                 in_channels: int | None = None) -> jax.ShapeDtypeStruct:
+    """The shape of a batch of images at the model's default resolution and channels (3, or 1
+    for lenet5)."""
+    side = resolution or default_resolution(name)
+    return jax.ShapeDtypeStruct((batch, side, side, in_channels or _entry(name).in_channels),
+                                jnp.float32)
+
+
+def abstract_variables(module: nn.Module, images: jax.ShapeDtypeStruct) -> dict:
+    """The shapes of module.init's variables for these images, computed without allocating
+    (traced with nested jits inlined: several times faster for the initialisers' many shapes)."""
+    with jax.disable_jit():
+        return jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), images)
+
+
+def init(name: str, rng, num_classes: int | None = None, resolution: int | None = None,
+         in_channels: int | None = None, **overrides) -> tuple[nn.Module, dict]:
+    """(module, variables) of a freshly initialised model."""
+    module = create(name, num_classes, **overrides)
+    x = jnp.zeros(dummy_images(name, 1, resolution, in_channels).shape, jnp.float32)
+    return module, module.init(rng, x, train=False)
+
+
+def count_params(name: str, num_classes: int | None = None, in_channels: int | None = None,
+                 resolution: int | None = None, **overrides) -> int:
+    """Number of trainable parameters (BatchNorm's running statistics excluded, as torch counts
+    them), from shapes only."""
+    module = create(name, num_classes, **overrides)
+    shapes = abstract_variables(module, dummy_images(name, 1, resolution, in_channels))
+    return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+
+
+def flops(name: str, resolution: int | None = None, num_classes: int | None = None,
+          in_channels: int | None = None, **overrides) -> float:
+    """Forward FLOPs of one image in eval mode, as XLA's cost analysis counts them: 2 per
+    multiply-add of convolutions and matmuls (taps that fall on zero padding are not counted),
+    plus one per element of BatchNorm, activations and pooling. About twice the multiply-add
+    count that torchvision lists as "GFLOPS" (resnet50: 4.09 GMACs, here 7.9e9)."""
+    module = create(name, num_classes, **overrides)
+    images = dummy_images(name, 1, resolution, in_channels)
+    variables = abstract_variables(module, images)
+    forward = jax.jit(lambda v, x: module.apply(v, x, train=False))
+    cost = forward.lower(variables, images).cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost["flops"])
+
+
+def from_torchvision(name: str, state_dict, **overrides) -> tuple[nn.Module, dict]:
+    """(module, variables) from a torchvision state dict of the same architecture.
+
+    Torch OIHW kernels become Flax HWIO, Linear weights are transposed (and, after a spatial
+    flatten, reordered from torch's C,H,W to our H,W,C), BatchNorm weight/bias/running_mean/
+    running_var become params scale/bias and batch_stats mean/var. num_classes comes from the
+    classifier's shape; googlenet gets aux_logits when aux1/aux2 are in the state dict. Every
+    tensor must be used (num_batches_tracked aside): a missing, unexpected or mis-shaped tensor
+    is an error that names it. Pretrained torchvision googlenet weights expect
+    transform_input=True (pass it as an override)."""
+    entry = _entry(name)
+    if entry.family is None:
+        raise ValueError(f"{name} has no torchvision counterpart; importable: "
+                         f"{[n for n in names() if REGISTRY[n].family]}")
+    tensors = torchvision_import.numpy_tensors(state_dict)
+    inferred = torchvision_import.infer_settings(entry.family, tensors, name)
+    module = create(name, **{**inferred, **overrides})
+    expected = abstract_variables(module, dummy_images(name, 1, 224))
+    return module, torchvision_import.convert(entry.family, module, tensors, expected, name)
