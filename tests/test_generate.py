@@ -1,5 +1,9 @@
 """Decoding with a key/value cache: the cached attention against the full one, GPT's cached
-generation against its uncached forward and against transformers' GPT2LMHeadModel."""
+generation against its uncached forward and against transformers' GPT2LMHeadModel, and
+experiments.generate on both kinds of checkpoint."""
+
+import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -199,3 +203,59 @@ def test_gpt2_greedy_matches_transformers_generate(tmp_path):
     got = gpt.generate_batch(cfg, params, prompts, 12, jax.random.key(0), stop_tokens=(96,))
     assert got == want
     assert any(len(set(row)) > 3 for row in got)
+
+
+# ----------------------------------------------------------------------------- experiments.generate
+def byte_level_files(directory):
+    """GPT-2 vocab.json + merges.txt of the 256 byte characters and <|endoftext|>, no merges."""
+    from tokenizers import pre_tokenizers
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    return len(vocab)
+
+
+def test_generate_experiment_reads_gpt2_directories_and_workdirs(tmp_path, capsys):
+    """experiments.generate on a transformers GPT-2 directory and on a pretrain_lm workdir
+    (config.json, checkpoints/<step>/, tokenizer.json): the same tokens as generate_batch, and
+    the command line prints the continuation and its speed."""
+    transformers = pytest.importorskip("transformers")
+    import ml_collections
+
+    from data import tokenizer as tokenization
+    from experiments import generate as cli
+    from train.checkpoint import Checkpointer
+    hf_dir, workdir = tmp_path / "gpt2", tmp_path / "run"
+    hf_dir.mkdir(), workdir.mkdir()
+    vocab = byte_level_files(hf_dir)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=vocab, n_positions=32, n_embd=24, n_layer=1, n_head=2)).save_pretrained(hf_dir)
+    cfg, params, tok = cli.load_model(hf_dir)
+    prompt = tok.encode("def f(x):")
+    assert tok.decode(prompt) == "def f(x):"
+    new, timings = cli.generate(cfg, params, prompt, max_new_tokens=5)
+    assert new == gpt.generate_batch(cfg, params, [prompt], 5, None)[0]
+    assert timings["prompt_tokens"] == 9 and timings["prefill_s"] > 0 and timings["decode_s"] > 0
+
+    tokenization.from_gpt2_files(hf_dir / "vocab.json", hf_dir / "merges.txt").save(
+        workdir / "tokenizer.json")
+    config = ml_collections.ConfigDict({"model": dataclasses.asdict(cfg), "data": {}})
+    (workdir / "config.json").write_text(config.to_json())
+    ckpt = Checkpointer(workdir)
+    ckpt.save(7, {"params": params}, {})
+    ckpt.wait()
+    ckpt.close()
+    cfg2, params2, tok2 = cli.load_model(workdir)
+    assert cfg2 == cfg and tok2.encode("def f(x):") == prompt
+    assert jax.tree.all(jax.tree.map(np.array_equal, params2, params))
+
+    cli.FLAGS(["generate", f"--init_from={workdir}", "--prompt=def f(x):",
+               "--max_new_tokens=5", "--temperature=0"])
+    try:
+        cli.main(["generate"])
+    finally:
+        cli.FLAGS.unparse_flags()
+    out = capsys.readouterr()
+    assert out.out == "def f(x):" + tok.decode(new) + "\n"
+    assert "prefill" in out.err and "tokens/s" in out.err
