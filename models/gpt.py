@@ -10,13 +10,15 @@ LayerNorm after the last block and the residual projections initialised with std
 """
 
 import dataclasses
-from typing import Literal
+import functools
+from typing import Literal, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from models import decode
 from models.attention import constrain
 from models.layers import (Block, LearnedPositions, TokenEmbedding, check_config, layer_norm,
                            param_count, scaled_init_std, training_flops_per_token)
@@ -110,10 +112,17 @@ REMAT_POLICIES = {
 
 
 class GPT(nn.Module):
+    """decode=True: one position at a time (or a prompt at once: the prefill) against the
+    `cache` collection; `init_cache` builds it. A batch of prompts of different lengths is left
+    padded, pad_mask [batch, time] False on the padding: each row's positions count its own
+    tokens only, and no query sees the padding."""
+
     cfg: GPTConfig
+    decode: bool = False
 
     @nn.compact
-    def __call__(self, tokens, *, deterministic: bool = True, with_hidden: bool = False):
+    def __call__(self, tokens, *, deterministic: bool = True, with_hidden: bool = False,
+                 pad_mask=None):
         """tokens int32 [batch, time] -> logits [batch, time, vocab]; with_hidden: (logits, h_n),
         as GPT-1's fine-tuning needs with its auxiliary L1."""
         cfg = self.cfg
@@ -124,13 +133,17 @@ class GPT(nn.Module):
                              name="wte")
         wpe = LearnedPositions(cfg.n_ctx, cfg.d_model, init_std=0.01, param_dtype=param_dtype,
                                name="wpe")
-        h = wte(tokens) + wpe(tokens.shape[-1]).astype(dtype)       # h_0 = U W_e + W_p
+        if self.decode or pad_mask is not None:
+            positions, pad_mask = self.positions(tokens, pad_mask)
+            h = wte(tokens) + jnp.take(wpe(cfg.n_ctx), positions, axis=0).astype(dtype)
+        else:
+            h = wte(tokens) + wpe(tokens.shape[-1]).astype(dtype)   # h_0 = U W_e + W_p
         h = constrain(h, "batch", "length", "embed")
         h = nn.Dropout(cfg.dropout, deterministic=deterministic)(h)
         out_std = (scaled_init_std(cfg.init_std, cfg.n_layer) if cfg.scale_residual_init
                    else cfg.init_std)
         block_cls = Block
-        if cfg.remat != "none":
+        if cfg.remat != "none" and not self.decode:
             if cfg.remat not in REMAT_POLICIES:
                 raise ValueError(f"unknown remat policy {cfg.remat!r}; choose none or "
                                  f"{sorted(REMAT_POLICIES)}")
@@ -141,11 +154,35 @@ class GPT(nn.Module):
                 mask=cfg.layer_mask(layer), window=cfg.local_window or None,
                 dropout_rate=cfg.dropout, attn_dropout_rate=cfg.attn_dropout, ln_eps=cfg.ln_eps,
                 out_init_std=out_std, attention_impl=cfg.attention_impl, dtype=dtype,
-                param_dtype=param_dtype, name=f"h_{layer}")(h, None, deterministic)
+                param_dtype=param_dtype, decode=self.decode,
+                name=f"h_{layer}")(h, pad_mask, deterministic)
         if cfg.norm == "pre":
             h = layer_norm("ln_f", cfg.ln_eps, dtype, param_dtype)(h)
         logits = constrain(wte.attend(h), "batch", "length", "vocab")  # h_n W_e^T
         return (logits, h) if with_hidden else logits
+
+    def positions(self, tokens, pad_mask):
+        """Each token's position, counting only its row's real tokens, and the mask of the keys
+        its attention may see: pad_mask itself, or in decoding the cache's slots holding real
+        tokens (cache/key_mask, written at cache/index like the keys)."""
+        real = jnp.ones(tokens.shape, bool) if pad_mask is None else pad_mask.astype(bool)
+        before = 0
+        if self.decode:
+            ready = self.has_variable("cache", "index")
+            index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+            key_mask = self.variable("cache", "key_mask", jnp.zeros, tokens.shape, bool)
+            if ready:
+                before = key_mask.value.sum(axis=1, keepdims=True)
+                key_mask.value = jax.lax.dynamic_update_slice(key_mask.value, real,
+                                                              (0, index.value))
+                index.value = index.value + tokens.shape[1]
+                real_keys = key_mask.value
+            else:
+                real_keys = real   # init: the input's length sizes the cache
+        else:
+            real_keys = real
+        positions = jnp.clip(before + jnp.cumsum(real, axis=1) - 1, 0, self.cfg.n_ctx - 1)
+        return positions, real_keys
 
 
 def abstract_params(cfg: GPTConfig):
@@ -174,28 +211,113 @@ def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:
     return training_flops_per_token(n, cfg.n_layer, cfg.n_head * cfg.d_head, seq_len)
 
 
+# ----------------------------------------------------------------------------- generation
+def init_cache(cfg: GPTConfig, batch: int, max_len: int):
+    """Zeros of the `cache` collection for decoding `batch` rows of up to max_len positions."""
+    model = GPT(cfg, decode=True)
+    tokens = jnp.zeros((batch, max_len), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens))["cache"]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts of different lengths, right-aligned in one int32 [batch, longest] array, and the
+    mask of their real tokens: every row's next token then comes at the same slot."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), longest), pad_id, np.int32)
+    for row, p in zip(tokens, prompts):
+        row[longest - len(p):] = p
+    return tokens, np.arange(longest)[None, :] >= longest - np.array([[len(p)] for p in prompts])
+
+
+def check_context(cfg: GPTConfig, prompt_len: int, new_tokens: int) -> None:
+    if prompt_len + new_tokens > cfg.n_ctx:
+        raise ValueError(f"a prompt of {prompt_len} tokens and {new_tokens} new tokens do not fit "
+                         f"the context of {cfg.n_ctx}; shorten the prompt or ask for fewer tokens")
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_len"))
+def prefill(cfg: GPTConfig, params, tokens, pad_mask, max_len: int):
+    """The left-padded prompts [batch, time] through the model at once, into a cache of max_len
+    slots: -> (float32 logits of each row's next token [batch, vocab], cache). Only the last
+    position's logits are computed: the others' projection on W_e is dead code to XLA."""
+    params = nn.meta.unbox(params)
+    cache = init_cache(cfg, tokens.shape[0], max_len)
+    (_, h), state = GPT(cfg, decode=True).apply(
+        {"params": params, "cache": cache}, tokens, pad_mask=pad_mask, with_hidden=True,
+        mutable=["cache"])
+    wte = params["wte"]["embedding"].astype(h.dtype)
+    return (h[:, -1] @ wte.T).astype(jnp.float32), state["cache"]
+
+
+def step_fn(cfg: GPTConfig, params) -> decode.Step:
+    """One token per row against the cache -> (float32 logits [batch, vocab], cache)."""
+    model = GPT(cfg, decode=True)
+
+    def step(tokens, cache):
+        logits, state = model.apply({"params": params, "cache": cache}, tokens[:, None],
+                                    mutable=["cache"])
+        return logits[:, 0].astype(jnp.float32), state["cache"]
+    return step
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_steps", "pad_id"))
+def decode_steps(cfg: GPTConfig, params, logits, cache, rng, temperature=0.0, top_k=0,
+                 top_p=1.0, stop_tokens=(), *, num_steps: int, pad_id: int = 0):
+    """After `prefill`: up to num_steps tokens per row in one while_loop (models/decode.py:
+    sample) -> (tokens int32 [batch, num_steps], lengths int32 [batch]). The sampling settings
+    and stop_tokens (an int array) are traced: one compiled loop serves them all."""
+    return decode.sample(logits, cache, step_fn(cfg, nn.meta.unbox(params)),
+                         num_steps=num_steps, rng=rng, temperature=temperature, top_k=top_k,
+                         top_p=top_p, stop_tokens=stop_tokens, pad_id=pad_id)
+
+
+def generate_batch(cfg: GPTConfig, params, prompts: list[list[int]], max_new_tokens: int, rng,
+                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                   stop_tokens: Sequence[int] = (), pad_id: int = 0) -> list[list[int]]:
+    """Continue each prompt by up to max_new_tokens tokens, u_t ~ softmax(h_{t-1} W_e^T / T)
+    (greedy at temperature 0; top_k, top_p narrow the choice), with the key/value cache.
+
+    The prompts are left padded and run through the model at once (the prefill), then one
+    position per step inside jit until max_new_tokens or until every row has drawn one of
+    stop_tokens. Each row's list ends before its stop token; stop strings are for the caller
+    to cut in decoded text (decode.truncate_at_stop)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+    tokens, pad_mask = left_pad(prompts, pad_id)
+    check_context(cfg, tokens.shape[1], max_new_tokens)
+    logits, cache = prefill(cfg, params, tokens, pad_mask, tokens.shape[1] + max_new_tokens)
+    out, lengths = decode_steps(cfg, params, logits, cache, rng, float(temperature),
+                                int(top_k), float(top_p), np.asarray(stop_tokens, np.int32),
+                                num_steps=max_new_tokens, pad_id=pad_id)
+    out, lengths = np.asarray(out), np.asarray(lengths)
+    rows = [row[:n].tolist() for row, n in zip(out, lengths)]
+    return [r[:-1] if r and r[-1] in stop_tokens else r for r in rows]
+
+
 def generate(cfg: GPTConfig, params, prompt: list[int], num_tokens: int, rng,
              temperature: float = 1.0, top_k: int = 0) -> list[int]:
-    """Sample num_tokens after prompt, autoregressively: u_t ~ softmax(h_{t-1} W_e^T / temp).
+    """Sample num_tokens after prompt, autoregressively: u_t ~ softmax(h_{t-1} W_e^T / temp)
+    (temperature 0: greedy).
 
-    The sequence lives in a fixed [1, n_ctx] buffer so one compiled step serves every position
-    (causal attention makes the padding after position t irrelevant); a longer text slides."""
-    model = GPT(cfg)
-
-    @jax.jit
-    def next_token(buffer, position, key):
-        logits = model.apply({"params": params}, buffer)[0, position - 1].astype(jnp.float32)
-        if top_k:
-            kth = jnp.sort(logits)[-top_k]
-            logits = jnp.where(logits < kth, -jnp.inf, logits)
-        if temperature == 0:
-            return jnp.argmax(logits)
-        return jax.random.categorical(key, logits / temperature)
-
+    While the text fits the context the tokens come from the cache (generate_batch); past it
+    the window slides, each token conditioned on the last n_ctx - 1, one full pass per token."""
+    if not prompt:
+        raise ValueError("generate needs a prompt of at least one token")
     tokens = list(prompt)
-    for i in range(num_tokens):
-        window = tokens[-cfg.n_ctx + 1:] if len(tokens) >= cfg.n_ctx else tokens
-        buffer = np.zeros((1, cfg.n_ctx), np.int32)
-        buffer[0, :len(window)] = window
-        tokens.append(int(next_token(buffer, len(window), jax.random.fold_in(rng, i))))
+    cached = min(num_tokens, max(cfg.n_ctx - len(prompt), 0))
+    if cached:
+        tokens += generate_batch(cfg, params, [tokens], cached, rng, temperature, top_k)[0]
+    for i in range(cached, num_tokens):
+        window = np.asarray([tokens[-cfg.n_ctx + 1:]], np.int32)
+        tokens.append(int(_next_token(cfg, params, window, jax.random.fold_in(rng, i),
+                                      float(temperature), int(top_k))[0]))
     return tokens[len(prompt):]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "temperature", "top_k"))
+def _next_token(cfg, params, window, rng, temperature, top_k):
+    logits = GPT(cfg).apply({"params": params}, window)[:, -1]
+    return decode.choose(logits, rng, temperature, top_k)

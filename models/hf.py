@@ -13,7 +13,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import load_file
 
-from models import clip, gpt, vit
+from models import clip, gpt, layers, transformer, vit
 
 ACTIVATION_NAMES = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
                     "relu": "relu", "quick_gelu": "quick_gelu"}
@@ -277,3 +277,123 @@ def gpt1_multiple_choice_head(path) -> dict:
     t = read_tensors(path)
     weight = pop(t, "multiple_choice_head.summary.weight")   # torch Linear: [out, in]
     return {"W_y": {"kernel": weight.T, "bias": pop(t, "multiple_choice_head.summary.bias")}}
+
+
+# --------------------------------------------------------------------------- Marian
+MARIAN_TIED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight")
+
+
+def marian_config(hf: dict) -> transformer.TransformerConfig:
+    """A Hugging Face MarianConfig dict -> our TransformerConfig: post-norm, the sinusoid in
+    [sin | cos] halves, one embedding for source, target and output, a final logits bias."""
+    if hf.get("model_type") != "marian":
+        raise ValueError(f"a {hf.get('model_type')!r} model is not Marian (model_type marian)")
+    pairs = [("encoder_layers", "decoder_layers"), ("encoder_attention_heads",
+             "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")]
+    for a, b in pairs:
+        if hf[a] != hf[b]:
+            raise ValueError(f"{a} {hf[a]} != {b} {hf[b]}: encoder and decoder must match")
+    vocab = hf["vocab_size"]
+    if not hf.get("share_encoder_decoder_embeddings", True) or \
+            hf.get("decoder_vocab_size", vocab) not in (None, vocab):
+        raise ValueError("only Marian models with one embedding shared by encoder and decoder "
+                         "(share_encoder_decoder_embeddings) are supported")
+    for flag in ("normalize_before", "normalize_embedding", "add_final_layer_norm"):
+        if hf.get(flag):
+            raise ValueError(f"Marian config sets {flag}, which MarianMTModel does not have")
+    if hf.get("static_position_embeddings") is False:
+        raise ValueError("Marian config asks for learned positions; MarianMTModel's are sinusoidal")
+    return transformer.TransformerConfig(
+        vocab_size=vocab, d_model=hf["d_model"], n_head=hf["encoder_attention_heads"],
+        n_layer=hf["encoder_layers"], d_ff=hf["encoder_ffn_dim"],
+        dropout=hf.get("dropout", 0.1), attn_dropout=hf.get("attention_dropout", 0.0),
+        max_len=hf.get("max_position_embeddings", 1024), positions="sinusoidal",
+        sinusoid="halves", scale_embedding=hf.get("scale_embedding", False),
+        act=activation_name(hf.get("activation_function", "gelu")), norm="post", ln_eps=1e-5,
+        final_logits_bias=True, pad_id=hf["pad_token_id"])
+
+
+def fused_heads(weights: list[np.ndarray], heads: int) -> np.ndarray:
+    """torch Linear weights [heads * head_dim, in] of q, k, v (or k, v) -> our fused kernel
+    [in, heads, n, head_dim]; biases [heads * head_dim] -> [heads, n, head_dim]."""
+    w = np.stack([x.T if x.ndim == 2 else x for x in weights], axis=-2)   # [..., n, h * dh]
+    w = w.reshape(*w.shape[:-1], heads, -1)                               # [..., n, h, dh]
+    return np.swapaxes(w, -3, -2)
+
+
+def marian_attention(t: dict, prefix: str, heads: int, d: int, cross: bool) -> dict:
+    """A MarianAttention (separate q/k/v Linear layers) -> our MultiHeadAttention (fused
+    q/k/v) or CrossAttention (q, fused k/v)."""
+    w = {n: pop(t, f"{prefix}{n}_proj.weight") for n in "qkv"}
+    b = {n: pop(t, f"{prefix}{n}_proj.bias") for n in "qkv"}
+    out = {("out", "kernel"): pop(t, f"{prefix}out_proj.weight").T.reshape(heads, -1, d),
+           ("out", "bias"): pop(t, f"{prefix}out_proj.bias")}
+    if cross:
+        out[("q", "kernel")] = w["q"].T.reshape(d, heads, -1)
+        out[("q", "bias")] = b["q"].reshape(heads, -1)
+        out[("kv", "kernel")] = fused_heads([w["k"], w["v"]], heads)
+        out[("kv", "bias")] = fused_heads([b["k"], b["v"]], heads)
+    else:
+        out[("qkv", "kernel")] = fused_heads([w["q"], w["k"], w["v"]], heads)
+        out[("qkv", "bias")] = fused_heads([b["q"], b["k"], b["v"]], heads)
+    return out
+
+
+def marian_layer(t: dict, prefix: str, cfg: transformer.TransformerConfig,
+                 decoder: bool) -> dict:
+    h, d = cfg.n_head, cfg.d_model
+    norms = (["self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"] if decoder
+             else ["self_attn_layer_norm", "final_layer_norm"])
+    flat = {}
+    for i, norm in enumerate(norms, 1):
+        flat[(f"ln_{i}", "scale")] = pop(t, f"{prefix}{norm}.weight")
+        flat[(f"ln_{i}", "bias")] = pop(t, f"{prefix}{norm}.bias")
+    attn = {"self_attn" if decoder else "attn": ("self_attn.", False)}
+    if decoder:
+        attn["cross_attn"] = ("encoder_attn.", True)
+    for ours, (theirs, cross) in attn.items():
+        for key, value in marian_attention(t, prefix + theirs, h, d, cross).items():
+            flat[(ours,) + key] = value
+    for ours, theirs in (("fc", "fc1"), ("proj", "fc2")):
+        flat[("ffn", ours, "kernel")] = pop(t, f"{prefix}{theirs}.weight").T
+        flat[("ffn", ours, "bias")] = pop(t, f"{prefix}{theirs}.bias")
+    return flat
+
+
+def marian_from_pretrained(path) -> tuple[transformer.TransformerConfig, dict]:
+    """A Hugging Face MarianMTModel (or MarianModel) directory -> (TransformerConfig, params).
+
+    The shared embedding is model.shared.weight; the tied copies a file may also hold (encoder
+    and decoder embed_tokens, lm_head) and the sinusoid tables of older files must equal what
+    our model uses, or the import stops and names the tensor."""
+    cfg = marian_config(read_config(path))
+    t = read_tensors(path, strip_prefixes=("model.",))
+    shared = t.pop("shared.weight", None)
+    for name in MARIAN_TIED:
+        tied = t.pop(name, None)
+        if shared is None:
+            shared = tied
+        elif tied is not None and not np.array_equal(tied, shared):
+            raise ValueError(f"{name} differs from the shared embedding: untied Marian "
+                             "embeddings are not supported")
+    if shared is None:
+        raise ValueError(f"{path} holds no embedding (model.shared.weight)")
+    # Older files keep the (fixed) sinusoid tables: they must be the ones we compute.
+    for side in ("encoder", "decoder"):
+        name = f"{side}.embed_positions.weight"
+        if name in t:
+            table = t.pop(name)
+            want = layers.sinusoidal_positions(table.shape[0], cfg.d_model, "halves")
+            if table.shape != want.shape or np.abs(table - want).max() > 1e-4:
+                raise ValueError(f"{name} is not Marian's sinusoid ([sin | cos] halves)")
+    bias = t.pop("final_logits_bias", None)
+    flat = {("embed", "embedding"): shared,
+            ("decoder", "final_logits_bias"):
+                np.zeros(cfg.vocab_size, np.float32) if bias is None else bias.reshape(-1)}
+    for side in ("encoder", "decoder"):
+        for layer in range(cfg.n_layer):
+            block = marian_layer(t, f"{side}.layers.{layer}.", cfg, side == "decoder")
+            flat.update({(side, f"layer_{layer}") + k: v for k, v in block.items()})
+    if t:
+        raise ValueError(f"checkpoint tensors left unused: {sorted(t)[:5]}")
+    return cfg, check_and_build(flat, transformer.abstract_params(cfg))

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from models.attention import (DEFAULT_INIT, Implementation, Mask, MultiHeadAttention, Projection,
-                              constrain)
+from models.attention import (DEFAULT_INIT, CrossAttention, Implementation, Mask,
+                              MultiHeadAttention, Projection, constrain)
 from models.kernels import token_matmul
 
 
@@ -91,10 +91,11 @@ class TokenEmbedding(nn.Module):
     d_model: int
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    init: nn.initializers.Initializer = DEFAULT_INIT
 
     def setup(self):
         self.embedding = self.param(
-            "embedding", nn.with_logical_partitioning(DEFAULT_INIT, ("vocab", "embed")),
+            "embedding", nn.with_logical_partitioning(self.init, ("vocab", "embed")),
             (self.vocab_size, self.d_model), self.param_dtype)
 
     def __call__(self, tokens):
@@ -125,14 +126,23 @@ class LearnedPositions(nn.Module):
         return wpe[:length]
 
 
-def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d))."""
+def sinusoidal_positions(max_len: int, d_model: int,
+                         layout: Literal["interleaved", "halves"] = "interleaved") -> np.ndarray:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
+
+    layout="halves" keeps the same values with every sine first, then every cosine:
+    [sin(pos / 10000^(2i/d)) for all i | cos(...) for all i], as Marian lays them out."""
+    if layout not in ("interleaved", "halves"):
+        raise ValueError(f"unknown sinusoid layout {layout!r}; choose interleaved or halves")
     pos = np.arange(max_len)[:, None]
     two_i = np.arange(0, d_model, 2)[None, :]
     angle = pos / np.power(10000.0, two_i / d_model)
+    sin, cos = np.sin(angle), np.cos(angle[:, : d_model // 2])
     pe = np.zeros((max_len, d_model), np.float32)
-    pe[:, 0::2] = np.sin(angle)
-    pe[:, 1::2] = np.cos(angle[:, : d_model // 2])
+    if layout == "halves":
+        pe[:, : sin.shape[1]], pe[:, sin.shape[1]:] = sin, cos
+    else:
+        pe[:, 0::2], pe[:, 1::2] = sin, cos
     return pe
 
 
@@ -157,6 +167,7 @@ class Block(nn.Module):
     attention_impl: Implementation = "auto"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    decode: bool = False        # attention against the `cache` collection (models/attention.py)
 
     @nn.compact
     def __call__(self, x, pad_mask=None, deterministic: bool = True):
@@ -164,7 +175,8 @@ class Block(nn.Module):
         attn = MultiHeadAttention(
             self.num_heads, self.head_dim, mask=self.mask, window=self.window,
             dropout_rate=self.attn_dropout_rate, implementation=self.attention_impl,
-            dtype=self.dtype, param_dtype=self.param_dtype, out_init=out_init, name="attn")
+            dtype=self.dtype, param_dtype=self.param_dtype, out_init=out_init,
+            decode=self.decode, name="attn")
         ffn = FFN(self.d_ff, act=self.act, dtype=self.dtype, param_dtype=self.param_dtype,
                   out_init=out_init, name="ffn")
         drop = nn.Dropout(self.dropout_rate, deterministic=deterministic)
@@ -176,6 +188,45 @@ class Block(nn.Module):
         else:
             x = ln_1(x + drop(attn(x, pad_mask, deterministic)))
             x = ln_2(x + drop(ffn(x)))
+        return constrain(x, "batch", "length", "embed")
+
+
+class DecoderBlock(nn.Module):
+    """A layer of the Transformer's decoder (section 3.1): masked self-attention, attention over
+    the encoder's output `memory`, then the FFN, each a residual sub-layer as in Block."""
+
+    num_heads: int
+    head_dim: int
+    d_ff: int
+    norm: Literal["pre", "post"] = "post"
+    act: str = "relu"
+    dropout_rate: float = 0.0
+    attn_dropout_rate: float = 0.0
+    ln_eps: float = 1e-5
+    out_init_std: float = 0.02
+    attention_impl: Implementation = "auto"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x, memory, memory_mask=None, deterministic: bool = True):
+        out_init = nn.initializers.normal(self.out_init_std)
+        kw = dict(dropout_rate=self.attn_dropout_rate, implementation=self.attention_impl,
+                  dtype=self.dtype, param_dtype=self.param_dtype, out_init=out_init,
+                  decode=self.decode)
+        self_attn = MultiHeadAttention(self.num_heads, self.head_dim, mask="causal",
+                                       name="self_attn", **kw)
+        cross_attn = CrossAttention(self.num_heads, self.head_dim, name="cross_attn", **kw)
+        ffn = FFN(self.d_ff, act=self.act, dtype=self.dtype, param_dtype=self.param_dtype,
+                  out_init=out_init, name="ffn")
+        sublayers = (lambda h: self_attn(h, None, deterministic),
+                     lambda h: cross_attn(h, memory, memory_mask, deterministic),
+                     ffn)
+        drop = nn.Dropout(self.dropout_rate, deterministic=deterministic)
+        for i, sublayer in enumerate(sublayers, 1):
+            ln = layer_norm(f"ln_{i}", self.ln_eps, self.dtype, self.param_dtype)
+            x = x + drop(sublayer(ln(x))) if self.norm == "pre" else ln(x + drop(sublayer(x)))
         return constrain(x, "batch", "length", "embed")
 
 

@@ -1,0 +1,119 @@
+"""Continue a prompt with a trained GPT, decoding with the key/value cache.
+
+    python -m experiments.generate --init_from=PATH --prompt=TEXT [--max_new_tokens=64 \
+        --temperature=0.8 --top_k=40 --top_p=0.95 --seed=0 --stop=STRING --dtype=bfloat16]
+
+PATH is a pretrain_lm workdir (config.json + checkpoints/<step>/: its newest checkpoint; the
+tokenizer is the workdir's tokenizer.json when it has one, else the one its data config names
+or trains) or a transformers GPT-2 directory (config.json with model_type gpt2,
+model.safetensors, vocab.json + merges.txt). Generation stops at <|endoftext|> and at the first
+--stop string. Prints the continuation, then the compile time and the tokens per second of the
+prefill (the prompt at once) and of the decoding (one token per step), each timed on its
+compiled program.
+"""
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from data import text
+from models import decode, gpt, hf
+
+flags.DEFINE_string("init_from", None, "pretrain_lm workdir or transformers GPT-2 directory.")
+flags.DEFINE_string("prompt", None, "Text to continue.")
+flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")
+flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 decodes greedily.")
+flags.DEFINE_integer("top_k", 0, "Sample among the k most probable tokens (0: all).")
+flags.DEFINE_float("top_p", 1.0, "Sample within the top-p nucleus (1: all).")
+flags.DEFINE_integer("seed", 0, "Random seed of the sampling.")
+flags.DEFINE_multi_string("stop", [], "Cut the continuation at the first of these strings.")
+flags.DEFINE_string("dtype", "", "Compute dtype (float32 | bfloat16); empty: as trained.")
+FLAGS = flags.FLAGS
+
+
+def load_model(path) -> tuple[gpt.GPTConfig, dict, object]:
+    """(GPTConfig, params, tokenizer) of a pretrain_lm workdir or a transformers GPT-2 dir."""
+    path = pathlib.Path(path)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{config_file} not found: expected a pretrain_lm workdir or a "
+                                "transformers GPT-2 directory")
+    config = json.loads(config_file.read_text())
+    if "model_type" in config:
+        cfg, params = hf.gpt2_from_pretrained(path)
+        tokenizer = text.get_tokenizer(ml_collections.ConfigDict({"tokenizer": str(path)}))
+        return cfg, params, tokenizer
+    from experiments.finetune_gpt import load_pretrained
+    config, params = load_pretrained(path)
+    cfg = gpt.GPTConfig(**config.model.to_dict())
+    if (path / "tokenizer.json").exists():
+        tokenizer = text.get_tokenizer(ml_collections.ConfigDict(
+            {"tokenizer": str(path / "tokenizer.json")}))
+    else:
+        tokenizer = text.get_tokenizer(config.data)
+    return cfg, params, tokenizer
+
+
+def generate(cfg: gpt.GPTConfig, params, prompt: list[int], *, max_new_tokens: int,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             stop_tokens: tuple = (), seed: int = 0) -> tuple[list[int], dict]:
+    """gpt.generate_batch for one prompt, with the prefill and the decoding loop compiled
+    ahead of time and timed apart: -> (new tokens, timings)."""
+    tokens, pad_mask = gpt.left_pad([prompt])
+    max_len = tokens.shape[1] + max_new_tokens
+    gpt.check_context(cfg, tokens.shape[1], max_new_tokens)
+    rng = jax.random.key(seed)
+    sampling = (float(temperature), int(top_k), float(top_p), np.asarray(stop_tokens, np.int32))
+    clock = time.perf_counter
+    start = clock()
+    prefill = gpt.prefill.lower(cfg, params, tokens, pad_mask, max_len).compile()
+    compile_s = clock() - start
+    start = clock()
+    logits, cache = jax.block_until_ready(prefill(params, tokens, pad_mask))
+    prefill_s = clock() - start
+    start = clock()
+    steps = gpt.decode_steps.lower(cfg, params, logits, cache, rng, *sampling,
+                                   num_steps=max_new_tokens).compile()
+    compile_s += clock() - start
+    start = clock()
+    out, lengths = jax.block_until_ready(steps(params, logits, cache, rng, *sampling))
+    decode_s = clock() - start
+    new = np.asarray(out)[0, :int(lengths[0])].tolist()
+    if new and new[-1] in stop_tokens:
+        new = new[:-1]
+    return new, {"compile_s": compile_s, "prefill_s": prefill_s, "decode_s": decode_s,
+                 "prompt_tokens": len(prompt), "new_tokens": int(lengths[0])}
+
+
+def report(timings: dict) -> str:
+    t = timings
+    return (f"{t['prompt_tokens']} prompt tokens, {t['new_tokens']} new tokens; compile "
+            f"{t['compile_s']:.2f} s; prefill {t['prompt_tokens'] / t['prefill_s']:.1f} "
+            f"tokens/s ({t['prefill_s'] * 1e3:.1f} ms); decode "
+            f"{t['new_tokens'] / t['decode_s']:.1f} tokens/s ({t['decode_s'] * 1e3:.1f} ms)")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg, params, tokenizer = load_model(FLAGS.init_from)
+    if FLAGS.dtype:
+        cfg = dataclasses.replace(cfg, dtype=FLAGS.dtype)
+    prompt = tokenizer.encode(FLAGS.prompt)
+    new, timings = generate(cfg, params, prompt, max_new_tokens=FLAGS.max_new_tokens,
+                            temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+                            stop_tokens=(tokenizer.eot_id,), seed=FLAGS.seed)
+    print(FLAGS.prompt + decode.truncate_at_stop(tokenizer.decode(new), FLAGS.stop))
+    print(report(timings), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["init_from", "prompt"])
+    app.run(main)

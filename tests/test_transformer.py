@@ -1,0 +1,162 @@
+"""The encoder-decoder Transformer: Table 3's sizes, padding and causality, and an imported
+transformers MarianMTModel: logits, greedy decoding against its generate(), beam search."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from models import decode, hf, transformer
+from models.layers import sinusoidal_positions
+
+PAD, EOS, MAX_LEN = 66, 0, 12
+
+
+def test_table_3_parameter_counts():
+    """base 65M, big 213M (Table 3) with a shared vocabulary of 37,000 BPE tokens; base comes
+    to 63.1M here: the paper's count is rounded from an unstated vocabulary size."""
+    base = transformer.count_params(transformer.preset("base"))
+    big = transformer.count_params(transformer.preset("big"))
+    assert abs(base - 65e6) / 65e6 < 0.05 and base == 63_082_496
+    assert abs(big - 213e6) / 213e6 < 0.01
+
+
+def test_sinusoid_layouts():
+    interleaved, halves = sinusoidal_positions(9, 6), sinusoidal_positions(9, 6, "halves")
+    np.testing.assert_array_equal(halves[:, :3], interleaved[:, 0::2])    # the sines
+    np.testing.assert_array_equal(halves[:, 3:], interleaved[:, 1::2])    # the cosines
+    assert np.isclose(halves[5, 4], np.cos(5 / 10000 ** (2 / 6)))
+
+
+def test_source_padding_and_future_targets_are_hidden():
+    cfg = transformer.preset("tiny", dropout=0.0, pad_id=0)
+    src = jnp.array([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
+    tgt = jnp.array([[1, 3, 4, 5], [1, 6, 7, 8]])
+    model = transformer.Transformer(cfg)
+    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), src, tgt))["params"]
+    apply = jax.jit(lambda src, tgt: model.apply({"params": params}, src, tgt))
+    logits = apply(src, tgt)
+    assert logits.shape == (2, 4, cfg.vocab_size)
+    more_padding = jnp.pad(src, ((0, 0), (0, 3)))
+    np.testing.assert_allclose(apply(more_padding, tgt)[0], logits[0], atol=1e-5)
+    changed_future = apply(src, tgt.at[:, 2:].set(9))
+    np.testing.assert_allclose(changed_future[:, :2], logits[:, :2], atol=1e-6)
+    halves = jax.jit(lambda src, tgt: model.apply(
+        {"params": params}, model.apply({"params": params}, src, method="encode"), src != 0, tgt,
+        method="decode"))
+    np.testing.assert_allclose(halves(src, tgt), logits, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- Marian
+@pytest.fixture(scope="module")
+def marian(tmp_path_factory):
+    """A small random MarianMTModel with odd sizes, saved as safetensors. Its weights are moved
+    far from their initialisation (LayerNorms less), and EOS favoured a little, so that greedy
+    decoding ends some rows early and runs others to the length limit."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.MarianConfig(
+        vocab_size=67, d_model=36, encoder_layers=2, decoder_layers=2, encoder_attention_heads=3,
+        decoder_attention_heads=3, encoder_ffn_dim=52, decoder_ffn_dim=52,
+        activation_function="relu", scale_embedding=True, share_encoder_decoder_embeddings=True,
+        max_position_embeddings=40, pad_token_id=PAD, decoder_start_token_id=PAD,
+        eos_token_id=EOS, forced_eos_token_id=EOS, static_position_embeddings=True)
+    torch.manual_seed(0)
+    model = transformers.MarianMTModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_positions" not in name:
+                p.add_((0.05 if "shared" in name else 0.1 if "norm" in name else 1.0)
+                       * torch.randn_like(p))
+        model.final_logits_bias.normal_(0, 0.1)
+        model.final_logits_bias[0, EOS] = 1.0
+    path = tmp_path_factory.mktemp("marian")
+    model.save_pretrained(path, safe_serialization=True)
+    cfg, params = hf.marian_from_pretrained(path)
+    src = np.random.default_rng(0).integers(1, PAD, (4, 9))
+    for row, length in ((1, 6), (2, 4), (3, 8)):
+        src[row, length:] = PAD
+    return model, path, cfg, params, src
+
+
+def test_marian_logits_match(marian):
+    torch = pytest.importorskip("torch")
+    model, _, cfg, params, src = marian
+    assert (cfg.sinusoid, cfg.norm, cfg.pad_id, cfg.final_logits_bias) == ("halves", "post", PAD,
+                                                                           True)
+    tgt = np.random.default_rng(1).integers(1, PAD, (4, 7))
+    tgt[:, 0] = PAD                                   # decoder_start_token_id
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor(src), attention_mask=torch.tensor(src != PAD),
+                     decoder_input_ids=torch.tensor(tgt)).logits.numpy()
+    got = jax.jit(transformer.Transformer(cfg).apply)({"params": params}, jnp.asarray(src),
+                                                      jnp.asarray(tgt))
+    assert got.shape == want.shape == (4, 7, 67)
+    assert np.abs(np.asarray(got) - want).max() <= 1e-4
+
+
+def test_greedy_decode_matches_marian_generate(marian):
+    """generate(num_beams=1, do_sample=False) starting from decoder_start_token_id = pad, with
+    padding banned (bad_words_ids, as Marian's generation configs do) and no EOS forced at the
+    length limit; both stop a row at EOS and pad after it."""
+    torch = pytest.importorskip("torch")
+    model, _, cfg, params, src = marian
+    with torch.no_grad():
+        want = model.generate(torch.tensor(src), attention_mask=torch.tensor(src != PAD),
+                              num_beams=1, do_sample=False, max_new_tokens=MAX_LEN,
+                              bad_words_ids=[[PAD]], forced_eos_token_id=None).numpy()
+    assert (want[:, 0] == PAD).all()
+    got = np.asarray(transformer.greedy_decode(cfg, params, src, max_len=MAX_LEN, bos_id=PAD,
+                                               eos_id=EOS))
+    np.testing.assert_array_equal(got, want[:, 1:])
+    ended = [EOS in row[:-1] for row in got]
+    assert any(ended) and not all(ended)              # rows stop early and rows run on
+
+
+def sequence_scores(cfg, params, src, out, alpha, penalty):
+    """log P(y | x) / lp(|y|) by teacher forcing, |y| up to and including EOS (padding banned,
+    as in decoding)."""
+    out = np.pad(out, ((0, 0), (0, MAX_LEN - out.shape[1])), constant_values=PAD)
+    tgt_in = np.concatenate([np.full((len(out), 1), PAD), out[:, :-1]], axis=1)
+    logits = jax.jit(transformer.Transformer(cfg).apply)({"params": params}, jnp.asarray(src),
+                                                         jnp.asarray(tgt_in))
+    logp = jax.nn.log_softmax(transformer.ban_padding(cfg, logits, EOS), axis=-1)
+    token_logp = np.take_along_axis(np.asarray(logp), out[..., None], axis=-1)[..., 0]
+    ended = out == EOS
+    length = np.where(ended.any(1), ended.argmax(1) + 1, MAX_LEN)
+    total = np.where(np.arange(MAX_LEN) < length[:, None], token_logp, 0.0).sum(1)
+    return total / np.asarray(decode.length_penalty(length, alpha, penalty))
+
+
+@pytest.mark.parametrize("penalty,alpha,improves", [("gnmt", 0.6, True), ("hf", 1.0, False)])
+def test_beam_search_never_scores_worse_than_greedy(marian, penalty, alpha, improves):
+    """On every row; with GNMT's penalty it finds better hypotheses than greedy on some."""
+    _, _, cfg, params, src = marian
+    greedy = np.asarray(transformer.greedy_decode(cfg, params, src, max_len=MAX_LEN, bos_id=PAD,
+                                                  eos_id=EOS))
+    beam, score = transformer.beam_search(cfg, params, src, 4, alpha, max_len=MAX_LEN,
+                                          bos_id=PAD, eos_id=EOS, length_penalty=penalty,
+                                          return_scores=True)
+    beam_scores = sequence_scores(cfg, params, src, np.asarray(beam), alpha, penalty)
+    greedy_scores = sequence_scores(cfg, params, src, greedy, alpha, penalty)
+    np.testing.assert_allclose(beam_scores, score, rtol=1e-5, atol=1e-5)
+    assert (beam_scores >= greedy_scores - 1e-5).all()
+    assert (beam_scores > greedy_scores + 1e-3).any() == improves
+
+
+def test_marian_import_refuses_other_models_and_names_missing_tensors(marian, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    _, path, *_ = marian
+    config = json.loads((path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, model_type="bart")))
+    with pytest.raises(ValueError, match="not Marian"):
+        hf.marian_from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    tensors = load_file(path / "model.safetensors")
+    del tensors["model.decoder.layers.1.encoder_attn.v_proj.bias"]
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="decoder.layers.1.encoder_attn.v_proj.bias"):
+        hf.marian_from_pretrained(tmp_path)
