@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from models.layers import (Block, LearnedPositions, TokenEmbedding, check_config, layer_norm,
-                           param_count, training_flops_per_token)
+from models.layers import (LearnedPositions, TokenEmbedding, check_config, layer_norm,
+                           param_count, stack, training_flops_per_token)
 from models.vit import ViT, ViTConfig
 
 
@@ -107,11 +107,10 @@ class TextTransformer(nn.Module):
                                param_dtype=param_dtype, name="positions")
         h = wte(tokens) + wpe(tokens.shape[1]).astype(dtype)
         out_std = cfg.d_model ** -0.5 * (2 * cfg.n_layer) ** -0.5
-        for layer in range(cfg.n_layer):
-            h = Block(cfg.n_head, cfg.d_model // cfg.n_head, cfg.d_ff or 4 * cfg.d_model,
-                      norm="pre", act=cfg.act, mask="causal", ln_eps=cfg.ln_eps,
-                      out_init_std=out_std, attention_impl=cfg.attention_impl,
-                      dtype=dtype, param_dtype=param_dtype, name=f"block_{layer}")(h)
+        h = stack(h, n_layer=cfg.n_layer, prefix="block_", num_heads=cfg.n_head,
+                  head_dim=cfg.d_model // cfg.n_head, d_ff=cfg.d_ff or 4 * cfg.d_model,
+                  norm="pre", act=cfg.act, ln_eps=cfg.ln_eps, out_init_std=out_std,
+                  attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype)
         h = layer_norm("ln_final", cfg.ln_eps, dtype, param_dtype)(h)
         if cfg.eot_token_id < 0:
             eot = jnp.argmax(tokens, axis=-1)

@@ -20,8 +20,9 @@ from flax import linen as nn
 
 from models import decode
 from models.attention import constrain
-from models.layers import (Block, LearnedPositions, TokenEmbedding, check_config, layer_norm,
-                           param_count, scaled_init_std, training_flops_per_token)
+from models.layers import (REMAT_POLICIES, LearnedPositions, TokenEmbedding, check_config,
+                           layer_norm, param_count, scaled_init_std, stack,
+                           training_flops_per_token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +106,6 @@ def preset(name: str, **overrides) -> GPTConfig:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
-
-
 class GPT(nn.Module):
     """decode=True: one position at a time (or a prompt at once: the prefill) against the
     `cache` collection; `init_cache` builds it. A batch of prompts of different lengths is left
@@ -142,20 +137,14 @@ class GPT(nn.Module):
         h = nn.Dropout(cfg.dropout, deterministic=deterministic)(h)
         out_std = (scaled_init_std(cfg.init_std, cfg.n_layer) if cfg.scale_residual_init
                    else cfg.init_std)
-        block_cls = Block
-        if cfg.remat != "none" and not self.decode:
-            if cfg.remat not in REMAT_POLICIES:
-                raise ValueError(f"unknown remat policy {cfg.remat!r}; choose none or "
-                                 f"{sorted(REMAT_POLICIES)}")
-            block_cls = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(3,))
-        for layer in range(cfg.n_layer):
-            h = block_cls(
-                cfg.n_head, cfg.d_head, cfg.ffn_dim, norm=cfg.norm, act=cfg.act,
-                mask=cfg.layer_mask(layer), window=cfg.local_window or None,
-                dropout_rate=cfg.dropout, attn_dropout_rate=cfg.attn_dropout, ln_eps=cfg.ln_eps,
-                out_init_std=out_std, attention_impl=cfg.attention_impl, dtype=dtype,
-                param_dtype=param_dtype, decode=self.decode,
-                name=f"h_{layer}")(h, pad_mask, deterministic)
+        h = stack(h, n_layer=cfg.n_layer, prefix="h_", layer_mask=cfg.layer_mask,
+                  pad_mask=pad_mask, deterministic=deterministic,
+                  remat="none" if self.decode else cfg.remat,
+                  num_heads=cfg.n_head, head_dim=cfg.d_head, d_ff=cfg.ffn_dim, norm=cfg.norm,
+                  act=cfg.act, window=cfg.local_window or None, dropout_rate=cfg.dropout,
+                  attn_dropout_rate=cfg.attn_dropout, ln_eps=cfg.ln_eps, out_init_std=out_std,
+                  attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype,
+                  decode=self.decode)
         if cfg.norm == "pre":
             h = layer_norm("ln_f", cfg.ln_eps, dtype, param_dtype)(h)
         logits = constrain(wte.attend(h), "batch", "length", "vocab")  # h_n W_e^T

@@ -230,8 +230,8 @@ def clip_from_pretrained(path) -> tuple[clip.CLIPConfig, dict]:
     }
     towers = (("image_encoder", "vision_model", v.n_layer, v.d_model, v.n_head),
               ("text_encoder", "text_model", x.n_layer, x.d_model, x.n_head))
-    for ours, theirs, layers, width, heads in towers:
-        for layer in range(layers):
+    for ours, theirs, n_layer, width, heads in towers:
+        for layer in range(n_layer):
             block = clip_block(t, f"{theirs}.encoder.layers.{layer}.", width, heads)
             flat.update({(ours, f"block_{layer}") + k: val for k, val in block.items()})
     t = {k: val for k, val in t.items() if not k.endswith("position_ids")}  # index buffers

@@ -191,6 +191,30 @@ class Block(nn.Module):
         return constrain(x, "batch", "length", "embed")
 
 
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def stack(x, *, n_layer: int, prefix: str, layer_mask=lambda layer: "causal", pad_mask=None,
+          deterministic: bool = True, remat: str = "none", **block):
+    """The Transformer stack that GPT-1/2/3, ViT, CLIP's text tower and the Transformer's
+    encoder share: n_layer Blocks in sequence, layer l named f"{prefix}{l}" with the attention
+    mask layer_mask(l) (GPT-3 alternates dense and banded layers). The blocks are created in the
+    calling module, so parameters keep each paper's names (h_0/..., block_0/..., layer_0/...).
+    remat: none, or what jax.checkpoint keeps of each block (full | dots)."""
+    if remat != "none" and remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; choose none or "
+                         f"{sorted(REMAT_POLICIES)}")
+    block_cls = Block if remat == "none" else nn.remat(
+        Block, policy=REMAT_POLICIES[remat], static_argnums=(3,))
+    for layer in range(n_layer):
+        x = block_cls(mask=layer_mask(layer), name=f"{prefix}{layer}", **block)(
+            x, pad_mask, deterministic)
+    return x
+
+
 class DecoderBlock(nn.Module):
     """A layer of the Transformer's decoder (section 3.1): masked self-attention, attention over
     the encoder's output `memory`, then the FFN, each a residual sub-layer as in Block."""

@@ -25,8 +25,8 @@ from flax import linen as nn
 
 from models import decode as decoding
 from models.attention import constrain
-from models.layers import (Block, DecoderBlock, TokenEmbedding, layer_norm, param_count,
-                           sinusoidal_positions)
+from models.layers import (DecoderBlock, TokenEmbedding, layer_norm, param_count,
+                           sinusoidal_positions, stack)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +115,12 @@ class Encoder(nn.Module):
     def __call__(self, src_tokens, src_mask, deterministic: bool = True):
         cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
         x = Embed(cfg, self.embed, name="embed")(src_tokens, 0, deterministic)
-        for layer in range(cfg.n_layer):
-            x = Block(cfg.n_head, cfg.head_dim, cfg.d_ff, norm=cfg.norm, act=cfg.act,
-                      mask="full", dropout_rate=cfg.dropout, attn_dropout_rate=cfg.attn_dropout,
-                      ln_eps=cfg.ln_eps, attention_impl=cfg.attention_impl, dtype=dtype,
-                      param_dtype=jnp.dtype(cfg.param_dtype),
-                      name=f"layer_{layer}")(x, src_mask, deterministic)
+        x = stack(x, n_layer=cfg.n_layer, prefix="layer_", layer_mask=lambda _: "full",
+                  pad_mask=src_mask, deterministic=deterministic, num_heads=cfg.n_head,
+                  head_dim=cfg.head_dim, d_ff=cfg.d_ff, norm=cfg.norm, act=cfg.act,
+                  dropout_rate=cfg.dropout, attn_dropout_rate=cfg.attn_dropout,
+                  ln_eps=cfg.ln_eps, attention_impl=cfg.attention_impl, dtype=dtype,
+                  param_dtype=jnp.dtype(cfg.param_dtype))
         if cfg.norm == "pre":
             x = layer_norm("ln_f", cfg.ln_eps, dtype, jnp.dtype(cfg.param_dtype))(x)
         return x

@@ -13,7 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import linen as nn
 
-from models.layers import Block, LearnedPositions, check_config, layer_norm
+from models.layers import LearnedPositions, check_config, layer_norm, stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +75,9 @@ class ViT(nn.Module):
         if cfg.ln_pre:
             z = layer_norm("ln_pre", cfg.ln_eps, dtype, param_dtype)(z)
         out_std = scale * (2 * cfg.n_layer) ** -0.5  # CLIP's init for residual projections
-        for layer in range(cfg.n_layer):
-            z = Block(cfg.n_head, cfg.d_model // cfg.n_head, cfg.d_ff or 4 * cfg.d_model,
-                      norm="pre", act=cfg.act, mask="full", ln_eps=cfg.ln_eps,
-                      out_init_std=out_std, attention_impl=cfg.attention_impl,
-                      dtype=dtype, param_dtype=param_dtype, name=f"block_{layer}")(z)
+        z = stack(z, n_layer=cfg.n_layer, prefix="block_", layer_mask=lambda _: "full",
+                  num_heads=cfg.n_head, head_dim=cfg.d_model // cfg.n_head,
+                  d_ff=cfg.d_ff or 4 * cfg.d_model, norm="pre", act=cfg.act, ln_eps=cfg.ln_eps,
+                  out_init_std=out_std, attention_impl=cfg.attention_impl, dtype=dtype,
+                  param_dtype=param_dtype)
         return layer_norm("ln_post", cfg.ln_eps, dtype, param_dtype)(z[:, 0])

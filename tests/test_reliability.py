@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from data import tasks, text
+from data import code_tasks, text
 from data.tokenizer import Tokenizer, train_bpe
 from models import clip, gpt, hf, vit
 
@@ -199,7 +199,7 @@ def test_task_functions_skip_undecodable_files(tmp_path):
     (tmp_path / "ok.py").write_text(body, encoding="utf-8")
     (tmp_path / "latin.py").write_bytes(("# café\n" + body.replace("f(x)", "g(x)")).encode(
         "latin-1"))
-    funcs = tasks.extract_functions([str(tmp_path / "ok.py"), str(tmp_path / "latin.py")],
+    funcs = code_tasks.extract_functions([str(tmp_path / "ok.py"), str(tmp_path / "latin.py")],
                                     str(tmp_path))
     assert [fn.name for fn in funcs] == ["f"]
 

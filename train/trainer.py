@@ -11,6 +11,7 @@ cadence, verified checkpoints (every N steps, at the end and on SIGTERM/SIGINT) 
 position, exact resume, the workdir lock and logging.
 """
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -339,10 +340,17 @@ def build(config, *, init_fn: Callable, loss_fn: Callable, mesh) -> Program:
                          compiler_options=options)
     eval_step = jax.jit(make_eval_step(loss_fn), in_shardings=(state_shardings, batch_sharding),
                         out_shardings=repl, compiler_options=options)
+    # XLA:CPU's oneDNN matmuls return pooled scratch objects just after their result is ready;
+    # freeing a program in that window aborts the process (train/perf.py), so the last few
+    # programs stay alive until newer ones replace them.
+    _RECENT_PROGRAMS.append((train_step, eval_step))
     return Program(mesh=mesh, schedule=schedule, abstract=abstract,
                    state_shardings=state_shardings, batch_sharding=batch_sharding,
                    init=jax.jit(init_state, out_shardings=state_shardings),
                    train_step=train_step, eval_step=eval_step)
+
+
+_RECENT_PROGRAMS: collections.deque = collections.deque(maxlen=4)
 
 
 def param_summary(state_or_abstract, freeze: str) -> str:
