@@ -13,18 +13,16 @@ compiled program.
 """
 
 import dataclasses
-import json
 import pathlib
 import sys
 import time
 
 import jax
-import ml_collections
 import numpy as np
 from absl import app, flags
 
-from data import text
-from models import decode, gpt, hf
+from experiments.pretrain_lm import load_lm
+from models import decode, gpt
 
 flags.DEFINE_string("init_from", None, "pretrain_lm workdir or transformers GPT-2 directory.")
 flags.DEFINE_string("prompt", None, "Text to continue.")
@@ -39,26 +37,13 @@ FLAGS = flags.FLAGS
 
 
 def load_model(path) -> tuple[gpt.GPTConfig, dict, object]:
-    """(GPTConfig, params, tokenizer) of a pretrain_lm workdir or a transformers GPT-2 dir."""
+    """(GPTConfig, params, tokenizer) of a pretrain_lm workdir or a transformers GPT-2 / GPT-1
+    directory."""
     path = pathlib.Path(path)
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{config_file} not found: expected a pretrain_lm workdir or a "
-                                "transformers GPT-2 directory")
-    config = json.loads(config_file.read_text())
-    if "model_type" in config:
-        cfg, params = hf.gpt2_from_pretrained(path)
-        tokenizer = text.get_tokenizer(ml_collections.ConfigDict({"tokenizer": str(path)}))
-        return cfg, params, tokenizer
-    from experiments.finetune_gpt import load_pretrained
-    config, params = load_pretrained(path)
-    cfg = gpt.GPTConfig(**config.model.to_dict())
-    if (path / "tokenizer.json").exists():
-        tokenizer = text.get_tokenizer(ml_collections.ConfigDict(
-            {"tokenizer": str(path / "tokenizer.json")}))
-    else:
-        tokenizer = text.get_tokenizer(config.data)
-    return cfg, params, tokenizer
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path / 'config.json'} not found: expected a pretrain_lm "
+                                "workdir or a transformers GPT-2 directory")
+    return load_lm(path)
 
 
 def generate(cfg: gpt.GPTConfig, params, prompt: list[int], *, max_new_tokens: int,
