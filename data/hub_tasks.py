@@ -96,8 +96,34 @@ def hub_task(name: str, data_files: dict[str, str | list[str]] | None = None,
             ds = datasets.load_dataset(spec.path, spec.config, split=theirs)
         if max_examples is not None:
             ds = ds.select(range(min(max_examples, len(ds))))
-        splits[ours] = [r for r in map(spec.record, ds) if r is not None]
+        splits[ours] = _records(name, spec, ds, theirs)
     return Task(name, spec.kind, spec.num_classes, splits, spec.description)
+
+
+def _records(name: str, spec: HubTask, ds, split: str) -> list[dict]:
+    """The split's rows as records, every label checked: a missing column, a label that is not
+    a class index, or one outside the task's classes (which would make the loss NaN) is named."""
+    records = []
+    for i, row in enumerate(ds):
+        try:
+            record = spec.record(row)
+        except KeyError as e:
+            raise ValueError(f"hub task {name!r}: the {split!r} data has no column {e}; it has "
+                             f"{ds.column_names}") from None
+        except ValueError as e:
+            raise ValueError(f"hub task {name!r}: row {i} of {split!r} has label "
+                             f"{row.get('label', row.get('answer'))!r}, not a class index "
+                             f"({e})") from None
+        if record is None:
+            continue
+        if not 0 <= record["label"] < spec.num_classes:
+            raise ValueError(f"hub task {name!r}: row {i} of {split!r} has label "
+                             f"{record['label']}, outside its {spec.num_classes} classes "
+                             f"0..{spec.num_classes - 1}")
+        records.append(record)
+    if not records:
+        raise ValueError(f"hub task {name!r}: the {split!r} data has no labelled rows")
+    return records
 
 
 def _local_files(name: str, data_files: dict, split: str) -> tuple[str, dict[str, list[str]]]:

@@ -396,3 +396,22 @@ def test_clip_on_hub_images_runs_with_the_readme_command(tmp_path):
     assert any(r["split"] == "val" and r["step"] == 0 and "zeroshot_top1" in r for r in rows)
     assert any(r["split"] == "train" and np.isfinite(r["loss"]) for r in rows)
     assert any(r["split"] == "test" for r in rows)
+
+
+@pytest.mark.parametrize("rows,named", [
+    ([{"text": "a fine film", "label": 1}], "no column 'sentence'"),
+    ([{"sentence": "a fine film", "label": "positive"}], "'positive', not a class index"),
+    ([{"sentence": "a fine film", "label": 7}], "label 7, outside its 2 classes"),
+])
+def test_hub_task_data_errors_are_named(tmp_path, rows, named):
+    from data import hub_tasks
+    files = {}
+    for split in ("train", "validation"):
+        files[split] = str(tmp_path / f"{split}.jsonl")
+        pathlib.Path(files[split]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=named):
+        hub_tasks.hub_task("sst2", data_files=files)
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"sentence": "dull", "label": 0}) + "\n")
+    with pytest.raises(ValueError, match="needs a file for its split 'validation'"):
+        hub_tasks.hub_task("sst2", data_files={"train": str(good)})   # only a train file

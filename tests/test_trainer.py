@@ -151,6 +151,7 @@ def test_many_nonfinite_in_a_row_stop_the_run(tmp_path):
 @pytest.mark.parametrize("change,message", [
     (dict(batch_size=10, grad_accum=3), "not divisible by train.grad_accum"),
     (dict(steps=-1), "train.steps must be >= 0"),
+    (dict(max_nonfinite=0), "train.max_nonfinite must be positive"),
 ])
 def test_impossible_train_values(tmp_path, change, message):
     init, loss_fn = linear_task()
