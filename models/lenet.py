@@ -11,6 +11,10 @@ average pooling (the paper's have a trainable coefficient and bias per map), C3 
 six S2 maps (the paper's table I connects each to a subset), and the output is a linear layer
 instead of Euclidean RBF units. With these, 61,706 parameters. Digits 28x28 are padded to 32x32,
 as the paper does with MNIST.
+
+Weights start as LeCun-normal (variance 1 / fan-in, LeCun et al. 1998b "Efficient BackProp");
+paper_init=True draws them as appendix C does, uniform in +-2.4 / fan-in, which shrinks the
+signal layer by layer and trains slowly without the paper's per-parameter learning rates.
 """
 
 import jax
@@ -20,7 +24,7 @@ from flax import linen as nn
 from models.conv import activation, avg_pool, check_images, conv, flatten
 
 
-def lecun_uniform_init(key, shape, dtype=jnp.float32):
+def paper_uniform_init(key, shape, dtype=jnp.float32):
     """Appendix C: weights uniform in (-2.4 / F_i, 2.4 / F_i), F_i the unit's fan-in."""
     fan_in = 1
     for d in shape[:-1]:
@@ -31,6 +35,7 @@ def lecun_uniform_init(key, shape, dtype=jnp.float32):
 class LeNet5(nn.Module):
     num_classes: int = 10
     act: str = "tanh"
+    paper_init: bool = False
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -39,12 +44,13 @@ class LeNet5(nn.Module):
             raise ValueError(f"LeNet-5 needs at least 32x32 inputs (the paper pads 28x28 digits "
                              f"to 32x32), got {images.shape[1]}x{images.shape[2]}")
         f = activation(self.act)
-        init = dict(kernel_init=lecun_uniform_init)
+        init = dict(kernel_init=paper_uniform_init if self.paper_init
+                    else nn.initializers.lecun_normal())
         x = f(conv(6, 5, padding="valid", name="C1", **init)(images))
         x = avg_pool(x, 2)                                                    # S2
         x = f(conv(16, 5, padding="valid", name="C3", **init)(x))
         x = avg_pool(x, 2)                                                    # S4
         x = f(conv(120, 5, padding="valid", name="C5", **init)(x))
         x = flatten(x)
-        x = f(nn.Dense(84, kernel_init=lecun_uniform_init, name="F6")(x))
-        return nn.Dense(self.num_classes, kernel_init=lecun_uniform_init, name="OUTPUT")(x)
+        x = f(nn.Dense(84, name="F6", **init)(x))
+        return nn.Dense(self.num_classes, name="OUTPUT", **init)(x)
