@@ -13,7 +13,8 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import load_file
 
-from models import clip, gpt, layers, transformer, vit
+from models import clip, gpt, transformer, vit
+from models.layers import sinusoidal_positions
 
 ACTIVATION_NAMES = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
                     "relu": "relu", "quick_gelu": "quick_gelu"}
@@ -383,7 +384,7 @@ def marian_from_pretrained(path) -> tuple[transformer.TransformerConfig, dict]:
         name = f"{side}.embed_positions.weight"
         if name in t:
             table = t.pop(name)
-            want = layers.sinusoidal_positions(table.shape[0], cfg.d_model, "halves")
+            want = sinusoidal_positions(table.shape[0], cfg.d_model, "halves")
             if table.shape != want.shape or np.abs(table - want).max() > 1e-4:
                 raise ValueError(f"{name} is not Marian's sinusoid ([sin | cos] halves)")
     bias = t.pop("final_logits_bias", None)

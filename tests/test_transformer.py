@@ -147,16 +147,34 @@ def test_beam_search_never_scores_worse_than_greedy(marian, penalty, alpha, impr
     assert (beam_scores > greedy_scores + 1e-3).any() == improves
 
 
-def test_marian_import_refuses_other_models_and_names_missing_tensors(marian, tmp_path):
+def test_marian_import_checks_every_tensor(marian, tmp_path):
+    """Another model type is refused; a missing tensor is named; the tied embedding copies and
+    sinusoid tables older files hold are accepted when they are what the model uses, and named
+    when not."""
     from safetensors.numpy import load_file, save_file
-    _, path, *_ = marian
+    _, path, cfg, params, _ = marian
     config = json.loads((path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(dict(config, model_type="bart")))
     with pytest.raises(ValueError, match="not Marian"):
         hf.marian_from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(config))
     tensors = load_file(path / "model.safetensors")
-    del tensors["model.decoder.layers.1.encoder_attn.v_proj.bias"]
-    save_file(tensors, tmp_path / "model.safetensors")
+
+    def load(**changes):
+        save_file({k: v for k, v in {**tensors, **changes}.items() if v is not None},
+                  tmp_path / "model.safetensors")
+        return hf.marian_from_pretrained(tmp_path)
+
     with pytest.raises(ValueError, match="decoder.layers.1.encoder_attn.v_proj.bias"):
-        hf.marian_from_pretrained(tmp_path)
+        load(**{"model.decoder.layers.1.encoder_attn.v_proj.bias": None})
+    table = sinusoidal_positions(40, 36, "halves")
+    older = {"lm_head.weight": tensors["model.shared.weight"],
+             "model.encoder.embed_positions.weight": table,
+             "model.decoder.embed_positions.weight": table}
+    _, again = load(**older)
+    assert jax.tree.all(jax.tree.map(np.array_equal, again, params))
+    with pytest.raises(ValueError, match="lm_head.weight differs"):
+        load(**dict(older, **{"lm_head.weight": tensors["model.shared.weight"] + 1}))
+    with pytest.raises(ValueError, match="decoder.embed_positions.weight is not"):
+        load(**dict(older, **{"model.decoder.embed_positions.weight":
+                              sinusoidal_positions(40, 36)}))
