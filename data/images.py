@@ -360,17 +360,23 @@ PHOTO_BANDS = {"train": (0.0, 0.7), "val": (0.7, 0.85), "test": (0.85, 1.0)}
 
 
 def sample_photos() -> dict[str, np.ndarray]:
-    """The colour photographs installed with scikit-learn and matplotlib: uint8 [H, W, 3]."""
-    from matplotlib import cbook
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
+    """The colour photographs installed with scikit-learn (china, flower) and matplotlib
+    (grace_hopper): uint8 [H, W, 3]. Read from the packages' files (importing sklearn.datasets
+    takes seconds)."""
+    import importlib.util
+    import pathlib
 
-    sk = load_sample_images()
-    photos = {name.rsplit("/", 1)[-1].split(".")[0]: im
-              for name, im in zip(sk.filenames, sk.images)}
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        photos["grace_hopper"] = np.asarray(Image.open(f).convert("RGB"))
-    return dict(sorted(photos.items()))
+    from PIL import Image
+
+    def package_dir(name):
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            raise ModuleNotFoundError(f"the colour photographs need {name} installed")
+        return pathlib.Path(next(iter(spec.submodule_search_locations)))
+
+    files = sorted((package_dir("sklearn") / "datasets" / "images").glob("*.jpg"))
+    files.append(package_dir("matplotlib") / "mpl-data" / "sample_data" / "grace_hopper.jpg")
+    return {f.stem: np.asarray(Image.open(f).convert("RGB")) for f in sorted(files, key=lambda f: f.stem)}
 
 
 def resize_shorter(image: np.ndarray, side: int) -> np.ndarray:

@@ -3,7 +3,7 @@
     resnet-digits   the CIFAR ResNet-8 (He et al. 2016, section 4.2: 6n + 2 layers, n = 1) on
                     the 5,000 offline MNIST digits padded to 32x32; SGD, momentum 0.9, lr 0.1
                     divided by 10 at 50% and 75% of training, weight decay 1e-4 (the paper's
-                    optimiser, shortened to 300 steps of 64): minutes on 2 CPU cores
+                    optimiser, shortened to 200 steps of 64): minutes on 2 CPU cores
     lenet5          LeNet-5 (LeCun et al. 1998) on the same digits: tanh, average pooling, AdamW
     resnet-photos   ResNet-8 on the offline colour task: 32x32 crops labelled by which of the
                     installed photographs they come from, val/test crops from held-out bands
@@ -70,16 +70,16 @@ def sgd_step(steps: int, lr: float = 0.1, batch_size: int = 64, **overrides):
 def get_config(preset: str = "resnet-digits") -> ml_collections.ConfigDict:
     if preset == "resnet-digits":
         return classify_config(model_config("resnet8"), data_config(source="digits"),
-                               sgd_step(300))
+                               sgd_step(200))
     if preset == "lenet5":
         return classify_config(
             model_config("lenet5", act="tanh"), data_config(source="digits"),
-            train_config(steps=300, batch_size=64, optimizer="adamw", lr=2e-3,
+            train_config(steps=200, batch_size=64, optimizer="adamw", lr=2e-3,
                          schedule="cosine", warmup_steps=10, weight_decay=1e-4,
                          log_every=25, eval_every=100, eval_steps=0, ckpt_every=1000))
     if preset == "resnet-photos":
         return classify_config(model_config("resnet8"), data_config(source="photos"),
-                               sgd_step(300))
+                               sgd_step(200))
     if preset == "resnet20-hf":
         return classify_config(model_config("resnet20"),
                                data_config(source="hf", hf_dataset="cifar10",
