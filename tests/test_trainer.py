@@ -114,8 +114,8 @@ def linear_config(**train):
     config.seed = 0
     config.model = ml_collections.ConfigDict({"kind": "linear"})
     config.train = common.train_config(**{
-        **dict(steps=30, batch_size=8, lr=0.1, schedule="constant", weight_decay=0.0,
-               log_every=1, eval_every=1000, ckpt_every=1000), **train})
+        **dict(steps=30, batch_size=8, lr=0.1, schedule="constant", warmup_steps=0,
+               weight_decay=0.0, log_every=1, eval_every=1000, ckpt_every=1000), **train})
     config.mesh = common.mesh_config()
     return config
 
