@@ -50,7 +50,7 @@ def test_default_command_writes_test_top1(tmp_path):
 
 
 def test_loss_falls_on_digits(tmp_path):
-    config = tiny(steps=30, batch_size=32, lr=0.05)
+    config = tiny("lenet5", steps=30, batch_size=32)
     classify_images.fit(config, workdir=tmp_path, **classify_images.setup(config, tmp_path))
     losses = [r["loss"] for r in rows(tmp_path, "train")]
     assert len(losses) == 30
@@ -60,8 +60,9 @@ def test_loss_falls_on_digits(tmp_path):
 SHARDED = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 from experiments import classify_images
+from experiments.configs.common import mesh_config
+from train import sharding
 from models import convnets
 
 # Two SGD steps of ResNet-8 (BatchNorm in every block) on 16 digits, the batch sharded over
@@ -82,8 +83,8 @@ def step(params, state, batch):
 
 out = {"devices": len(jax.devices())}
 for n in (1, 8):
-    mesh = jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
-    rows = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    mesh = sharding.make_mesh(mesh_config(data=n), jax.devices()[:n])
+    rows = jax.device_put(batch, sharding.batch_sharding(mesh))
     assert len(rows["images"].sharding.device_set) == n
     p, s, losses = params, state0, []
     for _ in range(2):
