@@ -116,7 +116,8 @@ def setup(config, workdir) -> dict:
         t.steps = max(int(round(config.epochs * n_train / t.batch_size)), 1)
     if config.warmup_fraction > 0:
         t.warmup_steps = max(int(round(config.warmup_fraction * t.steps)), 1)
-    model = gpt_tasks.GPTForTasks(cfg, task.kind, task.num_classes, config.head_dropout)
+    model = gpt_tasks.GPTForTasks(cfg, kind=task.kind, num_classes=task.num_classes,
+                                  head_dropout=config.head_dropout)
     example = arrays["train"]
     n_seq, length = example["tokens"].shape[1:]
     tokens_per_example = n_seq * length

@@ -42,7 +42,8 @@ class TaskHead(nn.Module):
 class GPTForTasks(GPT):
     """The decoder (its parameters where a language model has them, so a pretrained LM's
     checkpoint loads as it is) + task head `head`: tokens [B, S, T] and lengths [B, S] (the
-    extract token is at length - 1) -> (task logits [B, K], LM logits [B, S, T, V])."""
+    extract token is at length - 1) -> (task logits [B, K], LM logits [B, S, T, V]).
+    Construct it with keywords after cfg: GPTForTasks(cfg, kind=..., num_classes=...)."""
 
     kind: str = "classification"
     num_classes: int = 2

@@ -54,7 +54,7 @@ def run_reference(model, tokens, lengths, labels):
 
 def ours(path, tokens, lengths):
     cfg, params = hf.gpt1_from_pretrained(path)
-    model = gpt_tasks.GPTForTasks(cfg, "multiple_choice", tokens.shape[1])
+    model = gpt_tasks.GPTForTasks(cfg, kind="multiple_choice", num_classes=tokens.shape[1])
     variables = {"params": {**params, "head": hf.gpt1_multiple_choice_head(path)}}
     return cfg, params, model.apply(variables, jnp.asarray(tokens), jnp.asarray(lengths))
 

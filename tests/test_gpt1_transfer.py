@@ -53,7 +53,7 @@ def encode(kind, records):
 
 
 def init(kind, num_classes, tokens, lengths):
-    model = gpt_tasks.GPTForTasks(CFG, kind, num_classes)
+    model = gpt_tasks.GPTForTasks(CFG, kind=kind, num_classes=num_classes)
     return model, model.init(jax.random.key(0), tokens, lengths)
 
 
