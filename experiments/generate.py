@@ -24,6 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from data import text
+from experiments.finetune_gpt import load_pretrained
 from models import decode, gpt, hf
 
 flags.DEFINE_string("init_from", None, "pretrain_lm workdir or transformers GPT-2 directory.")
@@ -50,7 +51,6 @@ def load_model(path) -> tuple[gpt.GPTConfig, dict, object]:
         cfg, params = hf.gpt2_from_pretrained(path)
         tokenizer = text.get_tokenizer(ml_collections.ConfigDict({"tokenizer": str(path)}))
         return cfg, params, tokenizer
-    from experiments.finetune_gpt import load_pretrained
     config, params = load_pretrained(path)
     cfg = gpt.GPTConfig(**config.model.to_dict())
     if (path / "tokenizer.json").exists():
