@@ -5,6 +5,11 @@
 
 Masks: "full" (encoder / vision), "causal" (decoders), "local" (causal and banded to the last
 `window` positions: GPT-3's locally banded sparse layers), plus an optional padding mask.
+The softmax runs through `jax.nn.dot_product_attention`, which picks cuDNN's fused kernel on a
+GPU when asked and XLA elsewhere; attention-probability dropout needs the probabilities, so
+that case (training only) is written out by hand. implementation="xla_custom" is attention for
+CPUs: the same softmax in head-major layout with a hand-derived backward
+(`models/kernels.py`).
 
 Decoding (decode=True) keeps the keys and values of the positions seen so far in a `cache`
 collection, as Flax's own examples do: cached_key and cached_value [batch, max_len, heads,
@@ -12,11 +17,6 @@ head_dim] and cache_index (the next free slot). `model.init` on a [batch, max_le
 the cache; each later call writes its positions (one, or a prompt's worth at once: a prefill)
 at cache_index and attends over the whole cache, masked to the slots written so far, the causal
 or banded window, and the pad_mask over cache slots [batch, max_len] (prompt padding).
-The softmax runs through `jax.nn.dot_product_attention`, which picks cuDNN's fused kernel on a
-GPU when asked and XLA elsewhere; attention-probability dropout needs the probabilities, so
-that case (training only) is written out by hand. implementation="xla_custom" is attention for
-CPUs: the same softmax in head-major layout with a hand-derived backward
-(`models/kernels.py`).
 """
 
 import math

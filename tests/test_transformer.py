@@ -1,13 +1,13 @@
 """The encoder-decoder Transformer: Table 3's sizes, padding and causality, and an imported
 transformers MarianMTModel: logits, greedy decoding against its generate(), beam search."""
 
+import functools
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from models import decode, hf, transformer
 from models.layers import sinusoidal_positions
@@ -31,12 +31,23 @@ def test_sinusoid_layouts():
     assert np.isclose(halves[5, 4], np.cos(5 / 10000 ** (2 / 6)))
 
 
+def random_params(cfg):
+    """N(0, 0.1^2) weights, LayerNorm scales 1 + N(0, 0.1^2), drawn in numpy (nothing to
+    compile)."""
+    rng = np.random.default_rng(0)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: (path[-1].key == "scale") + 0.1 * rng.standard_normal(s.shape, np.float32),
+        transformer.abstract_params(cfg))
+
+
 def test_source_padding_and_future_targets_are_hidden():
-    cfg = transformer.preset("tiny", dropout=0.0, pad_id=0)
+    """(pre-norm and learned positions here; the Marian tests below cover post-norm and the
+    sinusoid)"""
+    cfg = transformer.preset("tiny", dropout=0.0, pad_id=0, positions="learned", norm="pre")
     src = jnp.array([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
     tgt = jnp.array([[1, 3, 4, 5], [1, 6, 7, 8]])
     model = transformer.Transformer(cfg)
-    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), src, tgt))["params"]
+    params = random_params(cfg)
     apply = jax.jit(lambda src, tgt: model.apply({"params": params}, src, tgt))
     logits = apply(src, tgt)
     assert logits.shape == (2, 4, cfg.vocab_size)
@@ -48,6 +59,27 @@ def test_source_padding_and_future_targets_are_hidden():
         {"params": params}, model.apply({"params": params}, src, method="encode"), src != 0, tgt,
         method="decode"))
     np.testing.assert_allclose(halves(src, tgt), logits, atol=1e-6)
+
+
+def test_dropout_only_in_training():
+    """Residual, embedding and attention dropout (every sub-layer, both attentions) act with
+    deterministic=False and a dropout rng, and not otherwise."""
+    cfg = transformer.preset("tiny", dropout=0.1, attn_dropout=0.1)
+    without = transformer.preset("tiny", dropout=0.0, attn_dropout=0.0)
+    src, tgt = jnp.array([[5, 6, 7, 0]]), jnp.array([[1, 3, 4]])
+    params = random_params(cfg)
+
+    @jax.jit
+    def outputs(rng):
+        def apply(c, **kw):
+            return transformer.Transformer(c).apply({"params": params}, src, tgt, **kw)
+        train = [apply(cfg, deterministic=False, rngs={"dropout": jax.random.fold_in(rng, i)})
+                 for i in range(2)]
+        return train, apply(cfg), apply(without)
+
+    (a, b), evaluated, reference = outputs(jax.random.key(0))
+    assert np.isfinite(a).all() and not np.allclose(a, b)
+    np.testing.assert_allclose(evaluated, reference, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- Marian
@@ -82,6 +114,11 @@ def marian(tmp_path_factory):
     return model, path, cfg, params, src
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def forward(cfg, params, src, tgt):
+    return transformer.Transformer(cfg).apply({"params": params}, src, tgt)
+
+
 def test_marian_logits_match(marian):
     torch = pytest.importorskip("torch")
     model, _, cfg, params, src = marian
@@ -92,8 +129,7 @@ def test_marian_logits_match(marian):
     with torch.no_grad():
         want = model(input_ids=torch.tensor(src), attention_mask=torch.tensor(src != PAD),
                      decoder_input_ids=torch.tensor(tgt)).logits.numpy()
-    got = jax.jit(transformer.Transformer(cfg).apply)({"params": params}, jnp.asarray(src),
-                                                      jnp.asarray(tgt))
+    got = forward(cfg, params, jnp.asarray(src), jnp.asarray(tgt))
     assert got.shape == want.shape == (4, 7, 67)
     assert np.abs(np.asarray(got) - want).max() <= 1e-4
 
@@ -121,8 +157,7 @@ def sequence_scores(cfg, params, src, out, alpha, penalty):
     as in decoding)."""
     out = np.pad(out, ((0, 0), (0, MAX_LEN - out.shape[1])), constant_values=PAD)
     tgt_in = np.concatenate([np.full((len(out), 1), PAD), out[:, :-1]], axis=1)
-    logits = jax.jit(transformer.Transformer(cfg).apply)({"params": params}, jnp.asarray(src),
-                                                         jnp.asarray(tgt_in))
+    logits = forward(cfg, params, jnp.asarray(src), jnp.asarray(tgt_in))
     logp = jax.nn.log_softmax(transformer.ban_padding(cfg, logits, EOS), axis=-1)
     token_logp = np.take_along_axis(np.asarray(logp), out[..., None], axis=-1)[..., 0]
     ended = out == EOS
