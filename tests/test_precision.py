@@ -63,7 +63,7 @@ def test_remat_gives_the_same_gradients(policy):
 
 
 def test_unknown_remat_policy_is_an_error():
-    with pytest.raises(ValueError, match="remat policy"):
+    with pytest.raises(ValueError, match="remat"):
         init(dataclasses.replace(CFG, remat="sometimes"))
 
 
