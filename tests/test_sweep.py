@@ -348,7 +348,7 @@ def test_pretrain_lm_sweep(tmp_path, monkeypatch):
         ["0.001", "0"], ["0.01", "0"]]
     assert {"train/loss", "train/tokens_per_sec", "val/loss"} <= set(header)
     assert all(c.split("/")[0] in ("train", "val", "test") for c in header[2:])
-    assert "| train.lr | n | val/loss |" in (out / "summary.md").read_text()
+    assert "| train.lr | n | test/loss |" in (out / "summary.md").read_text()
     assert (out / "summary.png").exists()
     run = out / "train.lr=0.01,seed=0"
     assert json.loads((run / "config.json").read_text())["train"]["lr"] == 0.01
