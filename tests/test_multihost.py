@@ -51,6 +51,7 @@ def losses(workdir, split="train"):
 
 def test_two_processes_match_one_and_their_checkpoint_resumes(tmp_path):
     flags = corpus_flags(tmp_path) + MESH + ["--config.train.schedule=constant",
+                                             "--config.train.warmup_steps=0",
                                              "--config.train.eval_every=4"]
     # One process, 4 devices, 8 steps (this also trains and caches the tokenizer).
     finish(launch(tmp_path / "one", flags + ["--config.train.steps=8"], 4))

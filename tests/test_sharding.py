@@ -115,7 +115,7 @@ def _worker(tmp: pathlib.Path):
                   [list(x.sharding.spec) + [None] * (x.ndim - len(x.sharding.spec)),
                    list(x.addressable_shards[0].data.shape)]
                   for path, x in jax.tree_util.tree_leaves_with_path(state.params)}
-        mu = state.opt_state[1][0].mu
+        mu = state.opt_state[1].mu   # chain(clip, scale_by_adam, ...): Adam's moments
         same = all(m.sharding == p.sharding for m, p in zip(jax.tree.leaves(mu),
                                                             jax.tree.leaves(state.params)))
         return {"losses": losses, "params": params, "adam_mu_matches_params": same}
