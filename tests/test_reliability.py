@@ -385,9 +385,11 @@ def test_clip_on_hub_images_runs_with_the_readme_command(tmp_path):
             # small and one shape everywhere (few compilations); the step-0 evaluation included
             "--config.train.steps=1", "--config.train.batch_size=4", "--config.train.eval_every=1",
             "--config.train.warmup_steps=1", "--config.eval.tasks=digits",
-            "--config.eval.val_images=10", "--config.eval.test_images=10",
-            "--config.eval.probe_train_images=10", "--config.eval.probe_val_images=10",
-            "--config.eval.batch_size=10", "--config.eval.probe_Cs=(1.0,)"]
+            "--config.evals.val_zeroshot.images=10", "--config.evals.test_zeroshot.images=10",
+            "--config.evals.test_probe.images=10", "--config.evals.test_probe.train_images=10",
+            "--config.evals.test_probe.val_images=10", "--config.evals.val_zeroshot.batch_size=10",
+            "--config.evals.test_zeroshot.batch_size=10", "--config.evals.test_probe.batch_size=10",
+            "--config.evals.test_probe.Cs=(1.0,)"]
     out = subprocess.run([sys.executable, "-m", "experiments.clip", *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
