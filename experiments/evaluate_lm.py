@@ -18,6 +18,7 @@ perplexity, the same stop sequences.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 
@@ -71,9 +72,19 @@ def _jax_device(device: str | None):
 
 
 def _bucket(length: int, limit: int) -> int:
-    """Padded sequence length: the next power of two from 16, at most the context, so a whole
-    evaluation compiles the forward for a handful of shapes."""
+    """Padded sequence length: the next power of two from 16, at most `limit`, so a whole
+    evaluation compiles each program for a handful of shapes."""
     return min(limit, max(16, 1 << (length - 1).bit_length()))
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def token_scores(cfg: gpt.GPTConfig, params, inputs, targets):
+    """log p(target_t | inputs_<=t) and whether target_t is the argmax, per position. Compiled
+    once per model and shape, whichever FlaxpapersLM asks."""
+    logits = gpt.GPT(cfg).apply({"params": params}, inputs).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    target_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return target_logp, jnp.argmax(logits, axis=-1) == targets
 
 
 # ----------------------------------------------------------------------------- the LM
@@ -107,7 +118,6 @@ class FlaxpapersLM(TemplateLM):
                              "model's context")
         self._max_gen_toks = int(max_gen_toks)
         self._rng = jax.random.key(seed)
-        self._score = jax.jit(self._token_scores)
         self.pretrained = str(pretrained)
 
     # -- what lm_eval asks of a model
@@ -145,13 +155,6 @@ class FlaxpapersLM(TemplateLM):
 
     # -- scoring
 
-    def _token_scores(self, params, inputs, targets):
-        """log p(target_t | inputs_<=t) and whether target_t is the argmax, per position."""
-        logits = gpt.GPT(self.cfg).apply({"params": params}, inputs).astype(jnp.float32)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        target_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-        return target_logp, jnp.argmax(logits, axis=-1) == targets
-
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         """(key, context tokens, continuation tokens) -> (sum log p(continuation), is greedy).
 
@@ -186,8 +189,9 @@ class FlaxpapersLM(TemplateLM):
         targets = np.zeros((self.batch_size, width), np.int32)
         for i, row in enumerate(rows):
             inputs[i, :len(row) - 1], targets[i, :len(row) - 1] = row[:-1], row[1:]
-        logp, greedy = jax.device_get(self._score(self.params, jax.device_put(inputs, self._device),
-                                                  jax.device_put(targets, self._device)))
+        logp, greedy = jax.device_get(token_scores(self.cfg, self.params,
+                                                   jax.device_put(inputs, self._device),
+                                                   jax.device_put(targets, self._device)))
         out = []
         for i, (row, (_, cont)) in enumerate(zip(rows, pairs)):
             end = len(row) - 1
@@ -212,16 +216,11 @@ class FlaxpapersLM(TemplateLM):
 
     # -- generation
 
-    def _generate_tokens(self, context: list[int], num_tokens: int, temperature: float,
-                         rng) -> list[int]:
-        """num_tokens tokens after `context`: greedy at temperature 0, else sampled."""
-        return gpt.generate(self.cfg, self.params, context, num_tokens, rng,
-                            temperature=temperature)
-
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Continuations cut at the first stop sequence (the request's `until`, plus
         <|endoftext|>), after at most max_gen_toks tokens; the context is left-truncated to
-        leave room for them, as HFLM does."""
+        leave room for them, as HFLM does. Requests run longest first, batch_size at a time,
+        each batch sharing its generation settings."""
         eos = self.tok_decode([self.eot_token_id])
 
         def longest_first(req):
@@ -232,23 +231,52 @@ class FlaxpapersLM(TemplateLM):
         results = []
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until")
         for chunk in order.get_batched(n=self.batch_size):
-            for context, gen_kwargs in chunk:
-                kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
-                until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
-                num_tokens = kwargs.pop("max_gen_toks")
-                room = self.max_length - num_tokens
-                if room <= 0:
-                    raise ValueError(f"max_gen_toks {num_tokens} leaves no room for a context "
-                                     f"in {self.max_length} tokens")
-                # An empty context is conditioned on <|endoftext|>, as loglikelihood does.
-                tokens = self.tok_encode(context)[-room:] or [self.eot_token_id]
-                self._rng, key = jax.random.split(self._rng)
-                out = self._generate_tokens(tokens, num_tokens,
-                                            float(kwargs.get("temperature", 0.0)), key)
-                results.append(postprocess_generated_text(self.tok_decode(out), until, None))
-                bar.update(1)
+            contexts, all_kwargs = zip(*chunk)
+            results += self._generate_batch(list(contexts), all_kwargs[0], eos)
+            bar.update(len(chunk))
         bar.close()
         return order.get_original(results)
+
+    def _generate_batch(self, contexts: list[str], gen_kwargs: dict, eos: str) -> list[str]:
+        """One batch through one gpt.generate_batch: left padded to a bucketed width and
+        filled to batch_size rows (copies of its last prompt), so that a whole evaluation
+        compiles the prefill and the decoding loop for a handful of shapes."""
+        kwargs = dict(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
+        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+        num_tokens = kwargs.pop("max_gen_toks")
+        sampling = sampling_settings(kwargs)
+        room = self.max_length - num_tokens
+        if room <= 0:
+            raise ValueError(f"max_gen_toks {num_tokens} leaves no room for a context in "
+                             f"{self.max_length} tokens")
+        # An empty context is conditioned on <|endoftext|>, as loglikelihood does.
+        prompts = [self.tok_encode(c)[-room:] or [self.eot_token_id] for c in contexts]
+        rows = prompts + [prompts[-1]] * (self.batch_size - len(prompts))
+        self._rng, key = jax.random.split(self._rng)
+        out = gpt.generate_batch(self.cfg, self.params, rows, num_tokens, key,
+                                 **sampling, stop_tokens=(self.eot_token_id,),
+                                 width=_bucket(max(map(len, prompts)), room))
+        return [postprocess_generated_text(self.tok_decode(tokens), until, None)
+                for tokens in out[:len(prompts)]]
+
+
+def sampling_settings(gen_kwargs: dict) -> dict:
+    """lm_eval's normalised generation settings (less until and max_gen_toks) -> temperature,
+    top_k and top_p of gpt.generate_batch: greedy unless do_sample."""
+    kwargs = dict(gen_kwargs)
+    do_sample = kwargs.pop("do_sample", False)
+    temperature = float(kwargs.pop("temperature", None) or 0.0)
+    top_k = int(kwargs.pop("top_k", None) or 0)
+    top_p = kwargs.pop("top_p", None)
+    top_p = 1.0 if top_p is None else float(top_p)
+    if kwargs.get("num_beams", 1) == 1:
+        kwargs.pop("num_beams", None)   # a beam of one is greedy or sampling already
+    if kwargs:
+        raise ValueError(f"generation settings {sorted(kwargs)} are not supported; "
+                         "FlaxpapersLM takes do_sample, temperature, top_k and top_p")
+    if not do_sample:
+        return {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
+    return {"temperature": temperature, "top_k": top_k, "top_p": top_p}
 
 
 def register() -> None:

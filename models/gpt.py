@@ -209,16 +209,21 @@ def init_cache(cfg: GPTConfig, batch: int, max_len: int):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Prompts of different lengths, right-aligned in one int32 [batch, longest] array, and the
-    mask of their real tokens: every row's next token then comes at the same slot."""
+def left_pad(prompts: list[list[int]], pad_id: int = 0,
+             width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts of different lengths, right-aligned in one int32 [batch, width] array (width:
+    the longest prompt's length unless given), and the mask of their real tokens: every row's
+    next token then comes at the same slot."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
-    tokens = np.full((len(prompts), longest), pad_id, np.int32)
+    if width is not None and width < longest:
+        raise ValueError(f"width {width} is shorter than the longest prompt ({longest} tokens)")
+    width = width or longest
+    tokens = np.full((len(prompts), width), pad_id, np.int32)
     for row, p in zip(tokens, prompts):
-        row[longest - len(p):] = p
-    return tokens, np.arange(longest)[None, :] >= longest - np.array([[len(p)] for p in prompts])
+        row[width - len(p):] = p
+    return tokens, np.arange(width)[None, :] >= width - np.array([[len(p)] for p in prompts])
 
 
 def check_context(cfg: GPTConfig, prompt_len: int, new_tokens: int) -> None:
@@ -265,17 +270,19 @@ def decode_steps(cfg: GPTConfig, params, logits, cache, rng, temperature=0.0, to
 
 def generate_batch(cfg: GPTConfig, params, prompts: list[list[int]], max_new_tokens: int, rng,
                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                   stop_tokens: Sequence[int] = (), pad_id: int = 0) -> list[list[int]]:
+                   stop_tokens: Sequence[int] = (), pad_id: int = 0,
+                   width: int | None = None) -> list[list[int]]:
     """Continue each prompt by up to max_new_tokens tokens, u_t ~ softmax(h_{t-1} W_e^T / T)
     (greedy at temperature 0; top_k, top_p narrow the choice), with the key/value cache.
 
     The prompts are left padded and run through the model at once (the prefill), then one
     position per step inside jit until max_new_tokens or until every row has drawn one of
     stop_tokens. Each row's list ends before its stop token; stop strings are for the caller
-    to cut in decoded text (decode.truncate_at_stop)."""
+    to cut in decoded text (decode.truncate_at_stop). A fixed width (left padding the prompts
+    to it) and a fixed number of prompts compile once for prompts of many lengths."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
-    tokens, pad_mask = left_pad(prompts, pad_id)
+    tokens, pad_mask = left_pad(prompts, pad_id, width)
     check_context(cfg, tokens.shape[1], max_new_tokens)
     logits, cache = prefill(cfg, params, tokens, pad_mask, tokens.shape[1] + max_new_tokens)
     out, lengths = decode_steps(cfg, params, logits, cache, rng, float(temperature),

@@ -83,7 +83,7 @@ def task_dir(tmp_path_factory):
          metric_list=[metric("acc"), metric("acc_norm")])
     task("tiny_gen", "qa", output_type="generate_until", doc_to_text="Q: {{question}}\nA:",
          doc_to_target="{{answer}}", num_fewshot=1, fewshot_config={"sampler": "first_n"},
-         generation_kwargs={"until": ["\n", "."], "max_gen_toks": 7, "do_sample": False},
+         generation_kwargs={"until": ["\n", "."], "max_gen_toks": 8, "do_sample": False},
          metric_list=[metric("exact_match")])
     task("tiny_ppl", "docs", output_type="loglikelihood_rolling", doc_to_text="",
          doc_to_target="{{text}}", num_fewshot=0,
@@ -118,16 +118,42 @@ def lm(model_dir):
 
 
 @pytest.fixture(scope="module")
-def both(model_dir, task_dir, lm):
-    """(HFLM's results, ours, how many programs our forward compiled for them)."""
+def hflm(model_dir):
     from lm_eval.models.huggingface import HFLM
-    ref = HFLM(pretrained=str(model_dir), tokenizer=str(model_dir), batch_size=1, device="cpu")
-    ours = run(lm, task_dir)
-    return run(ref, task_dir), ours, lm._score._cache_size()
+    return HFLM(pretrained=str(model_dir), tokenizer=str(model_dir), batch_size=1, device="cpu")
+
+
+def generation_programs():
+    """Programs compiled so far for the prefill and the decoding loop (all models together)."""
+    return gpt.prefill._cache_size() + gpt.decode_steps._cache_size()
+
+
+def mixed_requests():
+    """Unfinished sentences of 84, 31, 27, 24, 20, 19 and 18 tokens (the 32 left for a context
+    next to 8 new ones keep the first one's last 32), in two groups of generation settings."""
+    rng = np.random.default_rng(15)
+    greedy = {"until": ["."], "max_gen_toks": 8, "do_sample": False}
+    top1 = {"until": ["\n"], "max_gen_toks": 8, "do_sample": True, "temperature": 0.7,
+            "top_k": 1}   # sampling from the single most probable token is greedy
+    contexts = [sentence(rng, n)[:-1] for n in (30, 11, 10, 9, 8, 7, 6)]
+    return [Instance("generate_until", {}, (c, kw), i) for i, (c, kw) in
+            enumerate([(c, greedy) for c in contexts] + [(c, top1) for c in contexts[3:6]])]
+
+
+@pytest.fixture(scope="module")
+def both(task_dir, lm, hflm):
+    """HFLM's results and ours: the three tasks (ref, ours), the mixed generation requests
+    (mixed_ref, mixed), and how many programs our forward and our generation compiled."""
+    scoring, generation = evaluate_lm.token_scores._cache_size(), generation_programs()
+    ours, mixed = run(lm, task_dir), lm.generate_until(mixed_requests())
+    programs = {"score": evaluate_lm.token_scores._cache_size() - scoring,
+                "generate": generation_programs() - generation}
+    return {"ref": run(hflm, task_dir), "ours": ours, "programs": programs, "mixed": mixed,
+            "mixed_ref": hflm.generate_until(mixed_requests())}
 
 
 def test_accuracies_match_hflm(both):
-    ref, ours, _ = both
+    ref, ours = both["ref"], both["ours"]
     for metric in ("acc,none", "acc_norm,none"):
         assert ours["results"]["tiny_mc"][metric] == ref["results"]["tiny_mc"][metric]
     got, want = per_doc(ours, "tiny_mc"), per_doc(ref, "tiny_mc")
@@ -138,7 +164,7 @@ def test_accuracies_match_hflm(both):
 
 
 def test_generations_match_hflm(both):
-    ref, ours, _ = both
+    ref, ours = both["ref"], both["ours"]
     got, want = per_doc(ours, "tiny_gen"), per_doc(ref, "tiny_gen")
     assert got == want
     assert any(r != [""] for _, r in got)  # something was generated
@@ -147,7 +173,7 @@ def test_generations_match_hflm(both):
 
 
 def test_perplexities_match_hflm(both):
-    ref, ours, _ = both
+    ref, ours = both["ref"], both["ours"]
     for metric in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
         np.testing.assert_allclose(ours["results"]["tiny_ppl"][metric],
                                    ref["results"]["tiny_ppl"][metric], rtol=1e-4)
@@ -157,9 +183,28 @@ def test_perplexities_match_hflm(both):
 
 
 def test_forward_compiles_for_few_shapes(both):
-    _, _, programs = both
+    programs = both["programs"]
     # Three tasks, dozens of requests of many lengths: one program per length bucket (16, 32, 40).
-    assert 1 <= programs <= 3
+    assert 1 <= programs["score"] <= 3
+    # Generation: tiny_gen's batch and the mixed requests' four batches of seven prompt lengths
+    # (32, 31, 27 | 24, 20, 19 | 18 | 27, 19, 18 after truncation) share one shape, 3 rows of
+    # 32: a prefill and a decoding loop.
+    assert programs["generate"] == 2
+
+
+def test_batched_generation_matches_hflm(both, lm):
+    """Prompts of different lengths left padded together, batch_size at a time, give HFLM's
+    text one by one; top_k reaches the sampler."""
+    lengths = [len(lm.tok_encode(r.args[0])) for r in mixed_requests()]
+    assert len(set(lengths)) == 7 and max(lengths) > lm.max_length - 8
+    assert both["mixed"] == both["mixed_ref"]
+    assert len(set(both["mixed"])) > 3  # varied, non-trivial continuations
+
+
+def test_unsupported_generation_settings_are_named(lm):
+    request = Instance("generate_until", {}, ("The owl", {"until": ["."], "num_beams": 4}), 0)
+    with pytest.raises(ValueError, match="num_beams"):
+        lm.generate_until([request])
 
 
 def forward(lm, tokens):
