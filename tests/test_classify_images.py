@@ -13,6 +13,7 @@ import pytest
 from data import images
 from experiments import classify_images
 from experiments.configs import convnets as configs
+from conftest import simulated_devices_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -99,8 +100,7 @@ print(json.dumps(out))
 def test_batchnorm_statistics_span_the_global_batch():
     """Data-parallel over 8 devices, BatchNorm normalises with the statistics of the whole
     global batch (not each device's 2 rows), so losses and running averages match 1 device."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env = simulated_devices_env(8, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,6 +1,5 @@
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from flax import linen as nn
 from models import clip
 from train import objectives, optim
 from train.evaluators import clip_evals
+from conftest import simulated_devices_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -179,8 +179,7 @@ SHARDED = textwrap.dedent("""
 
 
 def test_sharded_loss_matches_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env = simulated_devices_env(8, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", SHARDED], env=env, cwd=ROOT, check=True,
                          capture_output=True, text=True, timeout=300)
     r = json.loads(out.stdout.strip().splitlines()[-1])

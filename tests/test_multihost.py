@@ -1,7 +1,6 @@
 """Two processes on 127.0.0.1 (2 CPU devices each, gloo collectives) train like one process
 with 4 devices, and their checkpoint resumes in a single process."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import numpy as np
 
 from test_trainer import ROOT, corpus_flags
 from train.logging import read_metrics
+from conftest import simulated_devices_env
 
 MESH = ["--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
 TIMEOUT = 300
@@ -22,8 +22,7 @@ def free_port() -> int:
 
 
 def launch(workdir, flags, devices, *dist):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = simulated_devices_env(devices)
     cmd = [sys.executable, "-m", "experiments.pretrain_lm", f"--workdir={workdir}", *flags, *dist]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -2,7 +2,6 @@
 evaluators on any mesh and any number of processes."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from test_trainer import ROOT
 from train import optim
 from train.logging import read_metrics
 from train.trainer import fit
+from conftest import simulated_devices_env
 
 X = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
 Y = (X @ np.array([1.0, -2.0, 0.5]) + 0.3).astype(np.float32)
@@ -227,8 +227,7 @@ print(json.dumps(dict(out, devices=jax.device_count(), reference=ref)))
 
 
 def eval_worker(devices, *dist):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = simulated_devices_env(devices)
     return subprocess.Popen([sys.executable, "-c", EVAL_WORKER, *dist], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

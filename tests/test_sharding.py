@@ -2,7 +2,6 @@
 train/sharding.py's rules say. Runs in a subprocess with 8 simulated CPU devices."""
 
 import json
-import os
 import pathlib
 import re
 import subprocess
@@ -10,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import simulated_devices_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 8, 1), (1, 2, 4)]
@@ -21,8 +21,7 @@ MODEL = dict(vocab_size=256, n_ctx=16, n_layer=2, n_head=4, d_model=32, dropout=
 
 
 def run_worker(workdir, devices=8, timeout=600) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = simulated_devices_env(devices)
     out = subprocess.run([sys.executable, __file__, str(workdir)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-4000:]
