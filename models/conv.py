@@ -139,13 +139,15 @@ class Conv2d(nn.Conv):
 
 def conv(n_c: int, f: int, s: int = 1, padding: Padding = "same", groups: int = 1,
          bias: bool = True, kernel_init=KAIMING_FAN_OUT, bias_init=nn.initializers.zeros,
-         name: str | None = None) -> Conv2d:
+         name: str | None = None, dtype=None) -> Conv2d:
     """n_c filters of f x f, stride s, symmetric padding; `groups` splits the input channels
-    (groups = n_c_prev is a depthwise convolution)."""
+    (groups = n_c_prev is a depthwise convolution). `dtype`: the compute dtype (None: that of
+    the input and the float32 parameters)."""
     p = padding_of(padding, f)
     return Conv2d(n_c, (f, f), strides=(s, s), padding=((p, p), (p, p)),
                   feature_group_count=groups, use_bias=bias, kernel_init=kernel_init,
-                  bias_init=bias_init, name=name, conv_general_dilated=conv_1x1_as_matmul)
+                  bias_init=bias_init, name=name, dtype=dtype,
+                  conv_general_dilated=conv_1x1_as_matmul)
 
 
 def pointwise_conv(n_c: int, s: int = 1, bias: bool = True, name: str | None = None) -> Conv2d:
@@ -278,15 +280,17 @@ class BatchNorm(nn.Module):
                 raise ValueError(f"BatchNorm {self.name!r} in training needs more than one value "
                                  f"per channel, got input shape {x.shape}")
             axes = tuple(range(x.ndim - 1))
-            mean = x.mean(axes)
-            var = jnp.square(x - mean).mean(axes)
+            x32 = x.astype(jnp.float32)
+            mean = x32.mean(axes)
+            var = jnp.square(x32 - mean).mean(axes)
             if not self.is_initializing():
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = (self.momentum * ra_var.value
                                 + (1 - self.momentum) * var * (m / (m - 1)))
         else:
             mean, var = ra_mean.value, ra_var.value
-        return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * gamma) + beta
+        y = (x.astype(jnp.float32) - mean) * (jax.lax.rsqrt(var + self.epsilon) * gamma) + beta
+        return y.astype(x.dtype)
 
 
 class ConvBN(nn.Module):
