@@ -18,7 +18,9 @@ conv3_x .. conv5_x halving the resolution, global average pooling, a fully conne
 As torchvision (its "v1.5"), a bottleneck downsamples in its 3x3 convolution, not the first 1x1,
 and projection shortcuts are 1x1 convolutions + BatchNorm: resnet18 11,689,512 parameters,
 resnet50 25,557,032. zero_init_residual starts the last BN scale of every block at 0, so each
-block begins as the identity (Goyal et al. 2017).
+block begins as the identity (Goyal et al. 2017). `dtype` is the compute dtype of the
+convolutions and the classifier ("bfloat16" for mixed precision); parameters and BatchNorm's
+statistics stay float32.
 
 The CIFAR-10 networks of section 4.2 (stem="cifar", 6n+2 layers: a 3x3 convolution of 16
 filters, three stages of n basic blocks with 16, 32, 64 filters, no max pooling) use the
@@ -51,6 +53,7 @@ class ResidualBlock(nn.Module):
     kind: Literal["basic", "bottleneck"] = "basic"
     shortcut: Literal["A", "B"] = "B"
     zero_init_residual: bool = False
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -63,7 +66,8 @@ class ResidualBlock(nn.Module):
         y = x
         for i, (f, s, n_c) in enumerate(zip(fs, strides, widths), start=1):
             last = i == len(fs)
-            y = conv(n_c, f, s, padding="same", bias=False, name=f"conv{i}")(y)
+            y = conv(n_c, f, s, padding="same", bias=False, name=f"conv{i}",
+                     dtype=self.dtype)(y)
             y = BatchNorm(scale_init=last_scale if last else nn.initializers.ones,
                           name=f"bn{i}")(y, train)
             if not last:
@@ -73,7 +77,8 @@ class ResidualBlock(nn.Module):
         elif self.shortcut == "A":
             identity = zero_pad_shortcut(x, n_out, self.s)
         else:  # W_s x: a 1x1 projection with the block's stride
-            identity = conv(n_out, 1, self.s, padding=0, bias=False, name="proj_conv")(x)
+            identity = conv(n_out, 1, self.s, padding=0, bias=False, name="proj_conv",
+                            dtype=self.dtype)(x)
             identity = BatchNorm(name="proj_bn")(identity, train)
         return nn.relu(y + identity)
 
@@ -86,6 +91,7 @@ class ResNet(nn.Module):
     stem: Literal["imagenet", "cifar"] = "imagenet"
     shortcut: Literal["A", "B"] = "B"
     zero_init_residual: bool = False
+    dtype: str = "float32"       # compute dtype: float32 | bfloat16
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -96,11 +102,13 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet needs one width per stage: layers {self.layers}, widths "
                              f"{self.widths}")
         if self.stem == "imagenet":  # conv1: 7x7/2, then 3x3/2 max pooling
-            x = conv(self.widths[0], 7, 2, padding=3, bias=False, name="conv1")(images)
+            x = conv(self.widths[0], 7, 2, padding=3, bias=False, name="conv1",
+                     dtype=self.dtype)(images)
             x = nn.relu(BatchNorm(name="bn1")(x, train))
             x = max_pool(x, 3, 2, p=1)
         elif self.stem == "cifar":   # section 4.2: one 3x3 convolution, full resolution
-            x = conv(self.widths[0], 3, 1, padding=1, bias=False, name="conv1")(images)
+            x = conv(self.widths[0], 3, 1, padding=1, bias=False, name="conv1",
+                     dtype=self.dtype)(images)
             x = nn.relu(BatchNorm(name="bn1")(x, train))
         else:
             raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}")
@@ -108,6 +116,7 @@ class ResNet(nn.Module):
             for j in range(n_blocks):
                 s = 2 if stage > 0 and j == 0 else 1
                 x = ResidualBlock(planes, s, self.block, self.shortcut, self.zero_init_residual,
-                                  name=f"conv{stage + 2}_{j + 1}")(x, train)
+                                  self.dtype, name=f"conv{stage + 2}_{j + 1}")(x, train)
         x = flatten(adaptive_avg_pool(x, 1))
-        return nn.Dense(self.num_classes, kernel_init=TORCH_LINEAR, name="fc")(x)
+        return nn.Dense(self.num_classes, kernel_init=TORCH_LINEAR, dtype=self.dtype,
+                        name="fc")(x)

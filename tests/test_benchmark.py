@@ -1,23 +1,34 @@
 """The benchmark runs end to end (numbers are not checked: speed is measured, never tested)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 from test_trainer import ROOT
 
 SMALL = ["--config.model.n_layer=1", "--config.model.d_model=64", "--config.model.n_head=2",
          "--config.model.vocab_size=512", "--config.model.n_ctx=32", "--config.data.seq_len=32",
          "--config.train.batch_size=4", "--rounds=1", "--steps=1", "--warmup=1",
-         "--input_batches=5"]
+         "--input_batches=5", "--peak_repeats=1"]
+# ResNet-18, the smallest ResNet torchvision has, on 40x40 images (2x2 after its five halvings).
+CONVNET = ["--config.model.name=resnet18", "--config.data.image_size=40",
+           "--config.train.batch_size=4", "--rounds=1", "--steps=1", "--warmup=1",
+           "--input_batches=2", "--peak_repeats=1"]
+# The test reads the report, not the speed: without XLA's backend optimisation ResNet-18's
+# init and training step compile in half the time (most of a minute on 2 busy cores with it).
+FAST_COMPILE = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
 
 
-def benchmark(preset, *flags):
+def benchmark(preset, *flags, config="gpt.py"):
+    small, env = (SMALL, {}) if config == "gpt.py" else (CONVNET, FAST_COMPILE)
     out = subprocess.run([sys.executable, "-m", "experiments.benchmark",
-                          f"--config=experiments/configs/gpt.py:{preset}", *SMALL, *flags],
-                         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          f"--config=experiments/configs/{config}:{preset}", *small, *flags],
+                         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -43,6 +54,75 @@ def test_bfloat16_peer_runs_under_autocast():
     r = benchmark("bench-gpu", "--peer")
     assert r["dtype"] == "bfloat16" and r["peer_logits_dtype"] == "bfloat16"
     assert r["peer_tokens_per_sec"] > 0 and r["ratio"] > 0
+
+
+def test_convnet_benchmark_against_torchvision():
+    """Training step and eval-mode forward, each against torchvision's model in PyTorch."""
+    r = benchmark("bench-cpu", "--peer", config="convnets.py")
+    assert r["config"]["name"] == "resnet18" and r["resolution"] == 40 and r["batch"] == 4
+    for key in ("images_per_sec", "mfu", "step_s", "compile_s", "peer_images_per_sec", "ratio",
+                "infer_images_per_sec", "infer_mfu", "infer_compile_s",
+                "peer_infer_images_per_sec", "infer_ratio", "peak_flops", "input_batch_ms",
+                "flops_per_image", "first_loss"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert r["ratio"] == r["images_per_sec"] / r["peer_images_per_sec"]
+    assert r["infer_ratio"] == r["infer_images_per_sec"] / r["peer_infer_images_per_sec"]
+    assert len(r["ratio_rounds"]) == len(r["infer_ratio_rounds"]) == 1
+    assert r["flops_per_image"] == 3 * r["infer_flops_per_image"]   # training: 3x forward
+    assert r["peak_source"] in ("xla", "pytorch") and r["load_average"] >= 0
+    assert r["peer_memory_format"] == "contiguous_format"
+
+
+def conv_dtypes(jaxpr) -> set[str]:
+    """Dtypes of every convolution's operands in a jaxpr, nested ones included."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            found |= {str(v.aval.dtype) for v in eqn.invars}
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                if hasattr(sub, "jaxpr"):
+                    found |= conv_dtypes(getattr(sub.jaxpr, "jaxpr", sub.jaxpr))
+    return found
+
+
+def test_gpu_preset_trains_in_bfloat16_on_float32_parameters():
+    """bench-gpu's settings (on ResNet-18): every convolution, forward and backward, in
+    bfloat16; parameters, gradients and BatchNorm statistics float32 (traced, not compiled)."""
+    from experiments.classify_images import build_model, classify_loss_fn
+    from experiments.configs import convnets
+    config = convnets.get_config("bench-gpu")
+    config.model.name = "resnet18"
+    model = build_model(config, 1000)
+    images = jnp.zeros((2, 64, 64, 3), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+    assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
+    batch = {"images": images, "labels": jnp.zeros((2,), jnp.int32)}
+    loss_fn = classify_loss_fn(model)
+    step = jax.value_and_grad(lambda p, s: loss_fn(p, s, batch, jax.random.key(1)),
+                              has_aux=True)
+    args = variables["params"], {"batch_stats": variables["batch_stats"]}
+    jaxpr, ((_, (_, new_state)), grads) = jax.make_jaxpr(step, return_shape=True)(*args)
+    assert conv_dtypes(jaxpr.jaxpr) == {"bfloat16"}
+    assert {x.dtype for x in jax.tree.leaves((new_state, grads))} == {jnp.dtype("float32")}
+
+
+def test_workload_follows_the_config_files_experiment():
+    from experiments import benchmark as bench
+    configs = ROOT / "experiments" / "configs"
+    assert bench.workload_of(f"{configs}/convnets.py:bench-cpu")[0] == "classify_images"
+    assert bench.workload_of(f"{configs}/gpt.py:bench-cpu")[0] == "pretrain_lm"
+    with pytest.raises(ValueError, match="no benchmark workload for EXPERIMENT 'clip'"):
+        bench.workload_of(f"{configs}/clip.py:tiny")
+
+
+def test_peer_needs_a_torchvision_model():
+    from experiments.bench_workloads import ConvNetWorkload
+    from experiments.configs import convnets
+    config = convnets.get_config("bench-cpu")
+    config.model.name, config.data.image_size = "resnet8", 32
+    with pytest.raises(ValueError, match="resnet8 has no counterpart"):
+        ConvNetWorkload(config).peer_spec(on_gpu=False, compiled=False)
 
 
 FAULTS = """

@@ -80,6 +80,34 @@ def test_conv_layer_follows_the_arithmetic(n, f, s, padding):
     assert counted == conv.conv_params(f, 3, 5) == f * f * 3 * 5 + 5
 
 
+@pytest.mark.parametrize("s", [1, 2])
+def test_pointwise_conv_runs_as_a_matmul_with_the_convolutions_values(s):
+    """A 1x1 layer is a dot_general (XLA:CPU's kernel gradient of a convolution is ten times
+    slower), with the convolution's outputs and both gradients."""
+    layer = conv.pointwise_conv(5, s)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 7, 7, 6), np.float32)
+    variables = {"params": {"kernel": rng.standard_normal((1, 1, 6, 5), np.float32),
+                            "bias": rng.standard_normal(5, np.float32)}}
+    g = rng.standard_normal((2, 4, 4, 5) if s == 2 else (2, 7, 7, 5), np.float32)
+
+    def reference(variables, x):
+        p = variables["params"]
+        return jax.lax.conv_general_dilated(x, p["kernel"], (s, s), [(0, 0), (0, 0)],
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+
+    @jax.jit
+    def outputs_and_gradients(variables, x, g):
+        return [(f(variables, x), jax.vjp(f, variables, x)[1](g)) for f in (layer.apply,
+                                                                          reference)]
+
+    actual, expected = outputs_and_gradients(variables, x, g)
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    primitives = str(jax.make_jaxpr(jax.grad(lambda v: layer.apply(v, x).sum()))(variables))
+    assert "dot_general" in primitives and "conv_general_dilated" not in primitives
+
+
 def test_depthwise_separable_params():
     layer = conv.DepthwiseSeparableConv(32, f=3)
     variables = jax.eval_shape(lambda x: layer.init(jax.random.key(0), x),

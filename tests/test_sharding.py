@@ -83,7 +83,7 @@ def _worker(tmp: pathlib.Path):
     import jax.numpy as jnp
 
     from data.text import PackedWindows
-    from experiments.benchmark import setup_ours
+    from experiments.bench_workloads import GPTWorkload
     from experiments.configs import gpt as gpt_configs
     from experiments.pretrain_lm import lm_loss_fn
     from models import gpt
@@ -130,8 +130,7 @@ def _worker(tmp: pathlib.Path):
     config = config_for((1, 2, 4), attention_impl="xla_custom")   # heads split over tensor
     result["1x2x4/xla_custom"] = train(config, sharding.make_mesh(config.mesh), tmp / "custom")
     config = config_for((1, 2, 4))     # the collectives of its compiled step
-    ours = setup_ours(config, gpt.GPTConfig(**config.model.to_dict()),
-                      sharding.make_mesh(config.mesh))
+    ours = GPTWorkload(config).ours(sharding.make_mesh(config.mesh))["train"]
     result["1x2x4"]["all_gathers"] = [
         [int(n) for n in dims.split(",") if n]
         for dims in re.findall(r"= f32\[([\d,]*)\][^ ]* all-gather", ours.step.as_text())]

@@ -10,6 +10,10 @@
     resnet20-hf     ResNet-20 on a Hugging Face image-classification dataset (data.hf_dataset,
                     e.g. "cifar10", or "imagefolder" / "parquet" with data.hf_data_dir /
                     data.hf_data_files)
+    bench-cpu       the ConvNet speed benchmark (experiments/benchmark.py): torchvision's
+                    ResNet-50, 1000 classes, 128x128 images, batch 16, float32, SGD with
+                    momentum 0.9 and weight decay 1e-4
+    bench-gpu       the same at 224x224, batch 128, bfloat16 compute on float32 parameters
 
 Evaluators: `val` (loss, top-1, top-5) during training and `test` (the same) at the end; top-5
 is logged where there are more than 5 classes.
@@ -85,5 +89,13 @@ def get_config(preset: str = "resnet-digits") -> ml_collections.ConfigDict:
                                data_config(source="hf", hf_dataset="cifar10",
                                            image_column="img"),
                                sgd_step(2000, batch_size=128))
-    raise ValueError(f"unknown preset {preset!r}; choose resnet-digits, lenet5, resnet-photos "
-                     f"or resnet20-hf")
+    if preset == "bench-cpu":   # random images: the data section sets only their size
+        return classify_config(model_config("resnet50", 1000),
+                               data_config(source="photos", image_size=128),
+                               sgd_step(50, batch_size=16))
+    if preset == "bench-gpu":
+        return classify_config(model_config("resnet50", 1000, dtype="bfloat16"),
+                               data_config(source="photos", image_size=224),
+                               sgd_step(50, batch_size=128))
+    raise ValueError(f"unknown preset {preset!r}; choose resnet-digits, lenet5, resnet-photos, "
+                     f"resnet20-hf, bench-cpu or bench-gpu")
