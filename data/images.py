@@ -359,10 +359,16 @@ def digit_classification(image_size: int = 32, seed: int = 0) -> Classification:
 PHOTO_BANDS = {"train": (0.0, 0.7), "val": (0.7, 0.85), "test": (0.85, 1.0)}
 
 
+# The natural colour photographs among scikit-image's bundled data files (the others are grey,
+# synthetic, or fetched from the network on first use).
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
+                  "ihc.png", "motorcycle_left.png", "retina.jpg", "rocket.jpg")
+
+
 def sample_photos() -> dict[str, np.ndarray]:
-    """The colour photographs installed with scikit-learn (china, flower) and matplotlib
-    (grace_hopper): uint8 [H, W, 3]. Read from the packages' files (importing sklearn.datasets
-    takes seconds)."""
+    """The 11 colour photographs installed with scikit-image (astronaut, chelsea, coffee, ...),
+    scikit-learn (china, flower) and matplotlib (grace_hopper): uint8 [H, W, 3], by name. Read
+    from the packages' files (importing sklearn.datasets or skimage.data takes seconds)."""
     import importlib.util
     import pathlib
 
@@ -374,9 +380,11 @@ def sample_photos() -> dict[str, np.ndarray]:
             raise ModuleNotFoundError(f"the colour photographs need {name} installed")
         return pathlib.Path(next(iter(spec.submodule_search_locations)))
 
-    files = sorted((package_dir("sklearn") / "datasets" / "images").glob("*.jpg"))
+    files = [package_dir("skimage") / "data" / name for name in SKIMAGE_PHOTOS]
+    files += sorted((package_dir("sklearn") / "datasets" / "images").glob("*.jpg"))
     files.append(package_dir("matplotlib") / "mpl-data" / "sample_data" / "grace_hopper.jpg")
-    return {f.stem: np.asarray(Image.open(f).convert("RGB")) for f in sorted(files, key=lambda f: f.stem)}
+    return {f.stem: np.asarray(Image.open(f).convert("RGB"))
+            for f in sorted(files, key=lambda f: f.stem)}
 
 
 def resize_shorter(image: np.ndarray, side: int) -> np.ndarray:
