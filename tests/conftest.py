@@ -17,3 +17,9 @@ def simulated_devices_env(n: int, **env) -> dict:
     """The environment of a subprocess that sees n CPU devices, with the tests' XLA flags."""
     return dict(os.environ, JAX_PLATFORMS="cpu", **env,
                 XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={n}")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per core, at most 4 (each holds JAX, torch and its compiled programs)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 4))

@@ -15,6 +15,8 @@
                     momentum 0.9 and weight decay 1e-4
     bench-gpu       the same at 224x224, batch 128, bfloat16 compute on float32 parameters
 
+Named sweep `zoo` (SWEEPS below): three zoo models on the digits and on the colour task.
+
 Evaluators: `val` (loss, top-1, top-5) during training and `test` (the same) at the end; top-5
 is logged where there are more than 5 classes.
 """
@@ -24,6 +26,13 @@ import ml_collections
 from experiments.configs.common import base_config, eval_spec, train_config
 
 EXPERIMENT = "classify_images"
+
+# Zoo models on both offline tasks with one recipe (resnet-digits': SGD + momentum, step decay,
+# 200 steps of 64 at 32x32), those that take minutes on 2 CPU cores at that size:
+#   python -m experiments.sweep --config=experiments/configs/convnets.py:resnet-digits \
+#       --name=zoo --workdir=DIR
+SWEEPS = {"zoo": {"model.name": ["lenet5", "resnet8", "mobilenet_v2"],
+                  "data.source": ["digits", "photos"], "metric": "test/top1"}}
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
