@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from models.kernels import conv_1x1_as_matmul
+
 Padding = int | Literal["same", "valid"]
 
 # torchvision's conv init (kaiming_normal_, mode="fan_out", gain sqrt(2)); untruncated normal.
@@ -99,30 +101,6 @@ def pool_output_size(n: int, f: int, p: int = 0, s: int = 1, ceil_mode: bool = F
 
 # ----------------------------------------------------------------------------------------------
 # Convolutions
-
-
-NHWC_HWIO = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))   # lax's dimension numbers for 2-D NHWC
-
-
-def conv_1x1_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                       rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                       precision=None):
-    """lax.conv_general_dilated for Conv2d, with a 1x1 convolution (no padding, dilation or
-    groups; NHWC) computed as the matmul it is, y[n, i, j] = x[n, s i, s j] W: the same sums,
-    and its gradients are matmuls too. XLA:CPU computes the kernel gradient of a 1x1
-    convolution as a convolution whose window is the whole feature map, about ten times slower
-    (ResNet-50's training step was 1.9x slower for it)."""
-    plain = all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-    if (rhs.shape[:2] == (1, 1) and feature_group_count == 1 and plain
-            and all(tuple(p) == (0, 0) for p in padding)
-            and tuple(dimension_numbers) == NHWC_HWIO):
-        s_h, s_w = window_strides
-        return jax.lax.dot_general(lhs[:, ::s_h, ::s_w, :], rhs[0, 0], (((3,), (0,)), ((), ())),
-                                   precision=precision)
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                        rhs_dilation, dimension_numbers,
-                                        feature_group_count=feature_group_count,
-                                        precision=precision)
 
 
 class Conv2d(nn.Conv):
