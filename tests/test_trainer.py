@@ -206,15 +206,15 @@ def wait_for_checkpoint(workdir, step, proc, timeout=300):
 
 
 def test_sigkill_resume_is_bit_exact_and_sigterm_saves(tmp_path):
-    flags = corpus_flags(tmp_path) + ["--config.train.steps=120", "--config.train.ckpt_every=20",
+    flags = corpus_flags(tmp_path) + ["--config.train.steps=60", "--config.train.ckpt_every=20",
                                       "--config.train.eval_every=40"]
     full = pretrain(tmp_path / "full", *flags)
     assert full.returncode == 0, full.stdout + full.stderr
     assert "--- sample ---" in full.stdout
     want = train_losses(tmp_path / "full")
-    assert sorted(want) == list(range(1, 121))
+    assert sorted(want) == list(range(1, 61))
     config = json.loads((tmp_path / "full" / "config.json").read_text())
-    assert config["train"]["steps"] == 120 and config["model"]["n_layer"] == 2
+    assert config["train"]["steps"] == 60 and config["model"]["n_layer"] == 2
 
     # SIGKILL once the step-20 checkpoint is on disk, then run the same command again.
     proc = pretrain(tmp_path / "killed", *flags, wait=False)
