@@ -1,6 +1,6 @@
 """The PyTorch side of experiments.benchmark: a worker process running one workload's steps in
 PyTorch, on the commands of the benchmark, and each workload's steps (STEPS, by the config
-file's EXPERIMENT, as bench_workloads.WORKLOADS). Imports neither JAX models nor the trainer,
+workload's name, as bench_workloads.WORKLOADS). Imports neither JAX models nor the trainer,
 so the peer starts quickly.
 
 Protocol (one JSON line each way): the benchmark sends the spec (the workload's peer_spec plus
@@ -128,9 +128,8 @@ def train_step(torch, model, forward, loss_of, spec: dict, device):
 
 # ---------------------------------------------------------------------------- workloads
 
-def gpt_steps(spec: dict, device, torch):
-    """transformers' GPT2LMHeadModel in training mode; on a GPU its default
-    scaled_dot_product_attention (flash attention) and the fused AdamW."""
+def gpt2(spec: dict, device):
+    """transformers' GPT2LMHeadModel of the spec's dimensions, random weights, no dropout."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging
     logging.set_verbosity_error()
@@ -139,7 +138,13 @@ def gpt_steps(spec: dict, device, torch):
         n_layer=spec["n_layer"], n_head=spec["n_head"], n_inner=spec["d_ff"],
         activation_function="gelu_new", layer_norm_epsilon=spec["ln_eps"], resid_pdrop=0.0,
         embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(config).to(device).train()
+    return GPT2LMHeadModel(config).to(device)
+
+
+def gpt_steps(spec: dict, device, torch):
+    """transformers' GPT2LMHeadModel in training mode; on a GPU its default
+    scaled_dot_product_attention (flash attention) and the fused AdamW."""
+    model = gpt2(spec, device).train()
     forward = torch.compile(model) if spec["compile"] else model
     tokens = torch.randint(0, spec["vocab_size"], (spec["batch"], spec["seq_len"] + 1),
                            device=device)
@@ -186,4 +191,30 @@ def convnet_steps(spec: dict, device, torch):
              "infer": infer}, {"memory_format": str(layout).removeprefix("torch.")})
 
 
-STEPS = {"pretrain_lm": gpt_steps, "classify_images": convnet_steps}
+def decode_steps(spec: dict, device, torch):
+    """GPT2LMHeadModel.generate in eval mode under torch.inference_mode: greedy, with its
+    key/value cache, exactly new_tokens per row (min_new_tokens = max_new_tokens, so no end of
+    text stops a row early), one phase per batch size on the spec's prompts."""
+    from transformers import GenerationConfig
+    model = gpt2(spec, device).eval()
+    if spec["dtype"] != "float32":
+        raise ValueError(f"the decode peer runs in float32; ours is {spec['dtype']}")
+    n = spec["new_tokens"]
+    settings = GenerationConfig(do_sample=False, num_beams=1, use_cache=True, max_new_tokens=n,
+                                min_new_tokens=n, pad_token_id=0, eos_token_id=0)
+    prompts = torch.tensor(spec["prompts"], device=device)
+
+    def generate(batch: int):
+        tokens = prompts[:batch]
+        with torch.inference_mode():
+            out = model.generate(tokens, attention_mask=torch.ones_like(tokens),
+                                 generation_config=settings)
+        if out.shape != (batch, tokens.shape[1] + n):
+            raise RuntimeError(f"generate returned {tuple(out.shape)} tokens")
+        return None
+
+    steps = {phase: lambda b=batch: generate(b) for phase, batch in spec["batches"].items()}
+    return steps, {"attention": model.config._attn_implementation}
+
+
+STEPS = {"pretrain_lm": gpt_steps, "classify_images": convnet_steps, "decode": decode_steps}

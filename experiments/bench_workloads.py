@@ -6,12 +6,17 @@ A workload has phases, each timed on both sides: "train" (the trainer's own step
 train.trainer.build: forward, backward, optimiser update, the non-finite guard) and, where it
 has one, "infer" (an eval-mode forward). It provides
 
-    unit, units_per_step, flops          what a step is worth ({phase: FLOPs per unit})
-    info(), describe()                   the settings, for the JSON line and the table's header
+    unit, units_per_step, flops          what a step is worth ({phase: units}, {phase: FLOPs
+                                         per unit}); the first phase is the headline, its
+                                         result keys unprefixed
+    info(), describe(), note()           the settings, for the JSON line and the table
     ours(mesh) -> {phase: step}          compiled steps: step() runs one, .compile_s, .memory
     input_pipeline(mesh, batches)        the experiment's batching alone, put on the devices
     peer_spec(on_gpu, compiled)          the settings of the same work in PyTorch (JSON), which
-                                         bench_peers.STEPS[EXPERIMENT] builds in the peer process
+                                         bench_peers.STEPS[workload] builds in the peer process
+
+The config's bench.workload picks one by name where it is set ("decode": cached generation,
+DecodeWorkload); otherwise the config file's EXPERIMENT does.
 """
 
 import os
@@ -33,6 +38,17 @@ from train.trainer import build, global_batch
 
 
 # ------------------------------------------------------------------------- shared pieces
+
+class Workload:
+    """Defaults: training and inference phases, an input pipeline, the units of each phase."""
+
+    titles = {"train": "training step", "infer": "inference (eval-mode forward)"}
+    has_input_pipeline = True
+    steps_per_call = 0      # > 0: a timed call runs that many sequential steps (ms per step)
+
+    def note(self) -> str:
+        return ""
+
 
 def compiled_memory(compiled) -> dict:
     analysis = compiled.memory_analysis()
@@ -101,7 +117,7 @@ def train_spec(config, on_gpu: bool, compiled: bool, dtype: str) -> dict:
 
 # ---------------------------------------------------------------------------- GPT (LM)
 
-class GPTWorkload:
+class GPTWorkload(Workload):
     """pretrain_lm: the GPT step on one batch of token windows; the peer is transformers'
     GPT2LMHeadModel of the same dimensions. FLOPs per token: 6 N + 12 L d_attn T
     (models.gpt.flops_per_token)."""
@@ -111,7 +127,7 @@ class GPTWorkload:
     def __init__(self, config):
         self.config, self.cfg = config, model_config(config)
         self.seq_len, self.batch = config.data.seq_len, config.train.batch_size
-        self.units_per_step = self.batch * self.seq_len
+        self.units_per_step = {"train": self.batch * self.seq_len}
         self.flops = {"train": gpt.flops_per_token(self.cfg, self.seq_len)}
 
     def info(self) -> dict:
@@ -154,7 +170,7 @@ class GPTWorkload:
 
 # ------------------------------------------------------------------------------ ConvNets
 
-class ConvNetWorkload:
+class ConvNetWorkload(Workload):
     """classify_images: the step of experiments.classify_images (its classify_loss_fn, BatchNorm
     on the batch's statistics with the running averages in model_state, the config's optimiser)
     on one batch of random images, and the eval-mode forward. The peer is torchvision's model of
@@ -169,7 +185,7 @@ class ConvNetWorkload:
         self.model = build_model(config, self.num_classes)
         self.size, self.batch = config.data.image_size, config.train.batch_size
         self.dtype = getattr(self.model, "dtype", "float32")
-        self.units_per_step = self.batch
+        self.units_per_step = {"train": self.batch, "infer": self.batch}
         forward = convnets.flops(m.name, self.size, self.num_classes, 3, **m.overrides.to_dict())
         self.flops = {"train": 3 * forward, "infer": forward}
 
@@ -221,4 +237,100 @@ class ConvNetWorkload:
                     num_classes=self.num_classes, size=self.size, channels_last=on_gpu)
 
 
-WORKLOADS = {"pretrain_lm": GPTWorkload, "classify_images": ConvNetWorkload}
+# ------------------------------------------------------------------- GPT cached decoding
+
+class GenerateCall:
+    """One whole models.gpt.generate_batch call (prefill, then the cached decoding loop inside
+    jit, tokens back on the host) on fixed prompts. The first call compiles: compile_s is its
+    time, one run included."""
+
+    def __init__(self, cfg, params, prompts: list, new_tokens: int):
+        self.cfg, self.params, self.prompts, self.new_tokens = cfg, params, prompts, new_tokens
+        t0 = time.perf_counter()
+        rows = self()
+        self.compile_s, self.memory = time.perf_counter() - t0, {}
+        # Greedy without stop tokens: every row runs all the steps (what the rates count).
+        if [len(r) for r in rows] != [new_tokens] * len(prompts):
+            raise RuntimeError(f"generate_batch returned rows of {[len(r) for r in rows]} "
+                               f"tokens, not {new_tokens} each")
+
+    def __call__(self):
+        return gpt.generate_batch(self.cfg, self.params, self.prompts, self.new_tokens,
+                                  jax.random.key(0), temperature=0.0)
+
+
+class DecodeWorkload(Workload):
+    """bench.workload = "decode": greedy cached generation with models.gpt.generate_batch, a
+    phase per batch size in bench.batches (the first is the headline), every row continuing
+    the same bench.prompt_len random prompt tokens by bench.new_tokens tokens. The peer is
+    transformers' GPT2LMHeadModel.generate (greedy, use_cache) on the same prompts. The two
+    sides' weights are independent random inits, so their tokens are not compared here
+    (tests/test_generate.py checks them against transformers on shared weights).
+
+    Tokens/s counts generated tokens (batch x new_tokens) per second of a whole call, prefill
+    included. FLOPs per generated token: the forward's 2 N (N: non-embedding parameters plus
+    the tied output projection) + 4 L d_attn t for scores and weighted sum over the t keys it
+    attends to, averaged over the steps; the prefill's work is not counted."""
+
+    unit = "token"
+    has_input_pipeline = False
+
+    def __init__(self, config):
+        self.config, self.cfg, b = config, model_config(config), config.bench
+        self.prompt_len, self.new_tokens = b.prompt_len, b.new_tokens
+        self.batches = tuple(int(n) for n in b.batches)
+        if not self.batches or min(self.batches) < 1 or min(b.prompt_len, b.new_tokens) < 1:
+            raise ValueError(f"config.bench: batches {b.batches}, prompt_len {b.prompt_len} "
+                             f"and new_tokens {b.new_tokens} must all be positive")
+        gpt.check_context(self.cfg, self.prompt_len, self.new_tokens)
+        self.phases = tuple(f"batch{n}" for n in self.batches)
+        if len(set(self.phases)) != len(self.phases):
+            raise ValueError(f"config.bench.batches {b.batches} repeats a batch size")
+        self.titles = {p: f"generate, batch {n}" for p, n in zip(self.phases, self.batches)}
+        self.steps_per_call = self.new_tokens
+        self.units_per_step = {p: n * self.new_tokens for p, n in zip(self.phases, self.batches)}
+        c = self.cfg
+        n = gpt.count_params(c, non_embedding=True) + c.vocab_size * c.d_model
+        mean_keys = self.prompt_len + (self.new_tokens - 1) / 2
+        per_token = 2 * n + 4 * c.n_layer * c.n_head * c.d_head * mean_keys
+        self.flops = {p: per_token for p in self.phases}
+        self.prompts = np.random.default_rng(0).integers(
+            0, c.vocab_size, (max(self.batches), self.prompt_len)).tolist()
+
+    def info(self) -> dict:
+        return {"config": self.config.model.to_dict(), "batches": list(self.batches),
+                "prompt_len": self.prompt_len, "new_tokens": self.new_tokens,
+                "dtype": self.cfg.dtype, "flops_per_token": self.flops[self.phases[0]],
+                "greedy": True}
+
+    def describe(self) -> str:
+        return (f"greedy generation, {self.prompt_len}-token prompt + {self.new_tokens} new "
+                f"tokens per row, {self.cfg.dtype}; {self.flops[self.phases[0]] / 1e6:.1f} "
+                f"MFLOP/generated token (2N + attention)")
+
+    def note(self) -> str:
+        return ("tokens/s: generated tokens (batch x new tokens) per second of a whole generate "
+                "call, prefill included; ms/token: a call's time per new token. Random weights "
+                "on each side: the two sides' tokens are not compared here.")
+
+    def ours(self, mesh) -> dict:
+        del mesh    # one device: generate_batch runs where JAX puts it
+        model = gpt.GPT(self.cfg)
+        params = model.init(jax.random.key(self.config.seed),
+                            jnp.zeros((1, self.prompt_len), jnp.int32))["params"]
+        return {p: GenerateCall(self.cfg, params, self.prompts[:n], self.new_tokens)
+                for p, n in zip(self.phases, self.batches)}
+
+    def peer_spec(self, on_gpu: bool, compiled: bool) -> dict:
+        if compiled:
+            raise ValueError("the decode workload has no torch.compile peer; drop --peer_compile")
+        c = self.cfg
+        return dict(threads=len(os.sched_getaffinity(0)), compile=False,
+                    device="cuda" if on_gpu else "cpu", dtype=c.dtype, vocab_size=c.vocab_size,
+                    n_ctx=c.n_ctx, n_layer=c.n_layer, n_head=c.n_head, d_model=c.d_model,
+                    d_ff=c.ffn_dim, ln_eps=c.ln_eps, prompts=self.prompts,
+                    batches=dict(zip(self.phases, self.batches)), new_tokens=self.new_tokens)
+
+
+WORKLOADS = {"pretrain_lm": GPTWorkload, "classify_images": ConvNetWorkload,
+             "decode": DecodeWorkload}

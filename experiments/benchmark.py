@@ -63,27 +63,28 @@ def measured_peak() -> float:
     return perf.measure_matmul_flops(sizes=PEAK_SIZES, repeats=FLAGS.peak_repeats)
 
 
-def prefix(phase: str) -> str:
-    return "" if phase == "train" else f"{phase}_"
+def prefix(phase: str, headline: str = "train") -> str:
+    """Result keys of the headline phase (a workload's first) go unprefixed."""
+    return "" if phase == headline else f"{phase}_"
 
 
 class Side:
     """One side of the comparison: its step times by phase, under result keys `key`_..."""
 
     def __init__(self, name: str, key: str, phases):
-        self.name, self.key = name, key
+        self.name, self.key, self.headline = name, key, phases[0]
         self.times = {p: [] for p in phases}
         self.cpu = {p: [] for p in phases}
 
     def result_key(self, phase: str, name: str) -> str:
-        return f"{self.key + '_' if self.key else ''}{prefix(phase)}{name}"
+        return f"{self.key + '_' if self.key else ''}{prefix(phase, self.headline)}{name}"
 
 
 class Ours(Side):
     """Our compiled steps, by phase."""
 
     def __init__(self, steps: dict):
-        super().__init__("flaxpapers (JAX)", "", steps)
+        super().__init__("flaxpapers (JAX)", "", list(steps))
         self.steps = steps
 
     def run(self, phase: str, n: int, record: bool = True):
@@ -127,10 +128,14 @@ class Peer(Side):
 
 # --------------------------------------------------------------------------------- report
 
-def summary(times, cpu, units_per_step, flops_per_unit, peak, workers, unit) -> dict:
+def summary(times, cpu, units_per_step, flops_per_unit, peak, workers, unit,
+            steps_per_call=0) -> dict:
+    """steps_per_call > 0 (decoding: tokens per row): also the milliseconds per step."""
     step = float(np.median(times))
     out = {"step_s": step, f"{unit}s_per_sec": units_per_step / step,
            "step_cpu_s": float(np.median(cpu)) / workers}
+    if steps_per_call:
+        out[f"ms_per_{unit}"] = step / steps_per_call * 1e3
     if peak:
         out["mfu"] = out[f"{unit}s_per_sec"] * flops_per_unit / peak
     return out
@@ -141,8 +146,16 @@ def rounds_of(times: list) -> list:
     return [times[i:i + FLAGS.steps] for i in range(0, len(times), FLAGS.steps)]
 
 
-def workload_of(config_file: str):
+def workload_of(config_file: str, config=None):
+    """The config's bench.workload where it sets one (e.g. "decode"), else the workload of the
+    config file's EXPERIMENT (its training step)."""
     path, _ = sweep.split_config_spec(config_file)
+    chosen = config.get("bench", {}).get("workload") if config is not None else None
+    if chosen:
+        if chosen not in WORKLOADS:
+            raise ValueError(f"config.bench.workload is {chosen!r}; there are workloads for "
+                             f"{sorted(WORKLOADS)}")
+        return chosen, WORKLOADS[chosen]
     name = sweep.experiment_of(sweep.config_module(path), path)
     if name not in WORKLOADS:
         raise ValueError(f"{path}: no benchmark workload for EXPERIMENT {name!r}; there are "
@@ -157,7 +170,7 @@ def main(config, workdir):
         # rather than the default 75%.
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
     name, workload_class = workload_of(launch.config_file_argument(sys.argv)
-                                       or str(launch.CONFIGS / DEFAULT_CONFIG))
+                                       or str(launch.CONFIGS / DEFAULT_CONFIG), config)
     work = workload_class(config)
     mesh = sharding.make_mesh(config.mesh)
     validate(config, mesh)
@@ -198,30 +211,35 @@ def main(config, workdir):
         peak = max([xla_peak] + [p.ready["matmul_flops"] for p in peers])
         source = "xla" if peak == xla_peak else "pytorch"
 
+    head = work.phases[0]
     result = {**work.info(), "devices": f"{len(devices)} x {devices[0].device_kind}",
               "mesh": dict(mesh.shape), "processes": jax.process_count(), "peak_flops": peak,
-              "peak_source": source, "first_loss": float(warm["train"]["loss"])}
+              "peak_source": source}
+    if "train" in work.phases:
+        result["first_loss"] = float(warm["train"]["loss"])
     for phase in work.phases:
         step = ours.steps[phase]
-        result.update({prefix(phase) + k: v for k, v in
+        result.update({prefix(phase, head) + k: v for k, v in
                        {"compile_s": step.compile_s, **step.memory}.items()})
     rows = phase_rows(work, ours, result, peak, workers)
-    rows["train"][0][1]["max_rss_bytes"] = result["max_rss_bytes"] = max_rss_bytes()
+    rows[head][0][1]["max_rss_bytes"] = result["max_rss_bytes"] = max_rss_bytes()
     if matmul:
         result["matmul_bf16_flops"] = matmul
         result["mfu_of_measured_matmul"] = (result[f"{work.unit}s_per_sec"]
-                                            * work.flops["train"] / matmul)
+                                            * work.flops[head] / matmul)
     if (device_peak := device_peak_memory()) is not None:
         result["device_peak_bytes"] = device_peak
-    result.update(work.input_pipeline(mesh, FLAGS.input_batches))
-    result[f"input_{work.unit}s_per_sec"] = work.units_per_step / result["input_batch_ms"] * 1e3
-    result["input_share_of_step"] = result["input_batch_ms"] / 1e3 / result["step_s"]
+    if work.has_input_pipeline:
+        result.update(work.input_pipeline(mesh, FLAGS.input_batches))
+        result[f"input_{work.unit}s_per_sec"] = (work.units_per_step[head]
+                                                 / result["input_batch_ms"] * 1e3)
+        result["input_share_of_step"] = result["input_batch_ms"] / 1e3 / result["step_s"]
     for p in peers:
         result.update({f"{p.key}_{k}": v for k, v in p.ready["info"].items()})
         for phase, row in phase_rows(work, p, result, peak, workers).items():
             rows[phase] += row
             compare(work, ours, p, phase, result)
-        rows["train"][-1][1]["max_rss_bytes"] = result[f"{p.key}_max_rss_bytes"] = p.close()
+        rows[head][-1][1]["max_rss_bytes"] = result[f"{p.key}_max_rss_bytes"] = p.close()
     result["load_average"] = os.getloadavg()[0]
     if jax.process_index() == 0:
         print_table(work, rows, result, workers, peers)
@@ -232,8 +250,8 @@ def phase_rows(work, side: Side, result: dict, peak, workers: int) -> dict:
     """Each phase's summary of one side, into `result` under its keys; {phase: [(name, row)]}."""
     rows = {}
     for phase in work.phases:
-        r = summary(side.times[phase], side.cpu[phase], work.units_per_step, work.flops[phase],
-                    peak, workers, work.unit)
+        r = summary(side.times[phase], side.cpu[phase], work.units_per_step[phase],
+                    work.flops[phase], peak, workers, work.unit, work.steps_per_call)
         result.update({side.result_key(phase, k): v for k, v in r.items()})
         rows[phase] = [(side.name, r)]
     return rows
@@ -241,7 +259,7 @@ def phase_rows(work, side: Side, result: dict, peak, workers: int) -> dict:
 
 def ratio_key(phase: str, peer: Peer) -> str:
     """ratio (train), infer_ratio, ratio_compile (the torch.compile'd peer), ..."""
-    return f"{prefix(phase)}ratio{peer.key.removeprefix('peer')}"
+    return f"{prefix(phase, peer.headline)}ratio{peer.key.removeprefix('peer')}"
 
 
 def compare(work, ours: Ours, peer: Peer, phase: str, result: dict) -> None:
@@ -267,18 +285,26 @@ def print_table(work, rows: dict, result: dict, workers: int, peers: list[Peer])
     if "matmul_bf16_flops" in result:
         print(f"measured bf16 matmul {result['matmul_bf16_flops'] / 1e12:.0f} TFLOP/s: ours at "
               f"{result['mfu_of_measured_matmul']:.1%} of it")
+    head, per_step = work.phases[0], f"ms/{work.unit}"
     for phase in work.phases:
-        title = "training step" if phase == "train" else "inference (eval-mode forward)"
+        title = work.titles[phase]
         print(f"{title + ':':30s} {'step (ms)':>9s} {'cpu (ms)':>8s} {rate:>9s} {'MFU':>6s} "
-              f"{'RSS (MB)':>9s}")
+              + (f"{per_step:>9s} " if work.steps_per_call else "") + f"{'RSS (MB)':>9s}")
         for name, r in rows[phase]:
             rss = f" {r['max_rss_bytes'] / 2**20:9.0f}" if "max_rss_bytes" in r else ""
+            latency = f" {r[f'ms_per_{work.unit}']:9.2f}" if work.steps_per_call else ""
             print(f"  {name:28s} {r['step_s'] * 1e3:9.1f} {r['step_cpu_s'] * 1e3:8.1f} "
-                  f"{r[f'{work.unit}s_per_sec']:9.1f} {r.get('mfu', float('nan')):6.1%}{rss}")
-    compiles = ", ".join(f"{phase} {result[prefix(phase) + 'compile_s']:.1f} s"
+                  f"{r[f'{work.unit}s_per_sec']:9.1f} {r.get('mfu', float('nan')):6.1%}"
+                  f"{latency}{rss}")
+    compiles = ", ".join(f"{phase} {result[prefix(phase, head) + 'compile_s']:.1f} s"
                          for phase in work.phases)
-    print(f"compile: {compiles}; input pipeline {result['input_batch_ms']:.2f} ms per batch "
-          f"({result['input_share_of_step']:.2%} of a training step)")
+    if work.has_input_pipeline:
+        print(f"compile: {compiles}; input pipeline {result['input_batch_ms']:.2f} ms per "
+              f"batch ({result['input_share_of_step']:.2%} of a training step)")
+    else:
+        print(f"compile: {compiles}")
+    if note := work.note():
+        print(note)
     if "device_peak_bytes" in result:
         print(f"device memory peak {result['device_peak_bytes'] / 2**30:.1f} GiB")
     for peer in peers:

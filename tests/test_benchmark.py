@@ -107,6 +107,42 @@ def test_gpu_preset_trains_in_bfloat16_on_float32_parameters():
     assert {x.dtype for x in jax.tree.leaves((new_state, grads))} == {jnp.dtype("float32")}
 
 
+# GPT-2's decoding workload on a one-layer model: a 5-token prompt, 7 new tokens, batch 1 and 3.
+DECODE = ["--config.model.n_layer=1", "--config.model.d_model=32", "--config.model.n_head=2",
+          "--config.model.vocab_size=101", "--config.model.n_ctx=16",
+          "--config.bench.prompt_len=5", "--config.bench.new_tokens=7",
+          "--config.bench.batches=(1,3)", "--rounds=1", "--steps=1", "--warmup=1",
+          "--peak_repeats=1"]
+
+
+def test_decode_benchmark_against_transformers_generate():
+    """bench-decode times whole greedy generate calls, ours and transformers', batch by batch;
+    batch 1 is the headline."""
+    out = subprocess.run([sys.executable, "-m", "experiments.benchmark",
+                          "--config=experiments/configs/gpt.py:bench-decode", *DECODE, "--peer"],
+                         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", **FAST_COMPILE),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["batches"] == [1, 3] and r["prompt_len"] == 5 and r["new_tokens"] == 7
+    for key in ("tokens_per_sec", "peer_tokens_per_sec", "ratio", "ms_per_token",
+                "peer_ms_per_token", "mfu", "compile_s", "batch3_tokens_per_sec",
+                "peer_batch3_tokens_per_sec", "batch3_ratio", "batch3_compile_s"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert r["ratio"] == r["tokens_per_sec"] / r["peer_tokens_per_sec"]
+    assert r["batch3_ratio"] == r["batch3_tokens_per_sec"] / r["peer_batch3_tokens_per_sec"]
+    # Tokens per second count batch x new tokens per call; ms per token, a call over 7 tokens.
+    assert r["tokens_per_sec"] * r["step_s"] == pytest.approx(7)
+    assert r["batch3_tokens_per_sec"] * r["batch3_step_s"] == pytest.approx(21)
+    assert r["ms_per_token"] == pytest.approx(r["step_s"] / 7 * 1e3)
+    # 2 N + attention per generated token (N: one block, the final LayerNorm, the output
+    # projection); 4 L d t over the mean of the 5..11 keys the steps attend to.
+    n = (12 * 32 * 32 + 13 * 32) + 2 * 32 + 101 * 32
+    assert r["flops_per_token"] == 2 * n + 4 * 32 * 8
+    assert "first_loss" not in r and "input_batch_ms" not in r
+    assert "batch3: " in out.stdout and "not compared" in out.stdout
+
+
 def test_workload_follows_the_config_files_experiment():
     from experiments import benchmark as bench
     configs = ROOT / "experiments" / "configs"
@@ -114,6 +150,32 @@ def test_workload_follows_the_config_files_experiment():
     assert bench.workload_of(f"{configs}/gpt.py:bench-cpu")[0] == "pretrain_lm"
     with pytest.raises(ValueError, match="no benchmark workload for EXPERIMENT 'clip'"):
         bench.workload_of(f"{configs}/clip.py:tiny")
+
+
+def test_config_can_pick_the_decode_workload():
+    """config.bench.workload overrides the experiment's training workload; a wrong name says
+    which there are."""
+    from experiments import benchmark as bench
+    from experiments.configs import gpt as gpt_configs
+    spec = f"{ROOT}/experiments/configs/gpt.py:bench-decode"
+    config = gpt_configs.get_config("bench-decode")
+    assert bench.workload_of(spec, config)[0] == "decode"
+    assert bench.workload_of(spec, gpt_configs.get_config("bench-cpu"))[0] == "pretrain_lm"
+    config.bench.workload = "decoding"
+    with pytest.raises(ValueError, match="bench.workload is 'decoding'.*'decode'"):
+        bench.workload_of(spec, config)
+
+
+def test_decode_workload_checks_its_shapes():
+    from experiments.bench_workloads import DecodeWorkload
+    from experiments.configs import gpt as gpt_configs
+    config = gpt_configs.get_config("bench-decode")
+    config.bench.new_tokens = 1000
+    with pytest.raises(ValueError, match="do not fit the context of 1024"):
+        DecodeWorkload(config)
+    config.bench.new_tokens, config.bench.batches = 8, (1, 1)
+    with pytest.raises(ValueError, match="repeats a batch size"):
+        DecodeWorkload(config)
 
 
 def test_peer_needs_a_torchvision_model():

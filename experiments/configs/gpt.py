@@ -7,6 +7,8 @@
     bench-cpu   6 layers / 6 heads / 384 wide / context 256 / vocab 8192 / batch 8, float32,
                 CPU attention (xla_custom)
     bench-gpu   GPT-2 small, context 1024, batch 16, bfloat16 compute, cuDNN attention
+    bench-decode  GPT-2 small's greedy cached generation, float32: a 32-token prompt + 128 new
+                tokens, batch 1 and 8 (config.bench: the benchmark's decode workload)
     gpt1        GPT-1: 12 x 768, context 512, post-norm, Adam 2.5e-4, batch 64
     gpt2-124m   GPT-2 small (and gpt2-355m, gpt2-774m, gpt2-1.5b): context 1024, batch 512
     gpt3-125m   ... gpt3-175b: GPT-3 Table 2.1 (width, depth, heads, lr, batch in tokens)
@@ -74,6 +76,15 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         config.data.vocab_size, config.data.seq_len = 50257, 1024
         config.train = train_config(steps=50, batch_size=16, lr=6e-4, warmup_steps=10,
                                     eval_every=1000, ckpt_every=1000)
+    elif arg == "bench-decode":
+        # experiments/benchmark.py times generation, not training: config.bench picks its
+        # decode workload and the shapes; the model is GPT-2 small with random weights.
+        model = gpt.preset("gpt2-124m", dropout=0.0, attn_dropout=0.0)
+        config.data.vocab_size, config.data.seq_len = 50257, 1024
+        config.train = train_config(steps=1, batch_size=8, lr=6e-4, warmup_steps=0,
+                                    eval_every=1000, ckpt_every=1000)
+        config.bench = ml_collections.ConfigDict(dict(workload="decode", prompt_len=32,
+                                                      new_tokens=128, batches=(1, 8)))
     elif arg == "gpt1":
         # GPT-1 section 4.1: Adam max lr 2.5e-4, linear warmup 2000 updates then cosine to 0,
         # 100 epochs of minibatches of 64 sequences of 512 tokens, L2 weight decay 0.01.
