@@ -19,16 +19,15 @@ SMALL = ["--config.model.n_layer=1", "--config.model.d_model=64", "--config.mode
 CONVNET = ["--config.model.name=resnet18", "--config.data.image_size=40",
            "--config.train.batch_size=4", "--rounds=1", "--steps=1", "--warmup=1",
            "--input_batches=2", "--peak_repeats=1"]
-# The test reads the report, not the speed: without XLA's backend optimisation ResNet-18's
-# init and training step compile in half the time (most of a minute on 2 busy cores with it).
-FAST_COMPILE = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
 
 
 def benchmark(preset, *flags, config="gpt.py"):
-    small, env = (SMALL, {}) if config == "gpt.py" else (CONVNET, FAST_COMPILE)
+    """The benchmark's JSON line; the subprocess inherits the tests' fast-compiling XLA flags
+    (tests/conftest.py): the test reads the report, not the speed."""
+    small = SMALL if config == "gpt.py" else CONVNET
     out = subprocess.run([sys.executable, "-m", "experiments.benchmark",
                           f"--config=experiments/configs/{config}:{preset}", *small, *flags],
-                         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
+                         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -120,7 +119,7 @@ def test_decode_benchmark_against_transformers_generate():
     batch 1 is the headline."""
     out = subprocess.run([sys.executable, "-m", "experiments.benchmark",
                           "--config=experiments/configs/gpt.py:bench-decode", *DECODE, "--peer"],
-                         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", **FAST_COMPILE),
+                         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
