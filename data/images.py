@@ -365,26 +365,40 @@ SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_fie
                   "ihc.png", "motorcycle_left.png", "retina.jpg", "rocket.jpg")
 
 
+def _package_dir(name: str):
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise ModuleNotFoundError(f"the photographs need {name} installed")
+    return pathlib.Path(next(iter(spec.submodule_search_locations)))
+
+
 def sample_photos() -> dict[str, np.ndarray]:
     """The 11 colour photographs installed with scikit-image (astronaut, chelsea, coffee, ...),
     scikit-learn (china, flower) and matplotlib (grace_hopper): uint8 [H, W, 3], by name. Read
     from the packages' files (importing sklearn.datasets or skimage.data takes seconds)."""
-    import importlib.util
-    import pathlib
-
     from PIL import Image
 
-    def package_dir(name):
-        spec = importlib.util.find_spec(name)
-        if spec is None:
-            raise ModuleNotFoundError(f"the colour photographs need {name} installed")
-        return pathlib.Path(next(iter(spec.submodule_search_locations)))
-
-    files = [package_dir("skimage") / "data" / name for name in SKIMAGE_PHOTOS]
-    files += sorted((package_dir("sklearn") / "datasets" / "images").glob("*.jpg"))
-    files.append(package_dir("matplotlib") / "mpl-data" / "sample_data" / "grace_hopper.jpg")
+    files = [_package_dir("skimage") / "data" / name for name in SKIMAGE_PHOTOS]
+    files += sorted((_package_dir("sklearn") / "datasets" / "images").glob("*.jpg"))
+    files.append(_package_dir("matplotlib") / "mpl-data" / "sample_data" / "grace_hopper.jpg")
     return {f.stem: np.asarray(Image.open(f).convert("RGB"))
             for f in sorted(files, key=lambda f: f.stem)}
+
+
+def grey_photo(name: str = "camera") -> np.ndarray:
+    """A photograph from scikit-image's bundled files in grey levels, uint8 [H, W]: "camera"
+    (the 512x512 cameraman, grey already) or a colour one of SKIMAGE_PHOTOS by stem
+    ("astronaut"), converted with ITU-R 601 luma (PIL's "L")."""
+    from PIL import Image
+
+    names = ["camera"] + [f.split(".")[0] for f in SKIMAGE_PHOTOS]
+    if name not in names:
+        raise ValueError(f"unknown photograph {name!r}; choose from {names}")
+    file = "camera.png" if name == "camera" else SKIMAGE_PHOTOS[names.index(name) - 1]
+    return np.asarray(Image.open(_package_dir("skimage") / "data" / file).convert("L"))
 
 
 def resize_shorter(image: np.ndarray, side: int) -> np.ndarray:

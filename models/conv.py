@@ -10,7 +10,12 @@ more on the bottom/right when the total is odd (every stride-2 layer on an even 
 would shift every window by one pixel against torchvision's weights.
 
 A layer with n_c filters of f x f x n_c_prev has f*f*n_c_prev*n_c weights + n_c biases
-(conv_params). Images and activations are NHWC throughout.
+(conv_params) and costs n_out * n_out * n_c * f*f*n_c_prev multiply-adds (conv_macs). Images and
+activations are NHWC throughout.
+
+What deep learning calls convolution is cross-correlation: the filter slides over the image
+unflipped, y[i, j] = sum_{u, v} x[s i + u, s j + v] k[u, v] (cross_correlate). The classic edge
+filters below are written for it.
 """
 
 import math
@@ -88,6 +93,31 @@ def depthwise_separable_params(f: int, n_c_prev: int, n_c: int) -> int:
     return f * f * n_c_prev + n_c_prev * n_c
 
 
+def conv_macs(n_out: int | tuple[int, int], f: int, n_c_prev: int, n_c: int,
+              groups: int = 1) -> int:
+    """n_out x n_out positions x n_c filters x f*f*n_c_prev/groups multiply-adds each (taps on
+    the zero padding included, as the papers count)."""
+    h, w = (n_out, n_out) if isinstance(n_out, int) else n_out
+    if n_c_prev % groups or n_c % groups:
+        raise ValueError(f"groups = {groups} must divide both channel counts, got "
+                         f"{n_c_prev} -> {n_c}")
+    return h * w * n_c * f * f * (n_c_prev // groups)
+
+
+def depthwise_separable_macs(n_out: int | tuple[int, int], f: int, n_c_prev: int,
+                             n_c: int) -> int:
+    """Depthwise f x f (one filter per input channel) + pointwise 1x1 to n_c channels:
+    n_out^2 * f*f*n_c_prev + n_out^2 * n_c_prev*n_c."""
+    return (conv_macs(n_out, f, n_c_prev, n_c_prev, groups=n_c_prev)
+            + conv_macs(n_out, 1, n_c_prev, n_c))
+
+
+def depthwise_separable_cost_ratio(f: int, n_c: int) -> float:
+    """depthwise_separable_macs / conv_macs = 1/n_c + 1/f^2 (MobileNet, Howard et al. 2017,
+    section 3.1), whatever n_c_prev and n_out: about 8-9x cheaper for 3x3 filters."""
+    return 1.0 / n_c + 1.0 / f ** 2
+
+
 def pool_output_size(n: int, f: int, p: int = 0, s: int = 1, ceil_mode: bool = False) -> int:
     """torch's pooling size: conv_output_size, or with ceil_mode the ceiling of (n + 2p - f) / s,
     less one if that last window would start inside the right padding only."""
@@ -137,6 +167,52 @@ def depthwise_conv(n_c: int, f: int = 3, s: int = 1, bias: bool = True,
                    name: str | None = None) -> Conv2d:
     """One f x f filter per channel (groups = channels = n_c): spatial filtering, no mixing."""
     return conv(n_c, f, s, padding="same", groups=n_c, bias=bias, name=name)
+
+
+def cross_correlate(images, kernels, s: int = 1, padding: Padding = "valid"):
+    """Each of k fixed 2-D filters [k, f, f] slid over one-channel images [batch, H, W, 1],
+    unflipped, through the zoo's own convolution: -> [batch, H', W', k]."""
+    kernels = jnp.asarray(kernels, jnp.float32)
+    if kernels.ndim != 3 or kernels.shape[1] != kernels.shape[2]:
+        raise ValueError(f"expected square filters [k, f, f], got shape {kernels.shape}")
+    if images.ndim != 4 or images.shape[-1] != 1:
+        raise ValueError(f"expected one-channel images [batch, H, W, 1], got shape "
+                         f"{tuple(images.shape)}")
+    k, f, _ = kernels.shape
+    hwio = jnp.transpose(kernels, (1, 2, 0))[:, :, None, :]             # [f, f, 1, k]
+    layer = conv(k, f, s, padding, bias=False)
+    return layer.apply({"params": {"kernel": hwio}}, images)
+
+
+# ----------------------------------------------------------------------------------------------
+# Edge filters, as cross-correlation kernels: a vertical-edge filter responds positively where
+# the image is brighter on the left of the window than on its right, negatively for dark to
+# bright, and not at all on flat regions (its weights sum to 0). The horizontal ones are their
+# transposes (bright above, dark below).
+
+VERTICAL_EDGE = np.array([[1, 0, -1],
+                          [1, 0, -1],
+                          [1, 0, -1]], np.float32)
+HORIZONTAL_EDGE = VERTICAL_EDGE.T
+# Sobel & Feldman (1968): a central difference smoothed by (1, 2, 1) across it, the centre row
+# weighted more, so it is less sensitive to noise.
+SOBEL = np.array([[1, 0, -1],
+                  [2, 0, -2],
+                  [1, 0, -1]], np.float32)
+# Scharr (2000): weights (3, 10, 3) chosen so the gradient's direction errs least over rotations.
+SCHARR = np.array([[3, 0, -3],
+                   [10, 0, -10],
+                   [3, 0, -3]], np.float32)
+EDGE_FILTERS = {"vertical": VERTICAL_EDGE, "horizontal": HORIZONTAL_EDGE,
+                "sobel": SOBEL, "sobel_horizontal": SOBEL.T,
+                "scharr": SCHARR, "scharr_horizontal": SCHARR.T}
+
+
+def edge_filter(name: str) -> np.ndarray:
+    """A copy of one of EDGE_FILTERS, by name."""
+    if name not in EDGE_FILTERS:
+        raise ValueError(f"unknown edge filter {name!r}; choose from {sorted(EDGE_FILTERS)}")
+    return EDGE_FILTERS[name].copy()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The ConvNet zoo by name: create, count_params, flops, default_resolution, from_torchvision.
+"""The ConvNet zoo by name: create, count_params, flops, summary, default_resolution,
+from_torchvision.
 
 Every model maps float32 NHWC images to logits:
 
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from models import alexnet, efficientnet, inception, lenet, mobilenet, resnet, vgg
+from models.conv import BatchNorm, conv_macs
 from models import torchvision_import
 
 
@@ -153,11 +155,156 @@ def flops(name: str, resolution: int | None = None, num_classes: int | None = No
     module = create(name, num_classes, **overrides)
     images = dummy_images(name, 1, resolution, in_channels)
     variables = abstract_variables(module, images)
-    forward = jax.jit(lambda v, x: module.apply(v, x, train=False))
-    cost = forward.lower(variables, images).cost_analysis()
+    return xla_flops(lambda v, x: module.apply(v, x, train=False), variables, images,
+                     compiled=False)
+
+
+def xla_flops(fn: Callable, *args, compiled: bool = True) -> float:
+    """FLOPs of fn(*args) (arrays or ShapeDtypeStructs) by XLA's cost analysis: 2 per
+    multiply-add of a convolution or matmul, taps on zero padding not counted. compiled=False
+    analyses the program before XLA's optimisations (no compilation: faster on big models)."""
+    lowered = jax.jit(fn).lower(*args)
+    cost = (lowered.compile() if compiled else lowered).cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     return float(cost["flops"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Model summary: a row per layer with parameters, as torchinfo and Keras print them.
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One convolution, fully connected layer or BatchNorm of a forward pass. f, s, p, groups:
+    a convolution's filter size, stride, padding and groups (None otherwise). macs: the
+    multiply-adds of one image (conv_macs for a convolution, inputs x outputs for a fully
+    connected layer, 0 for BatchNorm)."""
+
+    name: str
+    kind: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+    f: int | None = None
+    s: int | None = None
+    p: int | None = None
+    groups: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """The layers of one eval-mode forward pass of a batch of one image. params is every
+    trainable parameter of the model (count_params); layers not run in eval mode (GoogLeNet's
+    auxiliary classifiers) have no row, so the rows can sum to less."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    layers: tuple[Layer, ...]
+    params: int
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def layer_params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+
+def _layer(module: nn.Module, x, y) -> Layer:
+    name = "/".join(module.scope.path)
+    params = sum(v.size for v in jax.tree.leaves(module.variables.get("params", {})))
+    shapes = dict(input_shape=tuple(x.shape[1:]), output_shape=tuple(y.shape[1:]), params=params)
+    if isinstance(module, nn.Conv):
+        f, f_w = module.kernel_size
+        (s, _), ((p, _), _), groups = module.strides, module.padding, module.feature_group_count
+        if f != f_w or not isinstance(module.padding, (tuple, list)):
+            raise ValueError(f"{name}: the summary counts square, explicitly padded filters")
+        c_in, c_out = x.shape[-1], y.shape[-1]
+        macs = conv_macs(tuple(y.shape[1:3]), f, c_in, c_out, groups)
+        kind = "depthwise" if groups == c_in == c_out and groups > 1 else "conv"
+        kind += f" {f}x{f}/{s}" + (f" p{p}" if p else "")
+        return Layer(name, kind, **shapes, macs=macs, f=f, s=s, p=p, groups=groups)
+    if isinstance(module, nn.Dense):
+        macs = (y.size // y.shape[0]) * x.shape[-1]
+        return Layer(name, "dense", **shapes, macs=macs)
+    return Layer(name, "batchnorm", **shapes, macs=0)
+
+
+def summarize(module: nn.Module, images: jax.ShapeDtypeStruct, name: str = "") -> Summary:
+    """The Summary of any Flax module whose layers are nn.Conv, nn.Dense and BatchNorm, traced
+    from shapes alone (module.apply(variables, images, train=False))."""
+    rows: list[Layer] = []
+
+    def record(next_fun, args, kwargs, context):
+        y = next_fun(*args, **kwargs)
+        m = context.module
+        if context.method_name == "__call__" and isinstance(
+                m, (nn.Conv, nn.Dense, BatchNorm)):
+            layer = _layer(m, args[0], y)
+            if rows and rows[-1].name == layer.name:   # Conv2d's call of nn.Conv's
+                rows.pop()
+            rows.append(layer)
+        return y
+
+    variables = abstract_variables(module, images)
+    with jax.disable_jit(), nn.intercept_methods(record):
+        out = jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables, images)
+    params = sum(x.size for x in jax.tree.leaves(variables["params"]))
+    return Summary(name or type(module).__name__, tuple(images.shape[1:]),
+                   tuple(out.shape[1:]), tuple(rows), params)
+
+
+def summary(name: str, image_size: int | None = None, num_classes: int | None = None,
+            in_channels: int | None = None, **overrides) -> Summary:
+    """The layer-by-layer Summary of zoo model `name` on one image_size x image_size image
+    (default: the model's resolution)."""
+    module = create(name, num_classes, **overrides)
+    return summarize(module, dummy_images(name, 1, image_size, in_channels), name)
+
+
+def _si(n: float) -> str:
+    return f"{n / 1e9:.3f} G" if n >= 1e9 else f"{n / 1e6:.3f} M"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def group_layers(layers: tuple[Layer, ...], depth: int) -> list[Layer]:
+    """Rows merged by the first `depth` parts of their names (conv2_1/conv1 -> conv2_1 at depth
+    1): parameters and multiply-adds summed, the shapes of the group's first input and last
+    output."""
+    groups: dict[str, list[Layer]] = {}
+    for layer in layers:
+        groups.setdefault("/".join(layer.name.split("/")[:depth]), []).append(layer)
+    return [rows[0] if len(rows) == 1 else
+            Layer(key, f"{len(rows)} layers", rows[0].input_shape, rows[-1].output_shape,
+                  sum(r.params for r in rows), sum(r.macs for r in rows))
+            for key, rows in groups.items()]
+
+
+def format_summary(summary: Summary, depth: int = 0) -> str:
+    """A text table: layer, operation, input and output shape (H x W x C, or features),
+    parameters, multiply-adds; then the totals. depth > 0 merges rows as group_layers."""
+    layers = group_layers(summary.layers, depth) if depth > 0 else list(summary.layers)
+    header = ("layer", "operation", "input", "output", "params", "mult-adds")
+    rows = [header] + [(l.name, l.kind, _shape(l.input_shape), _shape(l.output_shape),
+                        f"{l.params:,}", f"{l.macs:,}") for l in layers]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    align = ["<", "<", ">", ">", ">", ">"]
+    lines = ["  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    unused = summary.params - summary.layer_params
+    lines += ["-" * len(lines[0]),
+              f"{summary.name}: input {_shape(summary.input_shape)} -> output "
+              f"{_shape(summary.output_shape)}; {summary.params:,} parameters"
+              + (f" ({unused:,} in layers unused at inference)" if unused else "")
+              + f"; {summary.macs:,} multiply-adds ({_si(summary.macs)}) per image"]
+    return "\n".join(lines)
 
 
 def from_torchvision(name: str, state_dict, **overrides) -> tuple[nn.Module, dict]:
