@@ -22,6 +22,7 @@
    the torchvision model of the same name (on the meta device: shapes only) / 2 beside it.
 """
 
+import re
 import time
 
 import jax
@@ -171,17 +172,22 @@ def torch_macs(name: str, image_size: int) -> float:
     return counter.get_total_flops() / 2
 
 
+def natural_order(name: str) -> str:
+    """resnet8 < resnet18 < resnet101."""
+    return re.sub(r"\d+", lambda m: f"{int(m.group()):04d}", name)
+
+
 def print_zoo(with_torch: bool):
     print("\nThe zoo: parameters and multiply-adds of one image at the model's resolution "
           "(convnets.summary)" + ("; torch: FlopCounterMode / 2 on torchvision's model" if
                                   with_torch else "") + "\n")
-    head = "| model | resolution | parameters | multiply-adds | G |"
+    head = "| model | resolution | parameters | multiply-adds | GMACs |"
     print(head + (" torch | equal |" if with_torch else ""))
     print("|---" * (head.count("|") - 1 + (2 if with_torch else 0)) + "|")
-    for name in convnets.names():
+    for name in sorted(convnets.names(), key=natural_order):
         side = convnets.default_resolution(name)
         s = convnets.summary(name)
-        line = f"| {name} | {side} | {s.params:,} | {s.macs:,} | {s.macs / 1e9:.3f} |"
+        line = f"| {name} | {side} | {s.params:,} | {s.macs:,} | {s.macs / 1e9:.4g} |"
         if with_torch:
             if convnets.REGISTRY[name].family:
                 ref = torch_macs(name, side)
@@ -195,7 +201,8 @@ def main(argv):
     del argv
     start = time.perf_counter()
     if FLAGS.model:
-        for name in convnets.names() if FLAGS.model == "all" else [FLAGS.model]:
+        names = sorted(convnets.names(), key=natural_order)
+        for name in names if FLAGS.model == "all" else [FLAGS.model]:
             s = convnets.summary(name, FLAGS.image_size or None)
             print(convnets.format_summary(s, FLAGS.depth))
             if FLAGS.torch and convnets.REGISTRY[name].family:

@@ -277,14 +277,22 @@ def _shape(shape: tuple[int, ...]) -> str:
 def group_layers(layers: tuple[Layer, ...], depth: int) -> list[Layer]:
     """Rows merged by the first `depth` parts of their names (conv2_1/conv1 -> conv2_1 at depth
     1): parameters and multiply-adds summed, the shapes of the group's first input and last
-    output."""
+    output, the operation what it holds ("2 conv, 2 bn")."""
     groups: dict[str, list[Layer]] = {}
     for layer in layers:
         groups.setdefault("/".join(layer.name.split("/")[:depth]), []).append(layer)
     return [rows[0] if len(rows) == 1 else
-            Layer(key, f"{len(rows)} layers", rows[0].input_shape, rows[-1].output_shape,
+            Layer(key, _kinds(rows), rows[0].input_shape, rows[-1].output_shape,
                   sum(r.params for r in rows), sum(r.macs for r in rows))
             for key, rows in groups.items()]
+
+
+def _kinds(rows: list[Layer]) -> str:
+    """"2 conv, 2 bn": what a group of rows holds."""
+    counts = {"conv": sum(r.f is not None for r in rows),
+              "dense": sum(r.kind == "dense" for r in rows),
+              "bn": sum(r.kind == "batchnorm" for r in rows)}
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
 
 
 def format_summary(summary: Summary, depth: int = 0) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from data.images import grey_photo
+from data.images import grey_photo, sample_photos
 from experiments import conv_arithmetic, edges
 from models import convnets
 from models.conv import (EDGE_FILTERS, HORIZONTAL_EDGE, SCHARR, SOBEL, VERTICAL_EDGE, avg_pool,
@@ -151,7 +151,8 @@ def test_format_summary_groups_and_totals():
     assert sum(g.params for g in grouped) == s.params
     text = convnets.format_summary(s, depth=1)
     row = next(line.split() for line in text.splitlines() if line.startswith("conv3_1 "))
-    assert row == ["conv3_1", "6", "layers", "56x56x64", "28x28x128", "230,144", "179,830,784"]
+    assert row == ["conv3_1", "3", "conv,", "3", "bn", "56x56x64", "28x28x128", "230,144",
+                   "179,830,784"]
     assert text.splitlines()[-1] == ("resnet18: input 224x224x3 -> output 1000; 11,689,512 "
                                      "parameters; 1,814,073,344 multiply-adds (1.814 G) per image")
     with pytest.raises(ValueError, match="unknown model 'resnet19'"):
@@ -185,3 +186,14 @@ def test_googlenet_bottleneck_counts():
     assert (direct["params"], bottleneck["params"]) == ((5 * 5 * 192 + 1) * 32,
                                                         (192 + 1) * 16 + (5 * 5 * 16 + 1) * 32)
     assert direct["output"] == bottleneck["output"] == (28, 28, 32)
+
+
+def test_grey_photo_reads_the_bundled_photographs():
+    camera = grey_photo("camera")
+    assert (camera.shape, camera.dtype) == ((512, 512), np.uint8)
+    astronaut = grey_photo("astronaut").astype(np.float64)
+    rgb = sample_photos()["astronaut"].astype(np.float64)
+    luma = rgb @ np.array([0.299, 0.587, 0.114])          # ITU-R 601
+    assert np.abs(astronaut - luma).max() <= 1.0
+    with pytest.raises(ValueError, match="unknown photograph 'lena'"):
+        grey_photo("lena")
