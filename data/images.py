@@ -331,6 +331,17 @@ class Classification:
     channels: int
     train_batches: object = None               # (batch_size, seed, process_index, process_count)
                                                # -> an EpochBatches of fresh training examples
+    mean: tuple = (0.0,)                       # the normalisation: image = (pixel - mean) / std
+    std: tuple = (1.0,)
+    pixels: object = None                      # () -> the training images' pixels [..., C] in
+                                               # [0, 1]; None: those of splits["train"]
+
+    def train_pixels(self) -> np.ndarray:
+        """The training set's pixel values in [0, 1] (AlexNet's PCA colour statistics)."""
+        if self.pixels is not None:
+            return self.pixels()
+        x = self.splits["train"]["images"]
+        return x * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
 
 
 def pad_to(images: np.ndarray, size: int) -> np.ndarray:
@@ -350,7 +361,8 @@ def digit_classification(image_size: int = 32, seed: int = 0) -> Classification:
     x = normalize(pad_to(images, image_size), MNIST_MEAN, MNIST_STD)
     splits = {s: {"images": x[idx], "labels": labels[idx].astype(np.int32)}
               for s, idx in split_indices(len(labels), seed=seed).items()}
-    return Classification(splits, [str(d) for d in range(10)], channels=1)
+    return Classification(splits, [str(d) for d in range(10)], channels=1, mean=MNIST_MEAN,
+                          std=MNIST_STD)
 
 
 # The colour task: which photograph does a crop come from? Each photograph is cut along its
@@ -464,12 +476,14 @@ def photo_classification(image_size: int = 32, photo_side: int = 0, eval_crops: 
                          seed: int = 0) -> Classification:
     """Which photograph a crop comes from. Photographs are resized to shorter side photo_side
     (default 8 x image_size, so a crop shows a recognisable part); val and test hold
-    `eval_crops` fixed crops per photograph from their own bands; training draws fresh crops."""
+    `eval_crops` fixed crops per photograph from their own bands; training draws fresh crops
+    (and splits["train"] holds `eval_crops` fixed ones per photograph, to measure the model on
+    training data as it is, without flips or augmentation)."""
     side = photo_side or 8 * image_size
     photos = {k: resize_shorter(v, side) for k, v in sample_photos().items()}
     classes, images = list(photos), list(photos.values())
     splits = {}
-    for s in ("val", "test"):
+    for s in SPLITS:
         rng = np.random.default_rng((seed, SPLITS.index(s)))
         crops = [photo_crop(im, s, image_size, rng) for im in images for _ in range(eval_crops)]
         labels = np.repeat(np.arange(len(images), dtype=np.int32), eval_crops)
@@ -480,7 +494,13 @@ def photo_classification(image_size: int = 32, photo_side: int = 0, eval_crops: 
         return PhotoCrops(images, image_size, IMAGENET_MEAN, IMAGENET_STD, batch_size,
                           seed=seed, process_index=process_index, process_count=process_count)
 
-    return Classification(splits, classes, channels=3, train_batches=train_batches)
+    def train_pixels():
+        bands = [band(im.shape, "train", image_size) for im in images]
+        return np.concatenate([(im[:, a:b] if axis == "w" else im[a:b]).reshape(-1, 3)
+                               for im, (axis, a, b) in zip(images, bands)]) / np.float32(255)
+
+    return Classification(splits, classes, channels=3, train_batches=train_batches,
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD, pixels=train_pixels)
 
 
 def load_image_classification(path: str, image_column: str = "image",
@@ -544,4 +564,4 @@ def hf_classification(path: str, image_size: int = 32, image_column: str = "imag
         bad = (a["labels"] < 0) | (a["labels"] >= len(classes))
         if bad.any():
             raise ValueError(f"{s} labels outside [0, {len(classes)}): {a['labels'][bad][:5]}")
-    return Classification(splits, classes, channels)
+    return Classification(splits, classes, channels, mean=mean, std=std)

@@ -47,10 +47,15 @@ STATE_KEYS = ("kind", "n", "batch_size", "seed", "epoch", "index")
 class ExampleRngs(Sequence):
     """rngs[j]: the generator of the batch's j-th example, default_rng((seed, epoch, indices[j])),
     made when asked for (a batch without randomness pays nothing), afresh on every access: take
-    each example's once and draw everything it needs from it."""
+    each example's once and draw everything it needs from it. rngs.stream(k), k >= 1: another
+    independent generator per example, default_rng((seed, epoch, indices[j], k)), for a later
+    stage (augmentation) whose draws must not depend on how many the first one made."""
 
-    def __init__(self, seed: int, epoch: int, indices: np.ndarray):
-        self.seed, self.epoch, self.indices = seed, epoch, indices
+    def __init__(self, seed: int, epoch: int, indices: np.ndarray, stream: tuple = ()):
+        self.seed, self.epoch, self.indices, self._stream = seed, epoch, indices, stream
+
+    def stream(self, k: int) -> "ExampleRngs":
+        return ExampleRngs(self.seed, self.epoch, self.indices, (*self._stream, int(k)))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -58,7 +63,7 @@ class ExampleRngs(Sequence):
     def __getitem__(self, j):
         if isinstance(j, slice):
             return [self[k] for k in range(*j.indices(len(self)))]
-        return np.random.default_rng((self.seed, self.epoch, int(self.indices[j])))
+        return np.random.default_rng((self.seed, self.epoch, int(self.indices[j]), *self._stream))
 
 
 class EpochBatches(abc.ABC):
@@ -74,6 +79,9 @@ class EpochBatches(abc.ABC):
     """
 
     kind: str = ""  # names the data in the state; "" = the class name
+    # Applied to every batch make_batch builds, with the same generators (augmentation,
+    # data/augment.py): (batch, rngs) -> batch.
+    transform = None
 
     def __init__(self, n: int, batch_size: int, *, seed: int, shuffle: bool = True,
                  drop_remainder: bool = True, process_index: int = 0, process_count: int = 1,
@@ -125,7 +133,10 @@ class EpochBatches(abc.ABC):
         indices = self.epoch_order(epoch)[start:start + self.batch_size]
         valid = np.arange(self.batch_size) < len(indices)
         indices = np.pad(indices, (0, self.batch_size - len(indices)))[self.rows]
-        batch = self.make_batch(indices, ExampleRngs(self.seed, epoch, indices))
+        rngs = ExampleRngs(self.seed, epoch, indices)
+        batch = self.make_batch(indices, rngs)
+        if self.transform is not None:
+            batch = self.transform(batch, rngs)
         if not self.drop_remainder:
             batch["weights"] = self.weights(valid[self.rows])
         return batch

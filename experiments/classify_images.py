@@ -6,7 +6,9 @@
 
 Data (config.data.source): the offline MNIST digits padded to 32x32, the offline colour task
 (which photograph a crop comes from, val/test from held-out bands), or a Hugging Face
-image-classification dataset (data/images.py). The loss is softmax cross-entropy; models with
+image-classification dataset (data/images.py). Training batches (only) go through
+config.data.augment, a pipeline of augmentation ops such as "flip_lr|random_crop(32, pad=4)"
+(data/augment.py; "" = none). The loss is softmax cross-entropy; models with
 BatchNorm train on the batch's statistics (over the global batch: under jit the batch is one
 array however it is sharded) and update their running averages in model_state, which
 evaluation uses. GoogLeNet adds its auxiliary classifiers' losses (weight 0.3 each).
@@ -19,7 +21,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from data import images, text
+from data import augment, images, text
 from data.iterators import ArrayBatches
 from experiments import launch
 from models import convnets, inception
@@ -100,15 +102,23 @@ def setup(config, workdir) -> dict:
     else:
         train_data = ArrayBatches(task.splits["train"], t.batch_size, repeat_small=True,
                                   **rows(config.seed))
+    pipeline = augment.parse(config.data.augment, mean=task.mean, std=task.std,
+                             train_pixels=task.train_pixels)
+    shapes = pipeline.shapes(example.shape[1:])
+    if shapes[-1] != shapes[0]:
+        raise ValueError(f"data.augment {config.data.augment!r} turns {shapes[0]} images into "
+                         f"{shapes[-1]}; training and evaluation images must be the same size")
+    augment.augment_batches(train_data, pipeline)
     flops = convnets.flops(config.model.name, size, model.num_classes, task.channels,
                            **config.model.overrides.to_dict())
     return dict(
         init_fn=init_fn, loss_fn=classify_loss_fn(model),
         predict_fn=predict_fn, train_data=train_data,
-        # One ordered pass over each split, the last batch padded with weight-0 rows.
+        # One ordered pass over each split, the last batch padded with weight-0 rows; "train"
+        # (the training examples as they are, never augmented) for evaluators that name it.
         data={s: lambda a=task.splits[s]: ArrayBatches(
             a, t.batch_size, shuffle=False, drop_remainder=False, prefetch=0, **rows(0))
-              for s in ("val", "test")},
+              for s in ("train", "val", "test") if s in task.splits},
         throughput=Throughput(0, 3 * flops))   # forward + backward ~ 3 forwards
 
 

@@ -15,7 +15,10 @@
                     momentum 0.9 and weight decay 1e-4
     bench-gpu       the same at 224x224, batch 128, bfloat16 compute on float32 parameters
 
-Named sweep `zoo` (SWEEPS below): three zoo models on the digits and on the colour task.
+Named sweeps (SWEEPS below): `zoo`, three zoo models on the digits and on the colour task;
+`augment`, training with and without augmentation (data.augment) on both tasks, the `val`
+evaluators pointed at the training examples as they are (never augmented), so val/ is the
+training set and val - test the generalisation gap.
 
 Evaluators: `val` (loss, top-1, top-5) during training and `test` (the same) at the end; top-5
 is logged where there are more than 5 classes.
@@ -31,8 +34,23 @@ EXPERIMENT = "classify_images"
 # 200 steps of 64 at 32x32), those that take minutes on 2 CPU cores at that size:
 #   python -m experiments.sweep --config=experiments/configs/convnets.py:resnet-digits \
 #       --name=zoo --workdir=DIR
+# With and without augmentation, the same steps, on both offline tasks:
+#   python -m experiments.sweep --config=experiments/configs/convnets.py:lenet5 \
+#       --name=augment --workdir=DIR
+# Digits are not mirror-symmetric: shifts, small rotations and Simard's elastic warping. Crops
+# of photographs are already flipped and placed at random: scale, rotation and colour.
+DIGIT_AUGMENT = "random_crop(32, pad=2)|rotate(10)|elastic(34, 4)"
+PHOTO_AUGMENT = ("inception_crop(min_area=0.25)|rotate(10)|color_jitter(0.2, 0.2, 0.2, 0.02)"
+                 "|pca_color(0.1)")
 SWEEPS = {"zoo": {"model.name": ["lenet5", "resnet8", "mobilenet_v2"],
-                  "data.source": ["digits", "photos"], "metric": "test/top1"}}
+                  "data.source": ["digits", "photos"], "metric": "test/top1"},
+          "augment": {"task": [
+              {"label": "digits", "data.source": "digits", "data.augment": ""},
+              {"label": "digits+augment", "data.source": "digits", "data.augment": DIGIT_AUGMENT},
+              {"label": "photos", "data.source": "photos", "data.augment": ""},
+              {"label": "photos+augment", "data.source": "photos", "data.augment": PHOTO_AUGMENT}],
+              "overrides": {"evals.val.data": "train", "evals.val_loss.data": "train"},
+              "metric": "test/accuracy"}}
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
@@ -50,6 +68,8 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
         test_split="test",
         channels=3,               # hf: 1 converts to grey
         max_examples=0,           # hf: 0 = every example of each split
+        augment="",               # training augmentation, e.g. "flip_lr|random_crop(32, pad=4)"
+                                  # (data/augment.py); "" = none
     ))
     d.update(overrides)
     return d

@@ -1,0 +1,455 @@
+"""Image augmentation as one string of ops, as big_vision writes preprocessing:
+
+    parse("flip_lr|random_crop(32, pad=4)|pca_color(0.1)", mean=..., std=...)
+
+Ops (arguments as in a Python call; defaults after `=`):
+
+    flip_lr(p=0.5)                      mirror left-right with probability p
+    random_crop(size, pad=0)            pad `pad` zero pixels each side, then a random size x size
+                                        window (CIFAR's pad-4-and-crop; pad 0: a plain crop)
+    inception_crop(size=0, min_area=0.08, max_area=1.0, min_ratio=0.75, max_ratio=4/3)
+                                        a window of random area fraction and aspect ratio,
+                                        resized (bilinear, antialiased) to size x size (0: the
+                                        input's size), Szegedy et al. 2015
+    rotate(degrees=15)                  rotation by an angle uniform in [-degrees, degrees]
+    shear(degrees=10)                   horizontal shear by an angle uniform in [-degrees, degrees]
+    elastic(alpha=34, sigma=4)          local warping (Simard et al. 2003): a uniform random
+                                        displacement field smoothed by a Gaussian of `sigma`
+                                        pixels, scaled by `alpha` pixels
+    color_jitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+                                        + delta, x factor about the mean, saturation x factor,
+                                        hue + delta (turns), each uniform in [-v, v] / [1-v, 1+v]
+    channel_shift(delta=0.1)            each channel + its own uniform shift in [-delta, delta]
+    pca_color(sigma=0.1)                AlexNet (Krizhevsky et al. 2012): every pixel +
+                                        sum_i alpha_i lambda_i p_i, alpha_i ~ N(0, sigma), with
+                                        (lambda_i, p_i) the eigenpairs of the training set's RGB
+                                        covariance (`pixel_eigen`)
+
+Every op works in pixel space, float [H, W, C] in [0, 1]: the pipeline maps normalised images
+x to pixels x * std + mean, applies the ops, and normalises back. Geometric ops fill with black
+(pixel 0) and interpolate linearly; colour ops clip to [0, 1], so values stay in range.
+
+Randomness: each op draws its per-example parameters on the host, in numpy, from the example's
+own generator (the iterator's `rngs`, data/iterators.py: default_rng((seed, epoch, i, stream))),
+so a batch is a pure function of (seed, epoch, example) and a resumed run sees the same images.
+The ops themselves then run over the batch as one jitted, vmapped JAX program on the host CPU,
+inside the iterator's prefetch thread, in the shadow of the training step: dm-pix for flips and
+colour; resampling (rotation, shear, elastic) with jax.scipy's map_coordinates and the elastic
+field's smoothing as two matmuls, because dm-pix's interpolation and blur, vmapped on a CPU,
+were 35x and 60x slower (a few hundred ms a batch, longer than a training step).
+"""
+
+from __future__ import annotations
+
+import abc
+import ast
+import inspect
+import math
+from collections.abc import Callable, Sequence
+
+import dm_pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.ndimage import map_coordinates
+
+OPS: dict[str, type] = {}
+
+
+def register(name: str):
+    def wrap(cls):
+        OPS[name] = cls
+        cls.name = name
+        return cls
+    return wrap
+
+
+def _positive(op: str, **values) -> None:
+    for k, v in values.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{op}: {k} must be a number >= 0, got {v!r}")
+
+
+class Op(abc.ABC):
+    """One op: `shape_after` checks that it fits an input [H, W, C] and gives its output shape,
+    `draw` an example's parameters (numpy, from the example's generator), `apply` the op to one
+    pixel image with them (traced by jax)."""
+
+    name = ""
+
+    def shape_after(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        return shape
+
+    @abc.abstractmethod
+    def draw(self, rng: np.random.Generator, shape) -> np.ndarray:
+        """This example's parameters, for an input of `shape`."""
+
+    @abc.abstractmethod
+    def apply(self, image, params):
+        """The op on one pixel image [H, W, C] with this example's parameters."""
+
+
+# --------------------------------------------------------------------------- geometry
+@register("flip_lr")
+class FlipLR(Op):
+    def __init__(self, p: float = 0.5):
+        _positive("flip_lr", p=p)
+        if p > 1:
+            raise ValueError(f"flip_lr: p must be in [0, 1], got {p}")
+        self.p = p
+
+    def draw(self, rng, shape):
+        return np.asarray([rng.random() < self.p], np.float32)
+
+    def apply(self, image, params):
+        return jnp.where(params[0] > 0, dm_pix.flip_left_right(image), image)
+
+
+@register("random_crop")
+class RandomCrop(Op):
+    def __init__(self, size: int, pad: int = 0):
+        if not isinstance(size, int) or size < 1 or not isinstance(pad, int) or pad < 0:
+            raise ValueError(f"random_crop: size must be an int >= 1 and pad an int >= 0, got "
+                             f"size={size!r}, pad={pad!r}")
+        self.size, self.pad = size, pad
+
+    def shape_after(self, shape):
+        h, w, c = shape
+        if self.size > min(h, w) + 2 * self.pad:
+            raise ValueError(f"random_crop({self.size}, pad={self.pad}) does not fit {h}x{w} "
+                             f"images padded to {h + 2 * self.pad}x{w + 2 * self.pad}")
+        return self.size, self.size, c
+
+    def draw(self, rng, shape):
+        h, w, _ = shape
+        return np.asarray([rng.integers(0, h + 2 * self.pad - self.size + 1),
+                           rng.integers(0, w + 2 * self.pad - self.size + 1)], np.int32)
+
+    def apply(self, image, params):
+        p = self.pad
+        padded = jnp.pad(image, ((p, p), (p, p), (0, 0)))
+        return jax.lax.dynamic_slice(padded, (params[0], params[1], 0),
+                                     (self.size, self.size, image.shape[-1]))
+
+
+@register("inception_crop")
+class InceptionCrop(Op):
+    def __init__(self, size: int = 0, min_area: float = 0.08, max_area: float = 1.0,
+                 min_ratio: float = 0.75, max_ratio: float = 4 / 3):
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"inception_crop: size must be an int >= 0, got {size!r}")
+        if not 0 < min_area <= max_area <= 1 or not 0 < min_ratio <= max_ratio:
+            raise ValueError(f"inception_crop: need 0 < min_area <= max_area <= 1 and "
+                             f"0 < min_ratio <= max_ratio, got area ({min_area}, {max_area}), "
+                             f"ratio ({min_ratio}, {max_ratio})")
+        self.size, self.area, self.ratio = size, (min_area, max_area), (min_ratio, max_ratio)
+
+    def shape_after(self, shape):
+        h, w, c = shape
+        return (self.size or h, self.size or w, c)
+
+    def draw(self, rng, shape):
+        """(top, left, height, width) of the window: ten tries at a random area and log-uniform
+        aspect ratio that fit, else the whole image."""
+        h, w, _ = shape
+        log_ratio = np.log(self.ratio)
+        for _ in range(10):
+            area = h * w * rng.uniform(*self.area)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if 0 < cw <= w and 0 < ch <= h:
+                return np.asarray([rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1),
+                                   ch, cw], np.float32)
+        return np.asarray([0, 0, h, w], np.float32)
+
+    def apply(self, image, params):
+        out = self.shape_after(image.shape)
+        scale = jnp.asarray(out[:2], jnp.float32) / params[2:]
+        return jax.image.scale_and_translate(image, out, (0, 1), scale, -params[:2] * scale,
+                                             method="linear", antialias=True)
+
+
+def _sample(image, rows, cols):
+    """image read at fractional (rows, cols) [H', W'], bilinear, black outside. jax's own
+    map_coordinates: under vmap on a CPU it rotated 64 32x32 RGB images in 6 ms, where dm-pix's
+    affine_transform (a gather per corner) took 215 ms."""
+    return jnp.stack([map_coordinates(image[..., k], [rows, cols], order=1, mode="constant",
+                                      cval=0.0) for k in range(image.shape[-1])], axis=-1)
+
+
+def _grid(shape):
+    """Row and column of every pixel, relative to the image centre."""
+    h, w = shape[:2]
+    return jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2,
+                        jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2, indexing="ij")
+
+
+def _affine(image, m):
+    """out(y) = in(m y), y measured from the image centre, black outside."""
+    y, x = _grid(image.shape)
+    h, w = image.shape[:2]
+    return _sample(image, m[0][0] * y + m[0][1] * x + (h - 1) / 2,
+                   m[1][0] * y + m[1][1] * x + (w - 1) / 2)
+
+
+@register("rotate")
+class Rotate(Op):
+    def __init__(self, degrees: float = 15):
+        _positive("rotate", degrees=degrees)
+        self.degrees = degrees
+
+    def draw(self, rng, shape):
+        return np.asarray([np.deg2rad(rng.uniform(-self.degrees, self.degrees))], np.float32)
+
+    def apply(self, image, params):
+        c, s = jnp.cos(params[0]), jnp.sin(params[0])
+        return _affine(image, ((c, s), (-s, c)))
+
+
+@register("shear")
+class Shear(Op):
+    def __init__(self, degrees: float = 10):
+        _positive("shear", degrees=degrees)
+        if degrees >= 90:
+            raise ValueError(f"shear: degrees must be below 90, got {degrees}")
+        self.degrees = degrees
+
+    def draw(self, rng, shape):
+        return np.asarray([np.tan(np.deg2rad(rng.uniform(-self.degrees, self.degrees)))],
+                          np.float32)
+
+    def apply(self, image, params):
+        # column read = column + tan(angle) * (row - centre): rows slide sideways
+        return _affine(image, ((1.0, 0.0), (params[0], 1.0)))
+
+
+@register("elastic")
+class Elastic(Op):
+    def __init__(self, alpha: float = 34, sigma: float = 4):
+        _positive("elastic", alpha=alpha, sigma=sigma)
+        if sigma <= 0:
+            raise ValueError(f"elastic: sigma must be > 0, got {sigma}")
+        self.alpha, self.sigma = float(alpha), float(sigma)
+
+    def draw(self, rng, shape):
+        return rng.uniform(-1.0, 1.0, (*shape[:2], 2)).astype(np.float32)   # the raw field
+
+    def apply(self, image, noise):
+        # Simard et al.: displacements uniform in [-1, 1], smoothed by a Gaussian, times alpha
+        h, w = image.shape[:2]
+        kh, kw = gaussian_matrix(h, self.sigma), gaussian_matrix(w, self.sigma)
+        shift = self.alpha * jnp.einsum("ij,jkc,lk->ilc", kh, noise, kw)
+        y, x = _grid(image.shape)
+        return _sample(image, y + (h - 1) / 2 + shift[..., 0], x + (w - 1) / 2 + shift[..., 1])
+
+
+def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """[n, n]: K @ v is v blurred by a Gaussian of `sigma` cut at 3 sigma, zero outside (the
+    same as dm_pix.gaussian_blur's convolution with SAME padding). Two small matmuls blur a
+    field: under vmap on a CPU 60x faster than dm-pix's depthwise convolution."""
+    radius = math.ceil(3 * sigma)
+    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
+    d = np.subtract.outer(np.arange(n), np.arange(n))
+    k = np.where(np.abs(d) <= radius, np.exp(-d.astype(np.float64) ** 2 / (2 * sigma**2)), 0)
+    return (k / taps.sum()).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- colour
+@register("color_jitter")
+class ColorJitter(Op):
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
+                 hue: float = 0.1):
+        _positive("color_jitter", brightness=brightness, contrast=contrast,
+                  saturation=saturation, hue=hue)
+        if contrast > 1 or saturation > 1 or hue > 0.5:
+            raise ValueError(f"color_jitter: contrast and saturation must be <= 1 and hue <= "
+                             f"0.5, got {contrast}, {saturation}, {hue}")
+        self.b, self.c, self.s, self.h = brightness, contrast, saturation, hue
+
+    def shape_after(self, shape):
+        if shape[-1] != 3 and (self.s or self.h):
+            raise ValueError(f"color_jitter: saturation and hue need RGB images, got "
+                             f"{shape[-1]} channel(s); set saturation=0, hue=0")
+        return shape
+
+    def draw(self, rng, shape):
+        return np.asarray([rng.uniform(-self.b, self.b), rng.uniform(1 - self.c, 1 + self.c),
+                           rng.uniform(1 - self.s, 1 + self.s), rng.uniform(-self.h, self.h)],
+                          np.float32)
+
+    def apply(self, image, params):
+        x = jnp.clip(dm_pix.adjust_brightness(image, params[0]), 0, 1)
+        x = jnp.clip(dm_pix.adjust_contrast(x, params[1]), 0, 1)
+        if self.s:
+            x = jnp.clip(dm_pix.adjust_saturation(x, params[2]), 0, 1)
+        if self.h:
+            x = jnp.clip(dm_pix.adjust_hue(x, params[3]), 0, 1)
+        return x
+
+
+@register("channel_shift")
+class ChannelShift(Op):
+    def __init__(self, delta: float = 0.1):
+        _positive("channel_shift", delta=delta)
+        self.delta = delta
+
+    def draw(self, rng, shape):
+        return rng.uniform(-self.delta, self.delta, shape[-1]).astype(np.float32)
+
+    def apply(self, image, params):
+        return jnp.clip(image + params, 0, 1)
+
+
+@register("pca_color")
+class PCAColor(Op):
+    def __init__(self, sigma: float = 0.1):
+        _positive("pca_color", sigma=sigma)
+        self.sigma = sigma
+        self.eigvals = self.eigvecs = None    # set by fit(): the training set's eigenpairs
+
+    def fit(self, pixels: np.ndarray) -> None:
+        self.eigvals, self.eigvecs = (a.astype(np.float32) for a in pixel_eigen(pixels))
+
+    def shape_after(self, shape):
+        if shape[-1] != len(self.eigvals):
+            raise ValueError(f"pca_color: eigenpairs of {len(self.eigvals)} channels, images "
+                             f"have {shape[-1]}")
+        return shape
+
+    def draw(self, rng, shape):
+        return rng.normal(0.0, self.sigma, len(self.eigvals)).astype(np.float32)
+
+    def apply(self, image, alpha):
+        shift = jnp.asarray(self.eigvecs) @ (alpha * jnp.asarray(self.eigvals))  # sum_i a_i l_i p_i
+        return jnp.clip(image + shift, 0, 1)
+
+
+def pixel_eigen(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors (columns p_i) of the covariance of the colour
+    channels over all pixels [..., C]: AlexNet's PCA over the training set's RGB values."""
+    x = np.asarray(pixels, np.float64).reshape(-1, np.shape(pixels)[-1])
+    if len(x) < 2:
+        raise ValueError(f"pixel_eigen needs at least 2 pixels, got {len(x)}")
+    vals, vecs = np.linalg.eigh(np.atleast_2d(np.cov(x, rowvar=False)))
+    order = np.argsort(vals)[::-1]
+    return np.clip(vals[order], 0, None), vecs[:, order]
+
+
+# --------------------------------------------------------------------------- the pipeline
+class Pipeline:
+    """The ops of a spec, applied in order to batches of normalised images [n, H, W, C] with
+    each example's generator: `pipeline(images, rngs)`."""
+
+    def __init__(self, spec: str, ops: Sequence[Op], mean=(0.0,), std=(1.0,)):
+        self.spec, self.ops = spec, list(ops)
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        self._compiled: dict[tuple, Callable] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def shapes(self, shape) -> list[tuple[int, int, int]]:
+        """The shape each op receives, then the output's."""
+        if len(shape) != 3 or len(self.mean) not in (1, shape[-1]):
+            raise ValueError(f"augmentation expects images [n, H, W, C] with "
+                             f"{len(self.mean)} channel(s), got [n, {', '.join(map(str, shape))}]")
+        out = [tuple(shape)]
+        for op in self.ops:
+            out.append(tuple(op.shape_after(out[-1])))
+        return out
+
+    def draw(self, shape, rngs) -> list[np.ndarray]:
+        """Every op's parameters for every example [n, ...]: example j's drawn in op order from
+        rngs[j] (each generator made once)."""
+        shapes = self.shapes(shape)
+        rows = [[op.draw(rng, s) for op, s in zip(self.ops, shapes)] for rng in rngs]
+        return [np.stack(col) for col in zip(*rows)] if rows else []
+
+    def __call__(self, images: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4:
+            raise ValueError(f"augmentation expects images [n, H, W, C], got shape {images.shape}")
+        if len(rngs) != len(images):
+            raise ValueError(f"{len(images)} images but {len(rngs)} generators")
+        if not self.ops:
+            return images
+        params = self.draw(images.shape[1:], rngs)
+        run = self._compiled.get(images.shape[1:])
+        if run is None:
+            run = self._compiled[images.shape[1:]] = self._compile()
+
+        cpu = jax.local_devices(backend="cpu")[0]   # host work, whatever the accelerator
+        return np.asarray(run(*jax.device_put((images, params), cpu)))
+
+    def _compile(self):
+        mean, std = self.mean, self.std
+
+        def one(image, params):
+            x = image * std + mean
+            for op, p in zip(self.ops, params):
+                x = op.apply(x, p)
+            return (x - mean) / std
+
+        return jax.jit(jax.vmap(one))
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.spec!r})"
+
+
+def _call(part: str) -> tuple[str, list, dict]:
+    """'name(1, b=2)' or 'name' -> (name, args, kwargs), arguments Python literals."""
+    try:
+        node = ast.parse(part, mode="eval").body
+    except SyntaxError:
+        raise ValueError(f"augmentation op {part!r} is not of the form name or "
+                         f"name(arg, key=value)") from None
+    if isinstance(node, ast.Name):
+        return node.id, [], {}
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        raise ValueError(f"augmentation op {part!r} is not of the form name or "
+                         f"name(arg, key=value)")
+    try:
+        args = [ast.literal_eval(a) for a in node.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    except ValueError:
+        raise ValueError(f"augmentation op {part!r}: arguments must be literal numbers") from None
+    if None in kwargs:
+        raise ValueError(f"augmentation op {part!r}: ** arguments are not allowed")
+    return node.func.id, args, kwargs
+
+
+def parse(spec: str, *, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
+          train_pixels: np.ndarray | Callable[[], np.ndarray] | None = None) -> Pipeline:
+    """The pipeline of `spec` ("op|op(args)|..."; "" = none). `mean`/`std`: the normalisation
+    of the images it will get (pixel = x * std + mean). `train_pixels`: the training images'
+    pixels [..., C] in [0, 1] (or a function giving them), read only if pca_color is used."""
+    ops = []
+    for part in (p.strip() for p in spec.split("|")) if spec.strip() else ():
+        if not part:
+            raise ValueError(f"augmentation {spec!r} has an empty op between '|'")
+        name, args, kwargs = _call(part)
+        if name not in OPS:
+            raise ValueError(f"unknown augmentation op {name!r} in {spec!r}; choose from "
+                             f"{', '.join(sorted(OPS))}")
+        signature = inspect.signature(OPS[name])
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise ValueError(f"augmentation op {part!r}: {e}; expected {name}{signature}") from None
+        ops.append(OPS[name](*args, **kwargs))
+        if isinstance(ops[-1], PCAColor):
+            if train_pixels is None:
+                raise ValueError("pca_color needs the training set's RGB covariance: pass "
+                                 "parse(..., train_pixels=...)")
+            ops[-1].fit(train_pixels() if callable(train_pixels) else train_pixels)
+    return Pipeline(spec, ops, mean, std)
+
+
+def augment_batches(batches, pipeline: Pipeline, key: str = "images"):
+    """Has the iterator `batches` (data/iterators.py) apply `pipeline` to `key` of every batch
+    it builds, example j's parameters drawn from its own augmentation generator
+    (rngs.stream(1)); returns it. An empty pipeline leaves it as it was."""
+    if pipeline:
+        batches.transform = lambda batch, rngs: {**batch,
+                                                 key: pipeline(batch[key], rngs.stream(1))}
+    return batches
