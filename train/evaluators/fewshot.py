@@ -1,0 +1,81 @@
+"""Zero-, one- and few-shot evaluation without gradient updates (GPT-3 section 2, figure 1.2).
+
+For every K of `shots`, with and without the task description, the experiment's episodes
+(prompts in the few-shot layout, their answers, their task and group) are completed by greedy
+generation and scored by exact match of the completed line. The experiment gives fit()
+
+    eval_fns["fewshot_episodes"](k, with_description, queries) -> [episode]
+        each with .prompt, .answer, .task, .group ("items": held-out items of a pretraining
+        task, "tasks": a task held out of pretraining)
+    eval_fns["complete"](params, prompts) -> [the answer each prompt's continuation gives]
+
+and this evaluator logs, under its name (e.g. "fewshot"):
+
+    NAME/k{K}/acc                 with the description, every episode
+    NAME/k{K}/{items,tasks}/acc   with the description, one group
+    NAME/k{K}/nodesc/acc, NAME/k{K}/nodesc/{items,tasks}/acc    the same without it
+    NAME/k{K}/task/{task}/acc, .../nodesc/task/{task}/acc       per task (per_task=True)
+
+At K = 0 the two are GPT-2's p(output | input, task) and p(output | input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from train.evaluators import Evaluator, register
+
+
+def _acc(hits: list[bool]) -> float:
+    return sum(hits) / len(hits)
+
+
+def fewshot_metrics(complete: Callable[[list[str]], list[str]],
+                    episodes: Callable[[int, bool], list], shots: Sequence[int],
+                    per_task: bool = False, prefix: str = "fewshot") -> dict[str, float]:
+    """Exact-match accuracy of `complete`'s answers to the episodes of every K of `shots`,
+    with and without the description. All prompts go to `complete` in one list, so it can
+    batch them as it likes."""
+    if not shots or any(int(k) < 0 for k in shots):
+        raise ValueError(f"shots must be a non-empty list of K >= 0, got {list(shots)}")
+    runs = [(int(k), d, episodes(int(k), d)) for k in shots for d in (True, False)]
+    prompts = [e.prompt for _, _, eps in runs for e in eps]
+    answers = complete(prompts)
+    if len(answers) != len(prompts):
+        raise ValueError(f"complete returned {len(answers)} answers for {len(prompts)} prompts")
+    out, i = {}, 0
+    for k, described, eps in runs:
+        if not eps:
+            raise ValueError(f"no episodes at K={k}")
+        hits = [a == e.answer for a, e in zip(answers[i:i + len(eps)], eps)]
+        i += len(eps)
+        head = f"{prefix}/k{k}" + ("" if described else "/nodesc")
+        out[f"{head}/acc"] = _acc(hits)
+        for key in sorted({e.group for e in eps}) + (sorted({e.task for e in eps})
+                                                     if per_task else []):
+            chosen = [h for h, e in zip(hits, eps) if key in (e.group, e.task)]
+            name = key if key in ("items", "tasks") else f"task/{key}"
+            out[f"{head}/{name}/acc"] = _acc(chosen)
+    return out
+
+
+@register("fewshot")
+class FewShot(Evaluator):
+    """Few-shot accuracy of a language model at each K of `shots` (see the module docstring);
+    `queries` episodes per task."""
+
+    defaults = dict(shots=(0, 1, 2, 4, 8, 16), queries=16, per_task=True)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        missing = [f for f in ("fewshot_episodes", "complete") if f not in self.ctx.fns]
+        if missing:
+            raise ValueError(f"evaluator {self.name!r} (fewshot) needs the experiment's "
+                             f"{missing}: a language model on a task family (data.source=icl)")
+
+    def run(self, state):
+        make = self.ctx.fns["fewshot_episodes"]
+        return fewshot_metrics(
+            lambda prompts: self.ctx.fns["complete"](state.params, prompts),
+            lambda k, d: make(k, d, int(self.cfg.queries)), tuple(self.cfg.shots),
+            bool(self.cfg.per_task), prefix=self.name)
