@@ -200,3 +200,21 @@ def test_preset_and_sweep():
     assert [s["label"] for s in sizes] == ["s", "m", "l"]
     with pytest.raises(ValueError, match="heldout_tasks"):
         icl_tasks.heldout_task_names(small(heldout_tasks="en_fr,klingon"))
+
+
+def test_report_table_and_figure(tmp_path):
+    from experiments import icl_report
+    keys = [f"test/fewshot/k{k}{d}/{g}/acc" for k in (0, 4) for d in ("", "/nodesc")
+            for g in ("items", "tasks")]
+    rows = [dict(size=s, seed=seed, **{key: str(0.1 * i + 0.01 * seed) for i, key in
+                                       enumerate(keys)}) for s in ("s", "l") for seed in (0, 1)]
+    with open(tmp_path / "results.csv", "w") as f:
+        f.write(",".join(["size", "seed", *keys]) + "\n")
+        f.writelines(",".join(str(r[c]) for c in ["size", "seed", *keys]) + "\n" for r in rows)
+    ks, curves = icl_report.read(tmp_path / "results.csv", "size")
+    assert ks == [0, 4] and curves[("l", False, "tasks")] == {0: pytest.approx(0.305),
+                                                              4: pytest.approx(0.705)}
+    text = icl_report.table(ks, curves)
+    assert "| s | yes | 0.005 | 0.405 |" in text and "| l | no | 0.305 | 0.705 |" in text
+    icl_report.plot(tmp_path / "icl.png", ks, curves)
+    assert (tmp_path / "icl.png").stat().st_size > 1000
