@@ -15,6 +15,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 
 from data import icl_tasks, text
@@ -121,6 +122,31 @@ def completer(cfg: gpt.GPTConfig, tokenizer, max_new_tokens: int, batch: int = 6
     return complete
 
 
+def answer_scorer(cfg: gpt.GPTConfig, tokenizer, batch: int = 64):
+    """answer_logp(params, prompts, answers) -> the mean log-likelihood per token of each
+    " answer\n" after its prompt (evaluate_lm.token_scores, right padded to one width)."""
+    from experiments.evaluate_lm import token_scores   # lm_eval: only when scoring
+    cfg = dataclasses.replace(cfg, dtype="float32", dropout=0.0, attn_dropout=0.0)
+
+    def answer_logp(params, prompts: list[str], answers: list[str]) -> list[float]:
+        heads = tokenizer.encode_batch(prompts)
+        tails = tokenizer.encode_batch([f"{icl_tasks.TARGET_DELIMITER}{a}"
+                                        f"{icl_tasks.FEWSHOT_DELIMITER}" for a in answers])
+        width = max(len(h) + len(t) for h, t in zip(heads, tails)) - 1
+        gpt.check_context(cfg, width, 0)
+        out = []
+        for start in range(0, len(heads), batch):
+            rows = list(zip(heads, tails))[start:start + batch]
+            ids = np.zeros((batch, width + 1), np.int32)
+            for r, (h, t) in enumerate(rows):
+                ids[r, :len(h) + len(t)] = h + t
+            logp = np.asarray(token_scores(cfg, params, ids[:, :-1], ids[:, 1:])[0])
+            out += [float(logp[r, len(h) - 1:len(h) + len(t) - 1].mean())
+                    for r, (h, t) in enumerate(rows)]
+        return out
+    return answer_logp
+
+
 def icl_eval_fns(cfg: gpt.GPTConfig, config, tokenizer) -> dict:
     """What the fewshot evaluator needs: the task family's episodes and greedy completion,
     with room for the longest answer of any task and its newline."""
@@ -137,7 +163,8 @@ def icl_eval_fns(cfg: gpt.GPTConfig, config, tokenizer) -> dict:
                                  f"{width} tokens and its answer ({new_tokens} tokens) exceed "
                                  f"the context model.n_ctx {cfg.n_ctx}")
     return {"fewshot_episodes": lambda k, d, q: icl_tasks.episodes(icl, k, d, q),
-            "complete": completer(cfg, tokenizer, new_tokens)}
+            "complete": completer(cfg, tokenizer, new_tokens),
+            "answer_logp": answer_scorer(cfg, tokenizer)}
 
 
 def setup(config, workdir) -> dict:

@@ -148,8 +148,10 @@ def oracle(cfg, shots):
 def test_oracle_scores_one_and_a_wrong_scorer_zero():
     cfg = small()
     make = lambda k, d: icl_tasks.episodes(cfg, k, d, 2)  # noqa: E731
-    m = fewshot_metrics(oracle(cfg, (0, 1, 2)), make, (0, 1, 2), per_task=True)
-    assert set(m.values()) == {1.0}
+    m = fewshot_metrics(oracle(cfg, (0, 1, 2)), make, (0, 1, 2), per_task=True,
+                        answer_logp=lambda ps, ans: [0.0] * len(ps))
+    assert {v for k, v in m.items() if k.endswith("/acc")} == {1.0}
+    assert {v for k, v in m.items() if k.endswith("/logp")} == {0.0}
     for k in (0, 1, 2):
         for head in (f"fewshot/k{k}", f"fewshot/k{k}/nodesc"):
             for key in ("acc", "items/acc", "tasks/acc", "task/copy/acc", "task/en_fr/acc"):
@@ -183,8 +185,15 @@ def test_evaluator_on_a_tiny_model():
     fns = pretrain_lm.icl_eval_fns(cfg, config, tokenizer)
     suite = evaluators.build(config, evaluators.Context(program=None, data={}, fns=fns))
     m = suite.run(types.SimpleNamespace(params=params), step=0, final=True)["test"]
-    assert {"fewshot/k0/acc", "fewshot/k2/nodesc/tasks/acc"} <= set(m)
-    assert all(0.0 <= v <= 1.0 for v in m.values())
+    assert {"fewshot/k0/acc", "fewshot/k2/nodesc/tasks/acc", "fewshot/k2/logp"} <= set(m)
+    assert all(0.0 <= v <= 1.0 for k, v in m.items() if k.endswith("/acc"))
+    # The answer's log-likelihood: the model's own, token by token, after the prompt.
+    ep = icl_tasks.episodes(cfg_icl, 2, True, 1)[0]
+    head, tail = tokenizer.encode(ep.prompt), tokenizer.encode(f" {ep.answer}\n")
+    logits = gpt.GPT(cfg).apply({"params": params}, np.array([head + tail]))[0]
+    want = np.mean([jax.nn.log_softmax(logits[len(head) - 1 + i])[t] for i, t in enumerate(tail)])
+    got = fns["answer_logp"](params, [ep.prompt, "x"], [ep.answer, "y"])
+    assert got[0] == pytest.approx(float(want), abs=1e-4) and got[0] < 0
     too_long = config.copy_and_resolve_references()
     too_long.evals.fewshot.shots = (16,)
     with pytest.raises(ValueError, match="exceed the context"):

@@ -2,12 +2,16 @@
 
 For every K of `shots`, with and without the task description, the experiment's episodes
 (prompts in the few-shot layout, their answers, their task and group) are completed by greedy
-generation and scored by exact match of the completed line. The experiment gives fit()
+generation and scored by exact match of the completed line, and the log-likelihood of the
+correct answer is measured (a graded signal where exact match is still 0). The experiment
+gives fit()
 
     eval_fns["fewshot_episodes"](k, with_description, queries) -> [episode]
         each with .prompt, .answer, .task, .group ("items": held-out items of a pretraining
         task, "tasks": a task held out of pretraining)
     eval_fns["complete"](params, prompts) -> [the answer each prompt's continuation gives]
+    eval_fns["answer_logp"](params, prompts, answers) -> [log p(answer | prompt) per token]
+        (optional)
 
 and this evaluator logs, under its name (e.g. "fewshot"):
 
@@ -15,6 +19,8 @@ and this evaluator logs, under its name (e.g. "fewshot"):
     NAME/k{K}/{items,tasks}/acc   with the description, one group
     NAME/k{K}/nodesc/acc, NAME/k{K}/nodesc/{items,tasks}/acc    the same without it
     NAME/k{K}/task/{task}/acc, .../nodesc/task/{task}/acc       per task (per_task=True)
+    NAME/k{K}/.../logp            beside each acc: the mean per-token log-likelihood of the
+                                  correct answer (and its newline), with answer_logp
 
 At K = 0 the two are GPT-2's p(output | input, task) and p(output | input).
 """
@@ -32,10 +38,13 @@ def _acc(hits: list[bool]) -> float:
 
 def fewshot_metrics(complete: Callable[[list[str]], list[str]],
                     episodes: Callable[[int, bool], list], shots: Sequence[int],
-                    per_task: bool = False, prefix: str = "fewshot") -> dict[str, float]:
+                    per_task: bool = False, prefix: str = "fewshot",
+                    answer_logp: Callable[[list[str], list[str]], list[float]] | None = None
+                    ) -> dict[str, float]:
     """Exact-match accuracy of `complete`'s answers to the episodes of every K of `shots`,
-    with and without the description. All prompts go to `complete` in one list, so it can
-    batch them as it likes."""
+    with and without the description (and with answer_logp, the mean log-likelihood of the
+    correct answers). All prompts go to `complete` in one list, so it can batch them as it
+    likes."""
     if not shots or any(int(k) < 0 for k in shots):
         raise ValueError(f"shots must be a non-empty list of K >= 0, got {list(shots)}")
     runs = [(int(k), d, episodes(int(k), d)) for k in shots for d in (True, False)]
@@ -43,19 +52,25 @@ def fewshot_metrics(complete: Callable[[list[str]], list[str]],
     answers = complete(prompts)
     if len(answers) != len(prompts):
         raise ValueError(f"complete returned {len(answers)} answers for {len(prompts)} prompts")
+    logps = (answer_logp(prompts, [e.answer for _, _, eps in runs for e in eps])
+             if answer_logp else None)
     out, i = {}, 0
     for k, described, eps in runs:
         if not eps:
             raise ValueError(f"no episodes at K={k}")
         hits = [a == e.answer for a, e in zip(answers[i:i + len(eps)], eps)]
+        scores = logps[i:i + len(eps)] if logps is not None else None
         i += len(eps)
         head = f"{prefix}/k{k}" + ("" if described else "/nodesc")
-        out[f"{head}/acc"] = _acc(hits)
-        for key in sorted({e.group for e in eps}) + (sorted({e.task for e in eps})
-                                                     if per_task else []):
-            chosen = [h for h, e in zip(hits, eps) if key in (e.group, e.task)]
-            name = key if key in ("items", "tasks") else f"task/{key}"
-            out[f"{head}/{name}/acc"] = _acc(chosen)
+        keys = [None] + sorted({e.group for e in eps}) + (sorted({e.task for e in eps})
+                                                          if per_task else [])
+        for key in keys:
+            rows = [j for j, e in enumerate(eps) if key in (None, e.group, e.task)]
+            name = (head if key is None else f"{head}/{key}" if key in ("items", "tasks")
+                    else f"{head}/task/{key}")
+            out[f"{name}/acc"] = _acc([hits[j] for j in rows])
+            if scores is not None:
+                out[f"{name}/logp"] = sum(scores[j] for j in rows) / len(rows)
     return out
 
 
@@ -74,8 +89,9 @@ class FewShot(Evaluator):
                              f"{missing}: a language model on a task family (data.source=icl)")
 
     def run(self, state):
-        make = self.ctx.fns["fewshot_episodes"]
+        make, logp = self.ctx.fns["fewshot_episodes"], self.ctx.fns.get("answer_logp")
         return fewshot_metrics(
             lambda prompts: self.ctx.fns["complete"](state.params, prompts),
             lambda k, d: make(k, d, int(self.cfg.queries)), tuple(self.cfg.shots),
-            bool(self.cfg.per_task), prefix=self.name)
+            bool(self.cfg.per_task), prefix=self.name,
+            answer_logp=logp and (lambda p, a: logp(state.params, p, a)))
