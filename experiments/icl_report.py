@@ -4,10 +4,11 @@
     python -m experiments.icl_report --workdir=DIR [--figure=docs/figures/icl.png]
 
 Reads DIR/results.csv (a row per model size: the fewshot evaluator's test metrics) and writes
-DIR/icl.md: exact-match accuracy against K, the number of examples in the prompt, per size,
-with and without the task description, on held-out items of the pretraining tasks and on
-held-out tasks; and the figure: accuracy against K, a line per size, solid with the
-description and dashed without it, one panel per group.
+DIR/icl.md: exact-match accuracy and the mean per-token log-likelihood of the correct answer
+against K, the number of examples in the prompt, per size, with and without the task
+description, on held-out items of the pretraining tasks and on held-out tasks; and the
+figure: both against K, a line per size, solid with the description and dashed without it,
+a panel per metric and group.
 """
 
 import csv
@@ -23,15 +24,17 @@ flags.DEFINE_string("axis", "size", "The swept column that names the models.")
 FLAGS = flags.FLAGS
 
 GROUPS = {"items": "held-out items of pretraining tasks", "tasks": "held-out tasks"}
+METRICS = {"acc": "exact-match accuracy",
+           "logp": "log-likelihood of the answer per token"}
 
 
-def read(path: pathlib.Path, axis: str) -> tuple[list[int], dict]:
-    """(the K measured, {(model, described, group): {K: mean accuracy over seeds}})."""
+def read(path: pathlib.Path, axis: str, metric: str = "acc") -> tuple[list[int], dict]:
+    """(the K measured, {(model, described, group): {K: mean of `metric` over seeds}})."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or axis not in rows[0]:
         raise ValueError(f"{path} has no rows with a column {axis!r}")
-    pattern = re.compile(r"test/fewshot/k(\d+)(/nodesc)?/(items|tasks)/acc$")
+    pattern = re.compile(rf"test/fewshot/k(\d+)(/nodesc)?/(items|tasks)/{metric}$")
     curves: dict = {}
     for row in rows:
         for key, value in row.items():
@@ -46,11 +49,11 @@ def read(path: pathlib.Path, axis: str) -> tuple[list[int], dict]:
     return ks, {key: {k: sum(v) / len(v) for k, v in c.items()} for key, c in curves.items()}
 
 
-def table(ks: list[int], curves: dict) -> str:
+def table(ks: list[int], curves: dict, metric: str = "acc") -> str:
     models = list(dict.fromkeys(m for m, _, _ in curves))
     lines = []
     for group, title in GROUPS.items():
-        lines += [f"Exact-match accuracy, {title}:", "",
+        lines += [f"{METRICS[metric].capitalize()}, {title}:", "",
                   "| model | description | " + " | ".join(f"K={k}" for k in ks) + " |",
                   "|---|---|" + "---:|" * len(ks)]
         for model in models:
@@ -62,12 +65,26 @@ def table(ks: list[int], curves: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(path: pathlib.Path, ks: list[int], curves: dict) -> None:
+def plot(path: pathlib.Path, ks: list[int], by_metric: dict[str, dict]) -> None:
+    """by_metric: {metric: curves}, a row of panels per metric."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    fig, grid = plt.subplots(len(by_metric), 2, figsize=(10, 3.6 * len(by_metric)),
+                             sharey="row", squeeze=False)
+    for axes, (metric, curves) in zip(grid, by_metric.items()):
+        _panels(plt, axes, ks, curves)
+        axes[0].set_ylabel(METRICS[metric])
+    grid[0][0].legend(fontsize=7)
+    fig.suptitle("In-context learning in miniature (GPT-3 figure 1.2)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _panels(plt, axes, ks: list[int], curves: dict) -> None:
     models = list(dict.fromkeys(m for m, _, _ in curves))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     x = {k: i for i, k in enumerate(ks)}   # K on an even axis: 0, 1, 2, 4, 8, 16
     for ax, (group, title) in zip(axes, GROUPS.items()):
         for i, model in enumerate(models):
@@ -82,23 +99,19 @@ def plot(path: pathlib.Path, ks: list[int], curves: dict) -> None:
         ax.set_xlabel("examples in context (K)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("exact-match accuracy")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("In-context learning in miniature (GPT-3 figure 1.2)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     sweep = pathlib.Path(FLAGS.workdir)
-    ks, curves = read(sweep / "results.csv", FLAGS.axis)
-    text = table(ks, curves)
+    by_metric, parts = {}, []
+    for metric in METRICS:
+        ks, by_metric[metric] = read(sweep / "results.csv", FLAGS.axis, metric)
+        parts.append(table(ks, by_metric[metric], metric))
+    text = "\n".join(parts)
     (sweep / "icl.md").write_text(text + "\n")
-    plot(pathlib.Path(FLAGS.figure), ks, curves)
+    plot(pathlib.Path(FLAGS.figure), ks, by_metric)
     print(text)
     print(f"written: {sweep / 'icl.md'}, {FLAGS.figure}", file=sys.stderr)
 

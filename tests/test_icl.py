@@ -213,8 +213,8 @@ def test_preset_and_sweep():
 
 def test_report_table_and_figure(tmp_path):
     from experiments import icl_report
-    keys = [f"test/fewshot/k{k}{d}/{g}/acc" for k in (0, 4) for d in ("", "/nodesc")
-            for g in ("items", "tasks")]
+    keys = [f"test/fewshot/k{k}{d}/{g}/{m}" for m in ("acc", "logp") for k in (0, 4)
+            for d in ("", "/nodesc") for g in ("items", "tasks")]
     rows = [dict(size=s, seed=seed, **{key: str(0.1 * i + 0.01 * seed) for i, key in
                                        enumerate(keys)}) for s in ("s", "l") for seed in (0, 1)]
     with open(tmp_path / "results.csv", "w") as f:
@@ -225,5 +225,7 @@ def test_report_table_and_figure(tmp_path):
                                                               4: pytest.approx(0.705)}
     text = icl_report.table(ks, curves)
     assert "| s | yes | 0.005 | 0.405 |" in text and "| l | no | 0.305 | 0.705 |" in text
-    icl_report.plot(tmp_path / "icl.png", ks, curves)
+    assert icl_report.read(tmp_path / "results.csv", "size", "logp")[1][("s", True, "items")] \
+        == {0: pytest.approx(0.805), 4: pytest.approx(1.205)}
+    icl_report.plot(tmp_path / "icl.png", ks, {"acc": curves, "logp": curves})
     assert (tmp_path / "icl.png").stat().st_size > 1000
