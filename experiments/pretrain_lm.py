@@ -124,8 +124,7 @@ def completer(cfg: gpt.GPTConfig, tokenizer, max_new_tokens: int, batch: int = 6
 
 def answer_scorer(cfg: gpt.GPTConfig, tokenizer, batch: int = 64):
     """answer_logp(params, prompts, answers) -> the mean log-likelihood per token of each
-    " answer\n" after its prompt (evaluate_lm.token_scores, right padded to one width)."""
-    from experiments.evaluate_lm import token_scores   # lm_eval: only when scoring
+    " answer\n" after its prompt (gpt.token_scores, right padded to one width)."""
     cfg = dataclasses.replace(cfg, dtype="float32", dropout=0.0, attn_dropout=0.0)
 
     def answer_logp(params, prompts: list[str], answers: list[str]) -> list[float]:
@@ -140,7 +139,7 @@ def answer_scorer(cfg: gpt.GPTConfig, tokenizer, batch: int = 64):
             ids = np.zeros((batch, width + 1), np.int32)
             for r, (h, t) in enumerate(rows):
                 ids[r, :len(h) + len(t)] = h + t
-            logp = np.asarray(token_scores(cfg, params, ids[:, :-1], ids[:, 1:])[0])
+            logp = np.asarray(gpt.token_scores(cfg, params, ids[:, :-1], ids[:, 1:])[0])
             out += [float(logp[r, len(h) - 1:len(h) + len(t) - 1].mean())
                     for r, (h, t) in enumerate(rows)]
         return out
