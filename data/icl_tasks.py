@@ -272,6 +272,15 @@ class Episode:
     answer: str
     task: str
     group: str     # "items": a held-out item of a pretraining task; "tasks": a held-out task
+    outputs: frozenset = frozenset()   # every output of the task: an answer in it is of the
+                                       # right kind (French words for en_fr), right or not
+
+
+@functools.lru_cache(maxsize=32)
+def task_outputs(name: str, numbers: int, words: int) -> frozenset:
+    task = TASKS[name]
+    items = range(numbers) if task.kind == "number" else common_words(words)
+    return frozenset(task.target(x) for x in items)
 
 
 def episodes(cfg, k: int, with_description: bool, queries: int = 16) -> list[Episode]:
@@ -300,7 +309,7 @@ def episodes(cfg, k: int, with_description: bool, queries: int = 16) -> list[Epi
             examples = [task.pair(others[j]) for j in order]
             source, target = task.pair(item)
             out.append(Episode(prompt(task, examples, source, with_description), target,
-                               name, group))
+                               name, group, task_outputs(name, c["numbers"], c["words"])))
     return out
 
 

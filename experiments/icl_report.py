@@ -3,15 +3,18 @@
     python -m experiments.sweep --config=experiments/configs/gpt.py:icl-s --name=icl --workdir=DIR
     python -m experiments.icl_report --workdir=DIR [--figure=docs/figures/icl.png]
 
-Reads DIR/results.csv (a row per model size: the fewshot evaluator's test metrics) and writes
-DIR/icl.md: exact-match accuracy and the mean per-token log-likelihood of the correct answer
-against K, the number of examples in the prompt, per size, with and without the task
+Reads DIR/results.csv (a row per model size: the fewshot evaluator's test metrics; a run's
+newest DIR/RUN/evaluate-test-STEP.json from `python -m experiments.evaluate --workdir=DIR/RUN`
+takes precedence, so checkpoints can be scored again) and writes DIR/icl.md: exact-match
+accuracy, the share of answers that are an output of the queried task, and the mean
+per-token log-likelihood of the correct answer against K, the number of examples in the prompt, per size, with and without the task
 description, on held-out items of the pretraining tasks and on held-out tasks; and the
 figure: both against K, a line per size, solid with the description and dashed without it,
 a panel per metric and group.
 """
 
 import csv
+import json
 import pathlib
 import re
 import sys
@@ -25,6 +28,7 @@ FLAGS = flags.FLAGS
 
 GROUPS = {"items": "held-out items of pretraining tasks", "tasks": "held-out tasks"}
 METRICS = {"acc": "exact-match accuracy",
+           "in_task": "answers of the queried task",
            "logp": "log-likelihood of the answer per token"}
 
 
@@ -34,6 +38,8 @@ def read(path: pathlib.Path, axis: str, metric: str = "acc") -> tuple[list[int],
         rows = list(csv.DictReader(f))
     if not rows or axis not in rows[0]:
         raise ValueError(f"{path} has no rows with a column {axis!r}")
+    rows = [{**row, **rescored(path.parent / f"{axis}={row[axis]},seed={row['seed']}")}
+            for row in rows]
     pattern = re.compile(rf"test/fewshot/k(\d+)(/nodesc)?/(items|tasks)/{metric}$")
     curves: dict = {}
     for row in rows:
@@ -47,6 +53,16 @@ def read(path: pathlib.Path, axis: str, metric: str = "acc") -> tuple[list[int],
         raise ValueError(f"{path} holds no test/fewshot/k*/... columns: did the runs end?")
     ks = sorted({k for c in curves.values() for k in c})
     return ks, {key: {k: sum(v) / len(v) for k, v in c.items()} for key, c in curves.items()}
+
+
+def rescored(run: pathlib.Path) -> dict:
+    """The test metrics of the run's newest evaluate-test-STEP.json, as `test/NAME`."""
+    found = sorted(run.glob("evaluate-test-*.json"),
+                   key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    if not found:
+        return {}
+    data = json.loads(found[-1].read_text())
+    return {f"test/{k}": str(v) for k, v in data.items() if k not in ("step", "split")}
 
 
 def table(ks: list[int], curves: dict, metric: str = "acc") -> str:

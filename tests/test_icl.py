@@ -152,6 +152,7 @@ def test_oracle_scores_one_and_a_wrong_scorer_zero():
                         answer_logp=lambda ps, ans: [0.0] * len(ps))
     assert {v for k, v in m.items() if k.endswith("/acc")} == {1.0}
     assert {v for k, v in m.items() if k.endswith("/logp")} == {0.0}
+    assert {v for k, v in m.items() if k.endswith("/in_task")} == {1.0}
     for k in (0, 1, 2):
         for head in (f"fewshot/k{k}", f"fewshot/k{k}/nodesc"):
             for key in ("acc", "items/acc", "tasks/acc", "task/copy/acc", "task/en_fr/acc"):
@@ -163,6 +164,12 @@ def test_oracle_scores_one_and_a_wrong_scorer_zero():
     copy = lambda ps: [p.split("\n")[-1][:-3] for p in ps]  # noqa: E731
     got = fewshot_metrics(copy, make, (0,), per_task=True)
     assert got["fewshot/k0/task/copy/acc"] == 1.0 and got["fewshot/k0/task/en_fr/acc"] == 0.0
+    # An answer of the wrong item but the right task counts as in_task, not as correct.
+    shifted = lambda ps: [e.answer if e.task != "en_de" else "achtundvierzig"  # noqa: E731
+                          for e in eps] * 2   # with and without the description
+    kind = fewshot_metrics(shifted, lambda k, d: eps, (0,), per_task=True)
+    assert kind["fewshot/k0/task/en_de/acc"] == 0.0
+    assert kind["fewshot/k0/task/en_de/in_task"] == 1.0
     assert got["fewshot/k0/acc"] == pytest.approx(
         np.mean([a == e.answer for a, e in zip(copy([e.prompt for e in eps]), eps)]))
     with pytest.raises(ValueError, match="shots"):
@@ -227,5 +234,10 @@ def test_report_table_and_figure(tmp_path):
     assert "| s | yes | 0.005 | 0.405 |" in text and "| l | no | 0.305 | 0.705 |" in text
     assert icl_report.read(tmp_path / "results.csv", "size", "logp")[1][("s", True, "items")] \
         == {0: pytest.approx(0.805), 4: pytest.approx(1.205)}
+    (tmp_path / "size=l,seed=1").mkdir()
+    (tmp_path / "size=l,seed=1" / "evaluate-test-200.json").write_text(json.dumps(
+        {"step": 200, "split": "test", "fewshot/k0/nodesc/tasks/acc": 0.9}))
+    ks, curves = icl_report.read(tmp_path / "results.csv", "size")
+    assert curves[("l", False, "tasks")][0] == pytest.approx((0.3 + 0.9) / 2)
     icl_report.plot(tmp_path / "icl.png", ks, {"acc": curves, "logp": curves})
     assert (tmp_path / "icl.png").stat().st_size > 1000

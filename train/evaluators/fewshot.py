@@ -21,6 +21,9 @@ and this evaluator logs, under its name (e.g. "fewshot"):
     NAME/k{K}/task/{task}/acc, .../nodesc/task/{task}/acc       per task (per_task=True)
     NAME/k{K}/.../logp            beside each acc: the mean per-token log-likelihood of the
                                   correct answer (and its newline), with answer_logp
+    NAME/k{K}/.../in_task         beside each acc: the share of answers that are an output of
+                                  the queried task (episode.outputs), right or wrong: whether
+                                  the prompt told the model which task it is
 
 At K = 0 the two are GPT-2's p(output | input, task) and p(output | input).
 """
@@ -58,7 +61,9 @@ def fewshot_metrics(complete: Callable[[list[str]], list[str]],
     for k, described, eps in runs:
         if not eps:
             raise ValueError(f"no episodes at K={k}")
-        hits = [a == e.answer for a, e in zip(answers[i:i + len(eps)], eps)]
+        got = answers[i:i + len(eps)]
+        hits = [a == e.answer for a, e in zip(got, eps)]
+        kind = [a in e.outputs for a, e in zip(got, eps)]
         scores = logps[i:i + len(eps)] if logps is not None else None
         i += len(eps)
         head = f"{prefix}/k{k}" + ("" if described else "/nodesc")
@@ -69,6 +74,8 @@ def fewshot_metrics(complete: Callable[[list[str]], list[str]],
             name = (head if key is None else f"{head}/{key}" if key in ("items", "tasks")
                     else f"{head}/task/{key}")
             out[f"{name}/acc"] = _acc([hits[j] for j in rows])
+            if all(eps[j].outputs for j in rows):
+                out[f"{name}/in_task"] = _acc([kind[j] for j in rows])
             if scores is not None:
                 out[f"{name}/logp"] = sum(scores[j] for j in rows) / len(rows)
     return out
