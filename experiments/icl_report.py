@@ -21,7 +21,8 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_string("workdir", None, "The sweep directory (holds results.csv).")
+from experiments import launch  # noqa: F401  (--workdir, shared by the experiments: the sweep's)
+
 flags.DEFINE_string("figure", "docs/figures/icl.png", "Where the figure goes.")
 flags.DEFINE_string("axis", "size", "The swept column that names the models.")
 FLAGS = flags.FLAGS
