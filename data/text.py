@@ -4,6 +4,8 @@ Sources (`data_cfg.source`):
   "stdlib"  the Python standard library's own .py files (ships with every Python), split by file;
   "files"   local text files (comma-separated paths/globs), split by file like the stdlib;
   "hf"      any Hugging Face `datasets` dataset (hub name or a local builder such as "json");
+  "icl"     GPT-3's mixture of in-context task lists and the stdlib (data/icl_tasks.py, with
+            the fields of `data_cfg.icl`);
   "auto"    (default) hf when hf_dataset is set, files when files is set, else stdlib.
 
 A document is one file or one dataset row; empty documents are dropped. The token stream of a
@@ -237,6 +239,9 @@ def load_texts(data_cfg, split: str) -> list[str]:
         paths = (stdlib_files(split) if source == "stdlib"
                  else local_files(_get(data_cfg, "files"), split))
         texts = _read_files(paths, data_cfg, limit)
+    elif source == "icl":
+        from data import icl_tasks   # here: it builds on this module
+        texts = icl_tasks.corpus_texts(getattr(data_cfg, "icl", None), split)[:limit]
     elif source == "hf":
         ds, column = _hf_split(data_cfg, split), _get(data_cfg, "hf_text_column")
         if column not in ds.column_names:
@@ -245,7 +250,8 @@ def load_texts(data_cfg, split: str) -> list[str]:
         # Arrow format reads the column in one go and honours a carved split's index mapping.
         texts = [t for t in ds.with_format("arrow")[column].to_pylist() if t][:limit]
     else:
-        raise ValueError(f"unknown data source {source!r}; expected 'stdlib', 'hf' or 'files'")
+        raise ValueError(f"unknown data source {source!r}; expected 'stdlib', 'hf', 'files' or "
+                         "'icl'")
     if not texts:
         hint = {"files": " Name each split's files: --config.data.files='train=a/*.txt,"
                          "val=b.txt,test=c.txt' (or give more files, so that the 90/5/5 split "
@@ -276,8 +282,11 @@ def _source_identity(cfg, split: str) -> dict:
     ident = dict(source=source, split=split, max_docs=int(_get(cfg, "max_docs")), format=_FORMAT)
     if source in ("stdlib", "files"):  # how the files decode is part of what they hold
         ident.update(encoding=_get(cfg, "encoding"), on_decode_error=_get(cfg, "on_decode_error"))
-    if source == "stdlib":
+    if source in ("stdlib", "icl"):
         ident.update(python=sys.version, files=_file_stats(stdlib_files(split)))
+    if source == "icl":
+        from data import icl_tasks
+        ident.update(icl=icl_tasks.identity(getattr(cfg, "icl", None)))
     elif source == "files":
         ident.update(files=_file_stats(local_files(_get(cfg, "files"), split)))
     elif source == "hf":

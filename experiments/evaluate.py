@@ -17,11 +17,11 @@ import jax
 import ml_collections
 from absl import app, flags
 
+from experiments import launch  # noqa: F401  (defines --workdir, which the experiments share)
 from train import evaluators, sharding
 from train.checkpoint import Checkpointer, abstract_like
 from train.trainer import build
 
-flags.DEFINE_string("workdir", None, "A workdir written by one of the experiments.")
 flags.DEFINE_enum("split", "test", ["val", "test"], "Which evaluators to run.")
 FLAGS = flags.FLAGS
 

@@ -18,12 +18,10 @@ perplexity, the same stop sequences.
 
 from __future__ import annotations
 
-import functools
 import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import (Collator, handle_stop_sequences, normalize_gen_kwargs,
@@ -77,14 +75,8 @@ def _bucket(length: int, limit: int) -> int:
     return min(limit, max(16, 1 << (length - 1).bit_length()))
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def token_scores(cfg: gpt.GPTConfig, params, inputs, targets):
-    """log p(target_t | inputs_<=t) and whether target_t is the argmax, per position. Compiled
-    once per model and shape, whichever FlaxpapersLM asks."""
-    logits = gpt.GPT(cfg).apply({"params": params}, inputs).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    target_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return target_logp, jnp.argmax(logits, axis=-1) == targets
+# log p(target_t | inputs_<=t) and whether target_t is the argmax, per position (models/gpt.py).
+token_scores = gpt.token_scores
 
 
 # ----------------------------------------------------------------------------- the LM

@@ -15,9 +15,10 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 
-from data import text
+from data import icl_tasks, text
 from experiments import launch
 from models import gpt, hf
 from train import checkpoint, objectives
@@ -98,6 +99,73 @@ def load_lm(path) -> tuple[gpt.GPTConfig, dict, object]:
     return cfg, params, text.get_tokenizer(ml_collections.ConfigDict(dict(tokenizer=str(path))))
 
 
+def completer(cfg: gpt.GPTConfig, tokenizer, max_new_tokens: int, batch: int = 64):
+    """complete(params, prompts) -> the answer of each prompt: greedy cached generation
+    (gpt.generate_batch) to the end of the line, `batch` prompts at a time, all left padded to
+    the longest prompt's width so one program serves the whole call."""
+    cfg = dataclasses.replace(cfg, dtype="float32", dropout=0.0, attn_dropout=0.0)
+    stop = [i for i in range(tokenizer.vocab_size) if "\n" in tokenizer.decode([i])]
+    stop.append(tokenizer.eot_id)
+
+    def complete(params, prompts: list[str]) -> list[str]:
+        encoded = tokenizer.encode_batch(prompts)
+        width = max(len(e) for e in encoded)
+        gpt.check_context(cfg, width, max_new_tokens)
+        answers = []
+        for start in range(0, len(encoded), batch):
+            rows = encoded[start:start + batch]
+            padded = rows + [rows[-1]] * (batch - len(rows))   # one shape for every batch
+            out = gpt.generate_batch(cfg, params, padded, max_new_tokens, jax.random.key(0),
+                                     temperature=0.0, stop_tokens=stop, width=width)
+            answers += [icl_tasks.answer_of(tokenizer.decode(o)) for o in out[:len(rows)]]
+        return answers
+    return complete
+
+
+def answer_scorer(cfg: gpt.GPTConfig, tokenizer, batch: int = 64):
+    """answer_logp(params, prompts, answers) -> the mean log-likelihood per token of each
+    " answer\n" after its prompt (gpt.token_scores, right padded to one width)."""
+    cfg = dataclasses.replace(cfg, dtype="float32", dropout=0.0, attn_dropout=0.0)
+
+    def answer_logp(params, prompts: list[str], answers: list[str]) -> list[float]:
+        heads = tokenizer.encode_batch(prompts)
+        tails = tokenizer.encode_batch([f"{icl_tasks.TARGET_DELIMITER}{a}"
+                                        f"{icl_tasks.FEWSHOT_DELIMITER}" for a in answers])
+        width = max(len(h) + len(t) for h, t in zip(heads, tails)) - 1
+        gpt.check_context(cfg, width, 0)
+        out = []
+        for start in range(0, len(heads), batch):
+            rows = list(zip(heads, tails))[start:start + batch]
+            ids = np.zeros((batch, width + 1), np.int32)
+            for r, (h, t) in enumerate(rows):
+                ids[r, :len(h) + len(t)] = h + t
+            logp = np.asarray(gpt.token_scores(cfg, params, ids[:, :-1], ids[:, 1:])[0])
+            out += [float(logp[r, len(h) - 1:len(h) + len(t) - 1].mean())
+                    for r, (h, t) in enumerate(rows)]
+        return out
+    return answer_logp
+
+
+def icl_eval_fns(cfg: gpt.GPTConfig, config, tokenizer) -> dict:
+    """What the fewshot evaluator needs: the task family's episodes and greedy completion,
+    with room for the longest answer of any task and its newline."""
+    icl = config.data.get("icl")
+    targets = [" " + t.target(x) for t in icl_tasks.TASKS.values()
+               for x in icl_tasks.items_of(t.kind, icl)]
+    new_tokens = max(len(ids) for ids in tokenizer.encode_batch(targets)) + 1
+    for name, e in config.evals.items():   # the longest prompts must fit: say so now
+        if e.type == "fewshot":
+            eps = icl_tasks.episodes(icl, max(e.shots), True, e.queries)
+            width = max(len(ids) for ids in tokenizer.encode_batch([x.prompt for x in eps]))
+            if width + new_tokens > cfg.n_ctx:
+                raise ValueError(f"config.evals.{name}: a {max(e.shots)}-shot prompt of "
+                                 f"{width} tokens and its answer ({new_tokens} tokens) exceed "
+                                 f"the context model.n_ctx {cfg.n_ctx}")
+    return {"fewshot_episodes": lambda k, d, q: icl_tasks.episodes(icl, k, d, q),
+            "complete": completer(cfg, tokenizer, new_tokens),
+            "answer_logp": answer_scorer(cfg, tokenizer)}
+
+
 def setup(config, workdir) -> dict:
     """What fit() needs for this experiment (also used by experiments.evaluate)."""
     cfg = model_config(config)
@@ -112,7 +180,9 @@ def setup(config, workdir) -> dict:
         init_fn=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32)),
         loss_fn=lm_loss_fn(model),
         throughput=Throughput(seq_len, gpt.flops_per_token(cfg, seq_len) * seq_len),
-        artifacts={"tokenizer.json": lambda path: text.save_tokenizer(tokenizer, path)})
+        artifacts={"tokenizer.json": lambda path: text.save_tokenizer(tokenizer, path)},
+        eval_fns=(icl_eval_fns(cfg, config, tokenizer)
+                  if any(e.type == "fewshot" for e in config.evals.values()) else {}))
 
 
 def main(config, workdir):

@@ -200,6 +200,16 @@ def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:
     return training_flops_per_token(n, cfg.n_layer, cfg.n_head * cfg.d_head, seq_len)
 
 
+@functools.partial(jax.jit, static_argnames="cfg")
+def token_scores(cfg: GPTConfig, params, inputs, targets):
+    """log P(target_t | inputs_<=t) and whether target_t is the argmax, per position. Compiled
+    once per model and shape, for every scorer (lm-eval's client, the few-shot evaluator)."""
+    logits = GPT(cfg).apply({"params": params}, inputs).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    target_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return target_logp, jnp.argmax(logits, axis=-1) == targets
+
+
 # ----------------------------------------------------------------------------- generation
 def init_cache(cfg: GPTConfig, batch: int, max_len: int):
     """Zeros of the `cache` collection for decoding `batch` rows of up to max_len positions."""

@@ -12,13 +12,21 @@
     gpt1        GPT-1: 12 x 768, context 512, post-norm, Adam 2.5e-4, batch 64
     gpt2-124m   GPT-2 small (and gpt2-355m, gpt2-774m, gpt2-1.5b): context 1024, batch 512
     gpt3-125m   ... gpt3-175b: GPT-3 Table 2.1 (width, depth, heads, lr, batch in tokens)
+    icl-s       in-context learning in miniature (GPT-3 figure 1.2): a 512-token BPE, context
+    icl-m       256, 200 steps of 8 x 256 tokens of the mixture (3:1) of task lists and text
+    icl-l       (data.source=icl, data/icl_tasks.py); at the end the few-shot evaluator scores
+                K = 0..16 examples with and without the task description. Sizes in ICL_SIZES;
+                each pretrains in minutes on 2 loaded CPU cores
+
+Named sweep `icl` (SWEEPS below): the three ICL sizes, each pretrained and evaluated few-shot;
+experiments/icl_report.py then writes the table and docs/figures/icl.png.
 """
 
 import dataclasses
 
 import ml_collections
 
-from data import text
+from data import icl_tasks, text
 from experiments.configs.common import base_config, eval_spec, mesh_config, train_config
 from models import gpt
 
@@ -29,6 +37,14 @@ GPT3_TRAIN = {"gpt3-125m": (6e-4, 0.5e6), "gpt3-350m": (3e-4, 0.5e6),
               "gpt3-760m": (2.5e-4, 0.5e6), "gpt3-1.3b": (2e-4, 1e6), "gpt3-2.7b": (1.6e-4, 1e6),
               "gpt3-6.7b": (1.2e-4, 2e6), "gpt3-13b": (1e-4, 2e6), "gpt3-175b": (0.6e-4, 3.2e6)}
 
+
+# In-context learning in miniature: (n_layer, n_head, d_model) per size.
+ICL_SIZES = {"icl-s": (2, 2, 32), "icl-m": (2, 2, 64), "icl-l": (4, 4, 64)}
+
+SWEEPS = {"icl": {
+    "size": [{"label": name.split("-")[1], "model.n_layer": n_layer, "model.n_head": n_head,
+              "model.d_model": d_model} for name, (n_layer, n_head, d_model) in ICL_SIZES.items()],
+    "metric": "test/fewshot/k4/acc"}}
 
 MICRO_MODEL = gpt.GPTConfig(vocab_size=512, n_ctx=64, n_layer=1, n_head=2, d_model=32,
                             dropout=0.0, attn_dropout=0.0)
@@ -62,6 +78,20 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
             config.data.max_docs = 40
             config.train.update(steps=4, batch_size=4, warmup_steps=1, eval_every=4,
                                 eval_steps=2, ckpt_every=4, log_every=2)
+    elif arg in ICL_SIZES:
+        # GPT-3's few-shot evaluation of models pretrained on a mixture of task lists (a
+        # description line, then "input => output" lines of one task) and ordinary text. A
+        # 256-token context holds 16 examples of the longest task (checked before training).
+        n_layer, n_head, d_model = ICL_SIZES[arg]
+        model = gpt.GPTConfig(vocab_size=512, n_ctx=256, n_layer=n_layer, n_head=n_head,
+                              d_model=d_model, dropout=0.0, attn_dropout=0.0)
+        config.data.update(source="icl", vocab_size=model.vocab_size, seq_len=model.n_ctx)
+        config.data.icl = icl_tasks.default_config()
+        config.data.icl.task_weight, config.data.icl.text_weight = 0.75, 0.25
+        config.train = train_config(steps=200, batch_size=8, lr=5e-3, warmup_steps=20,
+                                    eval_every=100, eval_steps=4, ckpt_every=100, log_every=20)
+        config.evals.fewshot = eval_spec(type="fewshot", split="test", every=0, queries=8)
+        config.sample.num_tokens = 0
     elif arg == "bench-cpu":
         # The CPU benchmark target (experiments/benchmark.py); attention in head-major layout
         # with a hand-derived backward is the faster XLA attention on CPUs.
