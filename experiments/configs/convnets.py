@@ -167,10 +167,11 @@ def get_config(preset: str = "resnet-digits") -> ml_collections.ConfigDict:
             train_config(steps=150, batch_size=64, optimizer="adamw", lr=2e-3,
                          schedule="cosine", warmup_steps=10, weight_decay=1e-4,
                          log_every=25, eval_every=150, eval_steps=0, ckpt_every=1000))
+    # The practice sweeps' runs: 150 steps of 32 (a minute or two each on 2 CPU cores).
     if preset == "ensemble-photos":   # one split for every seed; AlexNet's ten test patches
         config = classify_config(model_config("resnet8"),
                                  data_config(source="photos", split_seed=0, eval_size=36),
-                                 sgd_step(150))
+                                 sgd_step(150, batch_size=32))
         config.evals.test_10crop = eval_spec(type="accuracy", split="test", every=0, steps=0,
                                              topk=(1, 5), crops=10, crop_size=32)
         return config
@@ -179,7 +180,7 @@ def get_config(preset: str = "resnet-digits") -> ml_collections.ConfigDict:
             model_config("efficientnet_tiny", width_mult=SCALING_BASE["width"],
                          depth_mult=SCALING_BASE["depth"], stem_stride=1),
             data_config(source="photos", image_size=SCALING_BASE["resolution"], split_seed=0),
-            sgd_step(150))
+            sgd_step(150, batch_size=32))
     raise ValueError(f"unknown preset {preset!r}; choose resnet-digits, lenet5, resnet-photos, "
                      f"resnet20-hf, bench-cpu, bench-gpu, transfer-digits, ensemble-photos or "
                      f"scaling-photos")
