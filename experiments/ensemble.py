@@ -154,11 +154,13 @@ def evaluate(paths, split: str = "test", crop_size: int = 0, batch_size: int = 1
     size = crop_size or data.image_size
     probs = {1: [], 10: []}
     seconds = {1: [], 10: []}
+    compiled = {}   # runs of one architecture (seeds) share their compiled predictors
     for d, config in zip(dirs, configs):
         model = classify_images.build_model(config, len(task.classes))
         variables = jax.device_put(load_variables(d))
         for crops in (1, 10):
-            fn = predictor(model, size, crops)
+            key = (config.model.to_json(), crops)
+            fn = compiled[key] = compiled.get(key) or predictor(model, size, crops)
             logits = predict(fn, variables, images, batch_size)
             probs[crops].append(np.asarray(average_probabilities(logits)))
             if d == dirs[0]:
