@@ -26,7 +26,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments import classify_images
 from train import checkpoint
@@ -199,6 +199,7 @@ def markdown(r: dict) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)   # the checkpoint library logs every restore
     result = evaluate(FLAGS.runs, FLAGS.split, FLAGS.crop_size, FLAGS.batch_size, FLAGS.repeats)
     first = pathlib.Path(FLAGS.runs[0])
     (first / "ensemble.json").write_text(json.dumps(result, indent=2))
