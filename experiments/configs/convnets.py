@@ -27,11 +27,56 @@ is logged where there are more than 5 classes.
 import ml_collections
 
 from experiments.configs.common import base_config, eval_spec, train_config
+from models import efficientnet
 
 EXPERIMENT = "classify_images"
 
-# Zoo models on both offline tasks with one recipe (resnet-digits': SGD + momentum, step decay,
-# 200 steps of 64 at 32x32), those that take minutes on 2 CPU cores at that size:
+# Transfer learning (LeNet-5): pretrain on digits 0-4, then learn 5-9 from 5, 50 or all training
+# examples per class, from scratch or from the pretrained weights (a fresh OUTPUT layer) with
+# nothing, the lower half (C1, C3) or all but the OUTPUT layer frozen.
+PRETRAINED = "{sweep_dir}/pretrain"
+NOT_HEAD = "(?!OUTPUT/).*"
+TRANSFER = {
+    "before": {"experiment": "classify_images", "config": "convnets.py:transfer-digits",
+               "overrides": {"data.classes": (0, 1, 2, 3, 4), "train.steps": 200},
+               "workdir": "pretrain"},
+    "data.per_class": [5, 50, 0],
+    "start": [
+        {"label": "scratch", "train.freeze": ""},
+        {"label": "fine-tune all", "init_from": PRETRAINED, "init_from_regex": NOT_HEAD},
+        {"label": "freeze lower half", "init_from": PRETRAINED, "init_from_regex": NOT_HEAD,
+         "train.freeze": "(C1|C3)/.*"},
+        {"label": "freeze all but head", "init_from": PRETRAINED,
+         "init_from_regex": NOT_HEAD, "train.freeze": NOT_HEAD},
+    ],
+    "metric": "test/accuracy",
+}
+
+# Compound scaling in miniature: a B0-like base (half B0's width, a quarter of its layers, 32x32)
+# and four models of about 2.4 times its FLOPs (XLA's count, models/convnets.py `flops`): the
+# compound step phi = 0.8 of eq. 3 (nominally 2^0.8 = 1.7x; the rounding of layers up and widths
+# to multiples of 8 makes it 2.37x), and depth, width or resolution alone matched to it. Depth
+# cannot land closer: ceil(n d) jumps from 1.61x (d = 2) to 2.38x (d = 2.2) of the base's FLOPs;
+# nor resolution: 48x48 costs 2.26x, 49x49 3.0x (one more row and column after each stride 2).
+SCALING_BASE = dict(width=0.5, depth=0.5, resolution=32)
+SCALING_PHI = 0.8
+SINGLE_SCALINGS = {"depth": (2.2, 1.0, 1.0), "width": (1.0, 1.64, 1.0),
+                   "resolution": (1.0, 1.0, 1.5)}   # (d, w, r) multipliers of the base
+
+
+def scaling_points() -> list[dict]:
+    points = [{"label": "base", "data.image_size": SCALING_BASE["resolution"]}]
+    scalings = {**SINGLE_SCALINGS, "compound": efficientnet.compound_scaling(SCALING_PHI)}
+    for label, (d, w, r) in scalings.items():
+        points.append({"label": label,
+                       "model.overrides.depth_mult": SCALING_BASE["depth"] * d,
+                       "model.overrides.width_mult": SCALING_BASE["width"] * w,
+                       "data.image_size": round(SCALING_BASE["resolution"] * r)})
+    return points
+
+
+# The zoo's models on both offline tasks with one recipe (resnet-digits': SGD + momentum, step
+# decay, 200 steps of 64 at 32x32), those that take minutes on 2 CPU cores at that size:
 #   python -m experiments.sweep --config=experiments/configs/convnets.py:resnet-digits \
 #       --name=zoo --workdir=DIR
 # With and without augmentation, the same steps, on both offline tasks:
@@ -42,6 +87,8 @@ EXPERIMENT = "classify_images"
 DIGIT_AUGMENT = "random_crop(32, pad=2)|rotate(10)|elastic(34, 4)"
 PHOTO_AUGMENT = ("inception_crop(min_area=0.25)|rotate(10)|color_jitter(0.2, 0.2, 0.2, 0.02)"
                  "|pca_color(0.1)")
+# transfer (on transfer-digits), ensemble (ensemble-photos: five seeds, then
+# experiments/ensemble.py), scaling (scaling-photos): the practice experiments.
 SWEEPS = {"zoo": {"model.name": ["lenet5", "resnet8", "mobilenet_v2"],
                   "data.source": ["digits", "photos"], "metric": "test/top1"},
           "augment": {"task": [
@@ -50,7 +97,10 @@ SWEEPS = {"zoo": {"model.name": ["lenet5", "resnet8", "mobilenet_v2"],
               {"label": "photos", "data.source": "photos", "data.augment": ""},
               {"label": "photos+augment", "data.source": "photos", "data.augment": PHOTO_AUGMENT}],
               "overrides": {"evals.val.data": "train", "evals.val_loss.data": "train"},
-              "metric": "test/accuracy"}}
+              "metric": "test/accuracy"},
+          "transfer": TRANSFER,
+          "ensemble": {"seeds": 5, "metric": "test/top1"},
+          "scaling": {"scaling": scaling_points(), "metric": "test/top1"}}
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
@@ -70,6 +120,10 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
         max_examples=0,           # hf: 0 = every example of each split
         augment="",               # training augmentation, e.g. "flip_lr|random_crop(32, pad=4)"
                                   # (data/augment.py); "" = none
+        classes=(),               # digits, photos: the labels kept, relabelled in order (): all
+        per_class=0,              # digits, photos: training examples per class (0: all)
+        eval_size=0,              # digits, photos: val/test side (> image_size: a crop margin)
+        split_seed=-1,            # the split's and subset's seed (-1: config.seed)
     ))
     d.update(overrides)
     return d
@@ -126,5 +180,27 @@ def get_config(preset: str = "resnet-digits") -> ml_collections.ConfigDict:
         return classify_config(model_config("resnet50", 1000, dtype="bfloat16"),
                                data_config(source="photos", image_size=224),
                                sgd_step(50, batch_size=128))
+    if preset == "transfer-digits":   # the transfer task: digits 5-9, one split for all runs
+        return classify_config(
+            model_config("lenet5", act="tanh"),
+            data_config(source="digits", classes=(5, 6, 7, 8, 9), split_seed=0),
+            train_config(steps=150, batch_size=64, optimizer="adamw", lr=2e-3,
+                         schedule="cosine", warmup_steps=10, weight_decay=1e-4,
+                         log_every=25, eval_every=150, eval_steps=0, ckpt_every=1000))
+    # The practice sweeps' runs: 150 steps of 32 (a minute or two each on 2 CPU cores).
+    if preset == "ensemble-photos":   # one split for every seed; AlexNet's ten test patches
+        config = classify_config(model_config("resnet8"),
+                                 data_config(source="photos", split_seed=0, eval_size=36),
+                                 sgd_step(150, batch_size=32))
+        config.evals.test_10crop = eval_spec(type="accuracy", split="test", every=0, steps=0,
+                                             topk=(1, 5), crops=10, crop_size=32)
+        return config
+    if preset == "scaling-photos":    # a small B0-like base: a quarter of B0's layers, half wide
+        return classify_config(
+            model_config("efficientnet_tiny", width_mult=SCALING_BASE["width"],
+                         depth_mult=SCALING_BASE["depth"], stem_stride=1),
+            data_config(source="photos", image_size=SCALING_BASE["resolution"], split_seed=0),
+            sgd_step(150, batch_size=32))
     raise ValueError(f"unknown preset {preset!r}; choose resnet-digits, lenet5, resnet-photos, "
-                     f"resnet20-hf, bench-cpu or bench-gpu")
+                     f"resnet20-hf, bench-cpu, bench-gpu, transfer-digits, ensemble-photos or "
+                     f"scaling-photos")

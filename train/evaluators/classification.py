@@ -28,27 +28,64 @@ class Loss(Evaluator):
         return {k: v / total for k, v in sums.items()} if total else {}
 
 
+CROPS = (1, 10)
+
+
+def ten_crops(images, size: int):
+    """AlexNet's test-time patches (Krizhevsky et al. 2012, section 4.1): the four corner
+    patches and the centre one, size x size, then the same five mirrored horizontally.
+    NHWC images [n, H, W, C] -> [10, n, size, size, C], in the order top-left, top-right,
+    bottom-left, bottom-right, centre, and their mirrors."""
+    h, w = images.shape[1:3]
+    if not 0 < size <= min(h, w):
+        raise ValueError(f"crop size {size} does not fit {h}x{w} images")
+    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size),
+               ((h - size) // 2, (w - size) // 2)]
+    five = [images[:, t:t + size, left:left + size] for t, left in corners]
+    return jnp.stack(five + [p[:, :, ::-1] for p in five])
+
+
+def average_probabilities(logits):
+    """[members, n, classes] logits -> [n, classes]: the mean of the members' softmax
+    probabilities (the averaging of an ensemble, and of AlexNet's ten patches)."""
+    return jnp.mean(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1), axis=0)
+
+
 @register("accuracy")
 class Accuracy(Evaluator):
     """Top-k accuracy of predict_fn's logits [batch, classes] against batch["labels"], weighted
     by batch["weights"] (0 on padding rows). Logs `accuracy` (top-1) and `top{k}` for each k of
-    `topk` below the number of classes."""
+    `topk` below the number of classes. crops=10 scores each image by the averaged softmax of
+    its ten crop_size patches (ten_crops) and logs the same names with `_10crop` appended."""
 
-    defaults = dict(topk=(1,))
+    defaults = dict(topk=(1,), crops=1, crop_size=0)
 
     def __init__(self, *args):
         super().__init__(*args)
         if self.ctx.predict_fn is None:
             raise ValueError(f"evaluator {self.name!r} (accuracy) needs the experiment's "
                              f"predict_fn")
-        ks = tuple(int(k) for k in self.cfg.topk)
+        if self.cfg.crops not in CROPS or (self.cfg.crops == 10 and self.cfg.crop_size <= 0):
+            raise ValueError(f"evaluator {self.name!r}: crops must be 1 or 10 (10 with "
+                             f"crop_size > 0), got crops={self.cfg.crops}, "
+                             f"crop_size={self.cfg.crop_size}")
+        ks, crops = tuple(int(k) for k in self.cfg.topk), int(self.cfg.crops)
         predict, program = self.ctx.predict_fn, self.ctx.program
         from train.trainer import with_logical_rules
 
+        def scores(state, batch):
+            if crops == 1:
+                return with_logical_rules(predict)(state.params, state.model_state, batch)
+            patches = ten_crops(batch["images"], self.cfg.crop_size)
+            flat = patches.reshape(-1, *patches.shape[2:])   # eval mode: rows independent
+            logits = with_logical_rules(predict)(state.params, state.model_state,
+                                                 {**batch, "images": flat})
+            return average_probabilities(logits.reshape(crops, -1, logits.shape[-1]))
+
         def counts(state, batch):
-            logits = with_logical_rules(predict)(state.params, state.model_state, batch)
+            logits = scores(state, batch)
             w = batch.get("weights", jnp.ones(logits.shape[0], jnp.float32)).astype(jnp.float32)
-            # rank of the true class's logit among all: correct at k when fewer than k beat it
+            # rank of the true class's score among all: correct at k when fewer than k beat it
             true = jnp.take_along_axis(logits, batch["labels"][:, None], axis=-1)
             rank = jnp.sum(logits > true, axis=-1)
             hits = {k: jnp.sum(w * (rank < k)) for k in ks if k <= logits.shape[-1]}
@@ -71,7 +108,8 @@ class Accuracy(Evaluator):
         out = {"accuracy": hits[1] / total} if 1 in hits else {}
         if len(self.cfg.topk) > 1:
             out.update({f"top{k}": v / total for k, v in hits.items()})
-        return out
+        suffix = "_10crop" if self.cfg.crops == 10 else ""
+        return {k + suffix: v for k, v in out.items()}
 
 
 def labelled_in_batches(fn, program, x: np.ndarray, batch_size: int):
