@@ -54,10 +54,8 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
         hf_dataset="",             # a hub name ("wmt14") or a builder ("json", "parquet")
         hf_config="",              # e.g. "de-en", "fr-en"
         hf_data_files="",          # "train=a.jsonl,validation=b.jsonl,test=c.jsonl"
-        translation_column="translation",
-        train_split="train",
-        val_split="validation",
-        test_split="test",
+        translation_column="translation",  # splits train, validation (or valid, val, dev),
+                                           # test; a missing val / test is carved from train
         max_examples=0,            # hf: per split, 0 = all
         bpe_examples=1_000_000,    # pairs of the train split the joint BPE is trained on
         # one byte-level BPE for both languages (section 5.1: a shared vocabulary)
