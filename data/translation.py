@@ -243,7 +243,8 @@ def bucket_length(n: int, step: int) -> int:
 
 class LengthBatches(EpochBatches):
     """Pairs grouped by length: each batch holds pairs of one length bucket (the longer of the
-    source and the decoder input, rounded up to a multiple of `pad_step`), padded to it, and
+    source and the decoder input, rounded up to a multiple of `pad_step`, at most `max_len`
+    when given), padded to it, and
     about `tokens_per_batch` tokens per side: tokens_per_batch // length rows, rounded down to a
     multiple of `row_multiple` (the data-parallel shards times the gradient-accumulation
     microbatches). tokens_per_batch 0: `rows` rows per batch. A bucket's last batch is filled
@@ -261,7 +262,8 @@ class LengthBatches(EpochBatches):
     kind = "LengthBatches"
 
     def __init__(self, enc: Encoded, tokens_per_batch: int, *, seed: int, shuffle: bool = True,
-                 rows: int = 0, row_multiple: int = 1, pad_step: int = 8, pad_id: int = 0,
+                 rows: int = 0, row_multiple: int = 1, pad_step: int = 8, max_len: int = 0,
+                 pad_id: int = 0,
                  process_index: int = 0, process_count: int = 1, prefetch: int = 2):
         if not len(enc):
             raise ValueError("no sentence pairs to batch")
@@ -273,6 +275,11 @@ class LengthBatches(EpochBatches):
         self.process_index, self.process_count = process_index, process_count
         lengths = np.array([max(len(s), len(t) - 1) for s, t in zip(enc.src, enc.tgt)])
         padded = -(-lengths // pad_step) * pad_step
+        if max_len:     # pad no further than the model's longest sequence
+            if lengths.max() > max_len:
+                raise ValueError(f"a pair of {lengths.max()} tokens is longer than max_len "
+                                 f"{max_len}")
+            padded = np.minimum(padded, max_len)
         self.bucket_lengths = sorted(set(padded.tolist()))
         self.members = [np.flatnonzero(padded == b) for b in self.bucket_lengths]
         if tokens_per_batch:

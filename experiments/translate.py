@@ -106,13 +106,14 @@ def setup(config, workdir) -> dict:
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
     train_data = translation.LengthBatches(
         train_enc, d.tokens_per_batch, rows=t.batch_size, row_multiple=dp * t.grad_accum,
-        seed=config.seed, **kw)
+        pad_step=d.pad_step, max_len=cfg.max_len, seed=config.seed, **kw)
     evals = {split: translation.fit_length(translation.encode(tok, corpus[split]), cfg.max_len,
                                            drop=False)[0] for split in ("val", "test")}
     eval_tokens = d.eval_tokens_per_batch or d.tokens_per_batch
     data = {split: lambda enc=enc: translation.LengthBatches(
-        enc, eval_tokens, rows=t.batch_size, row_multiple=dp, seed=0, shuffle=False,
-        prefetch=0, **kw) for split, enc in evals.items()}
+        enc, eval_tokens, rows=t.batch_size, row_multiple=dp, pad_step=d.pad_step,
+        max_len=cfg.max_len, seed=0, shuffle=False, prefetch=0, **kw)
+        for split, enc in evals.items()}
     model = transformer.Transformer(cfg)
     example = jnp.zeros((1, 8), jnp.int32)
     return dict(
