@@ -80,9 +80,9 @@ def evals_config(beam_size: int = 4, alpha: float = 0.6) -> ml_collections.Confi
     return ml_collections.ConfigDict(dict(
         val=eval_spec(type="perplexity", split="val"),
         val_bleu=eval_spec(type="bleu", split="val", beam_size=1, show=0),
-        test=eval_spec(type="perplexity", split="test", every=0),
-        test_bleu=eval_spec(type="bleu", split="test", every=0, beam_size=beam_size,
-                            alpha=alpha)))
+        test=eval_spec(type="perplexity", split="test", every=0, steps=0),
+        test_bleu=eval_spec(type="bleu", split="test", every=0, steps=0, beam_size=beam_size,
+                            alpha=alpha)))          # steps 0: the whole test split
 
 
 def transformer_train_config(d_model: int, **overrides) -> ml_collections.ConfigDict:
@@ -104,9 +104,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         config.data.update(vocab_size=model.vocab_size, tokens_per_batch=1024,
                            eval_tokens_per_batch=4096)
         config.evals.val_bleu.steps = 2
+        # lr scale 0.3 (peak 2.7e-3 at d_model 64): at the paper's scale 1 (peak 8.8e-3) the
+        # encoder's output collapsed to one vector and the decoder learned French numbers
+        # without their source (test BLEU 3.3 after 1,500 steps); at 0.3 val BLEU was 96 at
+        # step 500 and 100 at step 1,000.
         config.train = transformer_train_config(
-            model.d_model, steps=1500, batch_size=64, warmup_steps=200, eval_every=500,
-            eval_steps=4, ckpt_every=500, log_every=50)
+            model.d_model, steps=1000, batch_size=64, lr=0.3, warmup_steps=200,
+            eval_every=500, eval_steps=4, ckpt_every=500, log_every=50)
     elif arg in ("base", "big"):
         model = transformer.preset(arg)
         config.data.update(source="hf", hf_dataset="wmt14", hf_config="de-en", src_lang="en",
