@@ -520,10 +520,15 @@ def _log_train(writer, step, window, window_steps, window_start, throughput, pea
     row["nonfinite_skipped"] = int(jax.device_get(state.nonfinite_total))
     row["nonfinite_run"] = int(jax.device_get(state.nonfinite_run))
     elapsed = time.perf_counter() - window_start if window_start is not None else 0.0
+    # A loss function whose batches vary in size (translation's token budget) reports each
+    # batch's rows and tokens as metrics "examples" and "tokens".
+    rows, tokens = row.pop("examples", batch_size), row.pop("tokens", None)
     if window_steps and elapsed > 0:
-        examples_per_sec = window_steps * batch_size / elapsed
+        examples_per_sec = window_steps * rows / elapsed
         row["examples_per_sec"] = examples_per_sec
-        if throughput.tokens_per_example:
+        if tokens is not None:
+            row["tokens_per_sec"] = window_steps * tokens / elapsed
+        elif throughput.tokens_per_example:
             row["tokens_per_sec"] = examples_per_sec * throughput.tokens_per_example
         if throughput.flops_per_example and peak:
             row["mfu"] = examples_per_sec * throughput.flops_per_example / peak

@@ -115,4 +115,5 @@ def build(config, ctx: Context) -> Suite:
                   for name, cfg in evals.items()])
 
 
-from train.evaluators import classification, clip_evals, fewshot  # noqa: E402,F401  (registers)
+from train.evaluators import (classification, clip_evals, fewshot,  # noqa: E402,F401
+                               translation)  # (registers their types)

@@ -1,0 +1,142 @@
+"""Train the Transformer (Vaswani et al. 2017) to translate, and score it with BLEU.
+
+    python -m experiments.translate --workdir=DIR          # transformer.py:tiny, offline
+    python -m experiments.translate --config=experiments/configs/transformer.py:base \
+        --workdir=DIR [--config.data.hf_config=fr-en --config.data.tgt_lang=fr ...]
+
+Default data: English -> French number phrases written by num2words, split by number (no val or
+test number is in train); data.source=hf reads a translation dataset (wmt14, or local json /
+parquet files with a `translation` column of {lang: text}). One byte-level BPE serves both
+languages and the model shares its embedding between encoder, decoder and the pre-softmax
+projection (section 3.4); it is kept in DIR/tokenizer.json. Batches group pairs of similar
+length, about data.tokens_per_batch tokens per side (section 5.1). Training: Adam (0.9, 0.98,
+1e-9), the noam schedule (eq. 3), label smoothing `config.label_smoothing` (section 5.4),
+residual dropout. Logged: training loss (label-smoothed) and `nll`; perplexity on val during
+training and on test at the end; BLEU of greedy decoding on val during training and of beam
+search (beam 4, alpha 0.6) on test at the end (train/evaluators/translation.py).
+"""
+
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from data import translation
+from experiments import launch
+from models import transformer
+from train import objectives, sharding
+from train.logging import read_metrics
+from train.trainer import fit, preflight
+
+BOS_ID, EOS_ID = 1, 2     # data/translation.py: <pad>, <s>, </s> are 0, 1, 2
+
+
+def model_config(config) -> transformer.TransformerConfig:
+    try:
+        cfg = transformer.TransformerConfig(**config.model.to_dict())
+    except TypeError as e:
+        raise ValueError(f"config.model: {e}") from e
+    transformer.check(cfg)
+    if cfg.pad_id != 0:
+        raise ValueError(f"model.pad_id must be 0, the tokenizer's <pad>, got {cfg.pad_id}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    return cfg
+
+
+def translation_loss_fn(model: transformer.Transformer, label_smoothing: float):
+    """Label-smoothed cross-entropy over the target tokens (batch["weights"]), the decoder fed
+    the target shifted right; also the plain per-token NLL (perplexity's) and accuracy."""
+    def loss_fn(params, state, batch, rng):
+        train = rng is not None
+        logits = model.apply({"params": params}, batch["src"], batch["tgt_in"],
+                             deterministic=not train, rngs={"dropout": rng} if train else {})
+        target, w = batch["tgt_out"], batch["weights"]
+        loss = objectives.cross_entropy(logits, target, w, label_smoothing)
+        nll = objectives.cross_entropy(logits, target, w) if label_smoothing else loss
+        metrics = {"nll": nll, "accuracy": objectives.accuracy(logits, target, w)}
+        if train:   # the rows and tokens of this batch (its size varies with the lengths)
+            real = batch["index"] >= 0
+            metrics["examples"] = jnp.sum(real).astype(jnp.float32)
+            metrics["tokens"] = jnp.sum(w) + jnp.sum((batch["src"] != 0) & real[:, None])
+        return loss, (metrics, state)
+    return loss_fn
+
+
+def run_tokenizer(config, workdir, train_pairs=None):
+    """The run's tokenizer: DIR/tokenizer.json when resuming, else init_from's when it has one
+    (its weights index that vocabulary), else the cached joint BPE of the data."""
+    for d in (workdir, config.init_from):
+        if d and (path := pathlib.Path(d).expanduser() / "tokenizer.json").exists():
+            tok = translation.Tokenizer.load(path)
+            translation.check_specials(tok)
+            return tok
+    return translation.get_tokenizer(config.data, train_pairs)
+
+
+def make_translate(cfg: transformer.TransformerConfig):
+    """(params, src [batch, len], beam_size, alpha, extra) -> token ids: greedy for beam 1,
+    else beam search; output up to the source's length + extra tokens (the model's max_len)."""
+    def translate(params, src, beam_size, alpha, extra):
+        max_len = min(src.shape[1] + extra, cfg.max_len)
+        if beam_size == 1:
+            return transformer.greedy_decode(cfg, params, src, max_len=max_len, bos_id=BOS_ID,
+                                             eos_id=EOS_ID)
+        return transformer.beam_search(cfg, params, src, beam_size, alpha, max_len=max_len,
+                                       bos_id=BOS_ID, eos_id=EOS_ID)
+    return translate
+
+
+def setup(config, workdir) -> dict:
+    """What fit() needs for this experiment (also used by experiments.evaluate)."""
+    cfg = model_config(config)
+    d, t = config.data, config.train
+    corpus = translation.load_corpus(d)
+    tok = run_tokenizer(config, workdir, corpus["train"])
+    if tok.vocab_size > cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but model.vocab_size is "
+                         f"{cfg.vocab_size}")
+    train_enc, dropped = translation.fit_length(translation.encode(tok, corpus["train"]),
+                                                cfg.max_len, drop=True)
+    if dropped and jax.process_index() == 0:
+        print(f"dropped {dropped} training pairs longer than model.max_len {cfg.max_len}",
+              file=sys.stderr)
+    dp = sharding.data_parallel_size(sharding.make_mesh(config.mesh))
+    kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    train_data = translation.LengthBatches(
+        train_enc, d.tokens_per_batch, rows=t.batch_size, row_multiple=dp * t.grad_accum,
+        pad_step=d.pad_step, max_len=cfg.max_len, seed=config.seed, **kw)
+    evals = {split: translation.fit_length(translation.encode(tok, corpus[split]), cfg.max_len,
+                                           drop=False)[0] for split in ("val", "test")}
+    eval_tokens = d.eval_tokens_per_batch or d.tokens_per_batch
+    data = {split: lambda enc=enc: translation.LengthBatches(
+        enc, eval_tokens, rows=t.batch_size, row_multiple=dp, pad_step=d.pad_step,
+        max_len=cfg.max_len, seed=0, shuffle=False, prefetch=0, **kw)
+        for split, enc in evals.items()}
+    model = transformer.Transformer(cfg)
+    example = jnp.zeros((1, 8), jnp.int32)
+    return dict(
+        init_fn=lambda rng: model.init(rng, example, example),
+        loss_fn=translation_loss_fn(model, config.label_smoothing),
+        train_data=train_data, data=data,
+        eval_fns=dict(translate=make_translate(cfg),
+                      detokenize=lambda ids: translation.detokenize(tok, ids),
+                      texts={s: (corpus[s].src, corpus[s].tgt) for s in ("val", "test")}),
+        artifacts={"tokenizer.json": tok.save})
+
+
+def main(config, workdir):
+    preflight(config, workdir)
+    fit(config, workdir=workdir, **setup(config, workdir))
+    if jax.process_index() == 0:
+        rows = read_metrics(workdir)
+        test = [r for r in rows if r["split"] == "test"]
+        last = test[-1] if test else {}
+        print(f"{config.data.src_lang} -> {config.data.tgt_lang}: test BLEU "
+              f"{last.get('bleu', float('nan')):.2f}, perplexity "
+              f"{last.get('perplexity', float('nan')):.3f}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    launch.run(main, "transformer.py:tiny")
