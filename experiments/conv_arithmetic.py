@@ -31,7 +31,7 @@ from absl import app, flags
 from flax import linen as nn
 
 from models import convnets
-from models.conv import (conv, conv_macs, depthwise_separable_cost_ratio,
+from models.conv import (conv_macs, depthwise_separable_cost_ratio,
                          depthwise_separable_macs)
 
 flags.DEFINE_string("model", "", "A zoo model to print layer by layer ('all': every one); "
@@ -58,8 +58,12 @@ class Convs(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        # lax's own convolution, not the zoo's CPU kernels (models/kernels.py), which compute
+        # the same sums by other programs: the operation's cost is what is measured here.
         for n_c, f, groups in self.layers:
-            x = conv(n_c, f, padding=self.padding, groups=groups, bias=self.bias)(x)
+            p = (f - 1) // 2 if self.padding == "same" else 0
+            x = nn.Conv(n_c, (f, f), strides=(1, 1), padding=((p, p), (p, p)),
+                        feature_group_count=groups, use_bias=self.bias)(x)
         return x
 
 

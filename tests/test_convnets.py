@@ -108,6 +108,36 @@ def test_pointwise_conv_runs_as_a_matmul_with_the_convolutions_values(s):
     assert "dot_general" in primitives and "conv_general_dilated" not in primitives
 
 
+@pytest.mark.parametrize("f,s", [(3, 1), (3, 2), (5, 2)])
+def test_depthwise_conv_runs_as_shifted_sums_with_the_convolutions_values(f, s):
+    """On a CPU a depthwise layer is f*f strided slices times their taps (XLA:CPU's grouped
+    convolution is several times slower), with the convolution's outputs and both gradients,
+    on an odd-sized input whose last window is cut by the stride."""
+    layer = conv.depthwise_conv(6, f, s, bias=False)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 9, 8, 6), np.float32)
+    variables = {"params": {"kernel": rng.standard_normal((f, f, 1, 6), np.float32)}}
+    y_shape = jax.eval_shape(layer.apply, variables, x).shape
+    g = rng.standard_normal(y_shape, np.float32)
+    p = conv.padding_of("same", f)
+
+    def reference(variables, x):
+        return jax.lax.conv_general_dilated(x, variables["params"]["kernel"], (s, s),
+                                            [(p, p), (p, p)], dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=6)
+
+    @jax.jit
+    def outputs_and_gradients(variables, x, g):
+        return [(f_(variables, x), jax.vjp(f_, variables, x)[1](g)) for f_ in (layer.apply,
+                                                                           reference)]
+
+    actual, expected = outputs_and_gradients(variables, x, g)
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    primitives = str(jax.make_jaxpr(jax.grad(lambda v: layer.apply(v, x).sum()))(variables))
+    assert "conv_general_dilated" not in primitives
+
+
 def test_depthwise_separable_params():
     layer = conv.DepthwiseSeparableConv(32, f=3)
     variables = jax.eval_shape(lambda x: layer.init(jax.random.key(0), x),
