@@ -1,7 +1,7 @@
 """Train CLIP from scratch on captioned digit scenes and evaluate it zero-shot and by linear probe.
 
     python -m experiments.clip --config=experiments/configs/clip.py:tiny --workdir=DIR \
-        [--config.model.learn_temperature=False]
+        [--config.model.learn_temperature=False] [--config.model.image_encoder=clip-rn-tiny]
 
 Training pairs are one- or two-digit MNIST scenes with template captions; the digit pairs in
 data.images.HELDOUT_PAIRS never appear together in training. After training, on test-split
@@ -45,9 +45,17 @@ def model_config(config) -> clip.CLIPConfig:
 def clip_loss_fn(model: clip.CLIP):
     """The trainer's loss_fn on {"images", "tokens"}: CLIP's symmetric cross-entropy, plus the
     temperature and in-batch retrieval accuracies. Under jit with the batch sharded over
-    devices, logits = I_e T_e^T is over the global batch: every image meets every text."""
+    devices, logits = I_e T_e^T is over the global batch: every image meets every text. A
+    ResNet tower's BatchNorm (state: batch_stats) normalises with the batch's statistics in
+    training and updates its running averages; in evaluation (rng None) it uses them."""
     def loss_fn(params, state, batch, rng):
-        _, _, logits = model.apply({"params": params}, batch["images"], batch["tokens"])
+        variables = {"params": params, **state}
+        if rng is not None and state:
+            (_, _, logits), updates = model.apply(variables, batch["images"], batch["tokens"],
+                                                  train=True, mutable=list(state))
+            state = {**state, **updates}
+        else:
+            _, _, logits = model.apply(variables, batch["images"], batch["tokens"])
         labels = jnp.arange(logits.shape[0])
         scale = model.apply({"params": params}, method="logit_scale")
         metrics = {"logit_scale": scale, "temperature": 1.0 / scale,
@@ -158,11 +166,10 @@ def eval_functions(config, cfg: clip.CLIPConfig, scenes, encode, stats) -> dict:
 
     return dict(
         tasks=tasks, labelled=labelled, prompt_tokens=prompt_tokens,
-        image_embeds=lambda p, x: model.apply({"params": p}, x, method="encode_image"),
-        text_embeds=lambda p, t: model.apply({"params": p}, t, method="encode_text"),
+        image_embeds=lambda v, x: model.apply(v, x, method="encode_image"),
+        text_embeds=lambda v, t: model.apply(v, t, method="encode_text"),
         # I_f, before W_i: the probe's features
-        image_features=lambda p, x: model.apply({"params": p}, x,
-                                                method=lambda m, x: m.image_encoder(x)))
+        image_features=lambda v, x: model.apply(v, x, method="image_features"))
 
 
 def results_table(row: dict, tasks: list[str], scenes) -> str:

@@ -11,6 +11,10 @@ The paper's pseudo-code (figure 3):
 t is a learned log inverse temperature, initialised to log(1/0.07); exp(t) is clipped at 100
 "to prevent training instability". Here the clip is applied in the forward pass, so it holds
 whatever the optimiser does to t (the gradient through t stops while clipped).
+The image encoder is a ViT (models/vit.py) or, with image_encoder set to a ConvNet registry name
+such as "clip-rn50", CLIP's modified ResNet (models/clip_resnet.py), whose attention pooling
+already projects to the joint space: that tower has no W_i, and its BatchNorm statistics live in
+the "batch_stats" collection (pass train=True with it mutable while training).
 The text encoder is a causal Transformer whose feature is the final LayerNorm's output at the
 end-of-text token. The symmetric loss lives in train/objectives.py.
 """
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from models import convnets
 from models.layers import (LearnedPositions, TokenEmbedding, check_config, layer_norm,
                            param_count, stack, training_flops_per_token)
 from models.vit import ViT, ViTConfig
@@ -49,11 +54,20 @@ class TextConfig:
 @dataclasses.dataclass(frozen=True)
 class CLIPConfig:
     embed_dim: int = 512
+    # "vit": the ViT of `vision`; else a ConvNet registry name ("clip-rn50", "clip-rn-tiny")
+    # built with embed_dim outputs, fed vision.image_size x vision.channels images (the other
+    # ViT fields then unused; vision.dtype its compute dtype).
+    image_encoder: str = "vit"
     vision: ViTConfig = dataclasses.field(default_factory=ViTConfig)
     text: TextConfig = dataclasses.field(default_factory=TextConfig)
     init_temperature: float = 0.07  # t = log(1 / 0.07) at initialisation
     max_logit_scale: float = 100.0
     learn_temperature: bool = True  # False: t stays at log(1 / init_temperature) (ablation)
+
+    def __post_init__(self):
+        if self.image_encoder != "vit" and self.image_encoder not in convnets.REGISTRY:
+            raise ValueError(f"unknown image_encoder {self.image_encoder!r}; choose 'vit' or a "
+                             f"ConvNet such as {sorted(convnets.CLIP_RESNETS)} or 'clip-rn-tiny'")
 
 
 def _clip(embed_dim, image_size, patch, v_width, v_layers, v_heads, t_width, t_layers, t_heads):
@@ -64,6 +78,13 @@ def _clip(embed_dim, image_size, patch, v_width, v_layers, v_heads, t_width, t_l
         text=TextConfig(d_model=t_width, n_layer=t_layers, n_head=t_heads))
 
 
+def _clip_rn(name, t_width, t_heads):
+    _, _, embed_dim, image_size = convnets.CLIP_RESNETS[f"clip-{name}"]
+    return CLIPConfig(embed_dim=embed_dim, image_encoder=f"clip-{name}",
+                      vision=ViTConfig(image_size=image_size),
+                      text=TextConfig(d_model=t_width, n_layer=12, n_head=t_heads))
+
+
 PRESETS: dict[str, CLIPConfig] = {
     # Paper table 20 (ViT hyperparameters): embed dim, input resolution, vision layers / width /
     # heads, text layers / width / heads; text context 77, vocabulary 49,408 for all.
@@ -71,6 +92,11 @@ PRESETS: dict[str, CLIPConfig] = {
     "vit-b-16": _clip(512, 224, 16, 768, 12, 12, 512, 12, 8),
     "vit-l-14": _clip(768, 224, 14, 1024, 24, 16, 768, 12, 12),
     "vit-l-14-336": _clip(768, 336, 14, 1024, 24, 16, 768, 12, 12),
+    # Paper table 19 (ResNet hyperparameters): the modified ResNet of models/clip_resnet.py
+    # (its layers, width, embed dim and resolution in convnets.CLIP_RESNETS), text width / heads.
+    **{name: _clip_rn(name, t_width, t_heads) for name, t_width, t_heads in (
+        ("rn50", 512, 8), ("rn101", 512, 8), ("rn50x4", 640, 10), ("rn50x16", 768, 12),
+        ("rn50x64", 1024, 16))},
     # CPU-sized: 32x32 one-channel digit scenes, captions of at most a few words.
     "tiny": CLIPConfig(
         embed_dim=64,
@@ -125,12 +151,16 @@ class CLIP(nn.Module):
     def setup(self):
         cfg = self.cfg
         pdt = jnp.dtype(cfg.vision.param_dtype)
-        self.image_encoder = ViT(cfg.vision)
         self.text_encoder = TextTransformer(cfg.text)
-        self.W_i = self.param(
-            "W_i", nn.with_logical_partitioning(
-                nn.initializers.normal(cfg.vision.d_model ** -0.5), ("embed", None)),
-            (cfg.vision.d_model, cfg.embed_dim), pdt)
+        if cfg.image_encoder == "vit":
+            self.image_encoder = ViT(cfg.vision)
+            self.W_i = self.param(
+                "W_i", nn.with_logical_partitioning(
+                    nn.initializers.normal(cfg.vision.d_model ** -0.5), ("embed", None)),
+                (cfg.vision.d_model, cfg.embed_dim), pdt)
+        else:
+            dtype = {} if cfg.vision.dtype == "float32" else {"dtype": cfg.vision.dtype}
+            self.image_encoder = convnets.create(cfg.image_encoder, cfg.embed_dim, **dtype)
         self.W_t = self.param(
             "W_t", nn.with_logical_partitioning(
                 nn.initializers.normal(cfg.text.d_model ** -0.5), ("embed", None)),
@@ -142,10 +172,23 @@ class CLIP(nn.Module):
         else:
             self.t = jnp.asarray(t0, jnp.float32)
 
-    def encode_image(self, images):
-        """I_e = l2_normalize(image_encoder(I) W_i)."""
-        I_f = self.image_encoder(images)
-        return l2_normalize(I_f @ self.W_i.astype(I_f.dtype))
+    def image_features(self, images, train: bool = False):
+        """I_f: the ViT's class token, or the ConvNet's output (already in the joint space)."""
+        if self.cfg.image_encoder == "vit":
+            return self.image_encoder(images)
+        v = self.cfg.vision
+        expected = (v.image_size, v.image_size, v.channels)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"expected images [batch, {', '.join(map(str, expected))}] (NHWC), "
+                             f"got shape {tuple(images.shape)}")
+        return self.image_encoder(images, train=train)
+
+    def encode_image(self, images, train: bool = False):
+        """I_e = l2_normalize(image_encoder(I) W_i) (no W_i after a ConvNet tower)."""
+        I_f = self.image_features(images, train)
+        if self.cfg.image_encoder == "vit":
+            I_f = I_f @ self.W_i.astype(I_f.dtype)
+        return l2_normalize(I_f)
 
     def encode_text(self, tokens):
         """T_e = l2_normalize(text_encoder(T) W_t)."""
@@ -156,9 +199,10 @@ class CLIP(nn.Module):
         """exp(t), clipped at max_logit_scale (100 in the paper)."""
         return jnp.exp(jnp.minimum(self.t, math.log(self.cfg.max_logit_scale)))
 
-    def __call__(self, images, tokens):
-        """-> (I_e [n, d_e], T_e [m, d_e], logits_per_image = I_e T_e^T exp(t) [n, m])."""
-        I_e = self.encode_image(images)
+    def __call__(self, images, tokens, train: bool = False):
+        """-> (I_e [n, d_e], T_e [m, d_e], logits_per_image = I_e T_e^T exp(t) [n, m]); train:
+        BatchNorm of a ConvNet tower on the batch's statistics."""
+        I_e = self.encode_image(images, train)
         T_e = self.encode_text(tokens)
         logits = (I_e @ T_e.T).astype(jnp.float32) * self.logit_scale()
         return I_e, T_e, logits
@@ -176,22 +220,28 @@ def abstract_params(cfg: CLIPConfig):
     return nn.meta.unbox(variables["params"])
 
 
+def _block_params(tower) -> int:
+    """Parameters of a Transformer tower's blocks."""
+    return param_count([sub for name, sub in tower.items() if name.startswith("block_")])
+
+
 def flops_per_pair(cfg: CLIPConfig, batch: int) -> float:
     """Training FLOPs per image-text pair in a batch of `batch` pairs, counted as
     gpt.flops_per_token counts them (layers.training_flops_per_token over every position),
     for each tower: the ViT over its patches and class token (the patch embedding a matmul per
     patch), the text Transformer over its full context; then W_i, W_t and the pair's row of the
-    n x n logits (6 n d_e: every image is scored against every text)."""
+    n x n logits (6 n d_e: every image is scored against every text). A ConvNet tower counts
+    3x its forward FLOPs as XLA's cost analysis gives them (convnets.flops), and has no W_i."""
     params = abstract_params(cfg)
     v, t = cfg.vision, cfg.text
-
-    def blocks(tower) -> int:
-        return param_count([sub for name, sub in tower.items() if name.startswith("block_")])
-
-    tv, tt = v.num_patches + 1, t.n_ctx
+    tt = t.n_ctx
+    text = tt * training_flops_per_token(_block_params(params["text_encoder"]), t.n_layer, t.d_model, tt)
+    if cfg.image_encoder != "vit":
+        vision = 3 * convnets.flops(cfg.image_encoder, v.image_size, cfg.embed_dim, v.channels)
+        return float(vision + text + 6 * t.d_model * cfg.embed_dim + 6 * batch * cfg.embed_dim)
+    tv = v.num_patches + 1
     patch = v.patch_size ** 2 * v.channels * v.d_model
-    vision = tv * training_flops_per_token(blocks(params["image_encoder"]), v.n_layer, v.d_model,
+    vision = tv * training_flops_per_token(_block_params(params["image_encoder"]), v.n_layer, v.d_model,
                                            tv) + 6 * patch * v.num_patches
-    text = tt * training_flops_per_token(blocks(params["text_encoder"]), t.n_layer, t.d_model, tt)
     return float(vision + text + 6 * (v.d_model + t.d_model) * cfg.embed_dim
                  + 6 * batch * cfg.embed_dim)

@@ -22,13 +22,14 @@ inputs (mobilenet_v2_tiny, efficientnet_tiny).
 """
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from models import alexnet, efficientnet, inception, lenet, mobilenet, resnet, vgg
+from models import alexnet, clip_resnet, efficientnet, inception, lenet, mobilenet, resnet, vgg
 from models.conv import BatchNorm, conv_macs
 from models import torchvision_import
 
@@ -41,6 +42,16 @@ class Entry:
     num_classes: int = 1000
     in_channels: int = 3
     family: str | None = None  # the torchvision family it imports from; None: no counterpart
+
+
+# CLIP's modified ResNets (Radford et al. 2021, table 19): layers, width, embedding dimension,
+# resolution; heads = 32 w / 64. clip-rn-tiny: CPU-sized, for 32x32 inputs (stem stride 1, so
+# the final feature map is 2x2).
+CLIP_RESNETS = {"clip-rn50": ((3, 4, 6, 3), 64, 1024, 224),
+                "clip-rn101": ((3, 4, 23, 3), 64, 512, 224),
+                "clip-rn50x4": ((4, 6, 10, 6), 80, 640, 288),
+                "clip-rn50x16": ((6, 8, 18, 8), 96, 768, 384),
+                "clip-rn50x64": ((3, 15, 36, 10), 128, 1024, 448)}
 
 
 def _registry() -> dict[str, Entry]:
@@ -72,6 +83,13 @@ def _registry() -> dict[str, Entry]:
         r[f"resnet{6 * n + 2}"] = Entry(
             resnet.ResNet, dict(block="basic", layers=(n, n, n), widths=(16, 32, 64),
                                 stem="cifar", shortcut="A"), 32, num_classes=10)
+    for name, (layers, width, embed_dim, res) in CLIP_RESNETS.items():
+        r[name] = Entry(clip_resnet.CLIPResNet, dict(layers=layers, width=width,
+                                                     heads=width * 32 // 64), res,
+                        num_classes=embed_dim)
+    r["clip-rn-tiny"] = Entry(clip_resnet.CLIPResNet, dict(layers=(1, 1, 1, 1), width=8,
+                                                          heads=4, stem_stride=1), 32,
+                              num_classes=64)
     for b, (w, d, res, dropout) in efficientnet.PRESETS.items():
         bn = dict(bn_eps=1e-3, bn_momentum=0.99) if b in ("b5", "b6", "b7") else {}
         r[f"efficientnet_{b}"] = Entry(
@@ -313,6 +331,30 @@ def format_summary(summary: Summary, depth: int = 0) -> str:
               + (f" ({unused:,} in layers unused at inference)" if unused else "")
               + f"; {summary.macs:,} multiply-adds ({_si(summary.macs)}) per image"]
     return "\n".join(lines)
+
+
+def from_open_clip(name: str, state_dict, **overrides) -> tuple[nn.Module, dict]:
+    """(module, variables) of a CLIP ResNet (clip-rn50, ..., or any with `overrides` of layers,
+    width, heads, stem_stride) from the state dict of open_clip's ModifiedResNet, or of a whole
+    open_clip CLIP model (its "visual." tensors). The output width comes from attnpool.c_proj,
+    the input channels from conv1, the resolution from the positional embedding; as in
+    from_torchvision every tensor must fit."""
+    entry = _entry(name)
+    if entry.build is not clip_resnet.CLIPResNet:
+        raise ValueError(f"{name} is not a CLIP ResNet; choose from "
+                         f"{[n for n in names() if REGISTRY[n].build is clip_resnet.CLIPResNet]}")
+    if any(k.startswith("visual.") for k in state_dict):
+        state_dict = {k[len("visual."):]: v for k, v in state_dict.items()
+                      if k.startswith("visual.")}
+    tensors = torchvision_import.numpy_tensors(state_dict)
+    settings = torchvision_import.infer_settings("open_clip_resnet", tensors, name)
+    module = create(name, **{**settings, **overrides})
+    grid = math.isqrt(len(tensors["attnpool.positional_embedding"]) - 1)
+    side = grid * 16 * module.stem_stride
+    expected = abstract_variables(module, dummy_images(name, 1, side,
+                                                       tensors["conv1.weight"].shape[1]))
+    return module, torchvision_import.convert("open_clip_resnet", module, tensors, expected,
+                                              name)
 
 
 def from_torchvision(name: str, state_dict, **overrides) -> tuple[nn.Module, dict]:

@@ -1,4 +1,5 @@
-"""torchvision state dicts -> our variables (used by convnets.from_torchvision).
+"""torchvision (and open_clip ResNet) state dicts -> our variables (used by
+convnets.from_torchvision and convnets.from_open_clip).
 
 Each family maps a torch module path ("layer2.0.downsample.0") to ours
 (("conv3_1", "proj_conv")); the tensors then convert by kind:
@@ -19,7 +20,8 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from models import vgg
 
 CLASSIFIER = {"alexnet": "classifier.6", "vgg": "classifier.6", "resnet": "fc",
-              "googlenet": "fc", "mobilenet_v2": "classifier.1", "efficientnet": "classifier.1"}
+              "googlenet": "fc", "mobilenet_v2": "classifier.1", "efficientnet": "classifier.1",
+              "open_clip_resnet": "attnpool.c_proj"}
 # Linear layers fed by a flattened C x H x W map, with their H = W: torch flattens channels
 # first, we flatten them last.
 FLATTENED = {"alexnet": {("fc6",): 6}, "vgg": {("fc6",): 7},
@@ -85,6 +87,14 @@ def _resnet(path: str, module, modules) -> tuple | None:
     return (f"conv{int(m[1]) + 1}_{int(m[2]) + 1}", layer)
 
 
+def _open_clip_resnet(path: str, module, modules) -> tuple | None:
+    """open_clip's ModifiedResNet: stem conv1-3/bn1-3, layerN.M blocks as torchvision's
+    (downsample.-1 is the parameter-free average pooling), attnpool's projections."""
+    if re.fullmatch(r"(conv|bn)[123]|attnpool(\.[qkvc]_proj)?", path):
+        return tuple(path.split("."))
+    return None if path == "fc" else _resnet(path, module, modules)
+
+
 def _conv_bn(prefix: str, ours: tuple) -> dict[str, tuple]:
     """A torchvision Conv2dNormActivation / BasicConv2d: children conv, BN -> our ConvBN."""
     return {f"{prefix}0": (*ours, "conv"), f"{prefix}1": (*ours, "bn")}
@@ -144,7 +154,8 @@ def _efficientnet(path: str, module, modules) -> tuple | None:
 
 
 FAMILIES = {"alexnet": _alexnet, "vgg": _vgg, "resnet": _resnet, "googlenet": _googlenet,
-            "mobilenet_v2": _mobilenet_v2, "efficientnet": _efficientnet}
+            "mobilenet_v2": _mobilenet_v2, "efficientnet": _efficientnet,
+            "open_clip_resnet": _open_clip_resnet}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,6 +170,8 @@ def _convert(kind: str, value: np.ndarray, grid: int | None):
         return "batch_stats", "var", value
     if kind == "bias":
         return "params", "bias", value
+    if kind == "positional_embedding":                       # CLIP's attention pooling
+        return "params", "positional_embedding", value
     if kind != "weight":
         return None
     if value.ndim == 1:                                      # BatchNorm gamma

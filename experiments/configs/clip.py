@@ -2,6 +2,11 @@
 
     tiny        ViT 3 x 64 (8x8 patches) on 32x32 digit scenes, text 2 x 64; about seven
                 minutes on 2 CPU cores
+    tiny-rn     tiny with CLIP's modified ResNet as the image encoder (convnets "clip-rn-tiny":
+                one bottleneck per stage, width 8, stem stride 1, attention pooling over the
+                final 2x2 map, 4 heads), about the tiny ViT's FLOPs per image
+    rn50        the paper's RN50 (and rn101, rn50x4, rn50x16, rn50x64): as vit-b-32, with
+                the ResNet's resolution
     vit-b-32    the paper's ViT-B/32 (and vit-b-16, vit-l-14, vit-l-14-336): 224 px, batch
                 32,768, 32 epochs of 400M pairs, AdamW (0.9, 0.98, 1e-6), decay 0.2, cosine lr
                 after 2,000 warmup steps; reads an image-caption dataset through HF `datasets`
@@ -22,11 +27,17 @@ EXPERIMENT = "clip"
 # The temperature ablation: t learned (the paper) or fixed at log(1/0.07), two seeds each:
 #   python -m experiments.sweep --config=experiments/configs/clip.py:tiny --name=temperature \
 #       --workdir=DIR
+# The image encoder: the tiny ViT or the tiny modified ResNet, same text tower and training:
+#   python -m experiments.sweep --config=experiments/configs/clip.py:tiny --name=image_encoder \
+#       --workdir=DIR
 SWEEPS = {"temperature": {"model.learn_temperature": [True, False], "seeds": 2,
-                          "metric": "test/zeroshot_top1"}}
+                          "metric": "test/zeroshot_top1"},
+          "image_encoder": {"model.image_encoder": ["vit", "clip-rn-tiny"], "seeds": 2,
+                            "metric": "test/zeroshot_top1"}}
 
-# Paper section 2.5 / table 20: learning rate per model (batch 32,768, 32 epochs).
-PAPER_LR = {"vit-b-32": 5e-4, "vit-b-16": 5e-4, "vit-l-14": 4e-4, "vit-l-14-336": 2e-5}
+# Paper section 2.5 / tables 19 and 20: learning rate per model (batch 32,768, 32 epochs).
+PAPER_LR = {"vit-b-32": 5e-4, "vit-b-16": 5e-4, "vit-l-14": 4e-4, "vit-l-14-336": 2e-5,
+            "rn50": 5e-4, "rn101": 5e-4, "rn50x4": 5e-4, "rn50x16": 4e-4, "rn50x64": 3.6e-4}
 PAPER_STEPS = 32 * 400_000_000 // 32_768  # 32 epochs over the 400M-pair WIT dataset
 
 
@@ -79,8 +90,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data = data_config()
     config.eval = eval_config()
     config.evals = evals_config()
-    if arg == "tiny":
+    if arg in ("tiny", "tiny-rn"):
         model = clip.preset("tiny")
+        if arg == "tiny-rn":
+            model = dataclasses.replace(model, image_encoder="clip-rn-tiny")
         config.train = clip_train_config(steps=2500, batch_size=128, lr=5e-3, warmup_steps=100,
                                     eval_every=500, ckpt_every=500)
     elif arg in PAPER_LR:

@@ -11,8 +11,8 @@ accuracy on the test split. Fitted on device by L-BFGS along the path of Cs from
 regularisation to the weakest, each fit warm-started from the previous one.
 
 The experiment provides (Context.fns): `tasks` (names, the first one logged without prefix),
-`labelled(task, split, n) -> (images, labels)`, `image_embeds(params, images)` (I_e),
-`image_features(params, images)` (I_f), `text_embeds(params, tokens)` (T_e) and
+`labelled(task, split, n) -> (images, labels)`, `image_embeds(variables, images)` (I_e),
+`image_features(variables, images)` (I_f), `text_embeds(variables, tokens)` (T_e) and
 `prompt_tokens(task) -> [classes, prompts, context]`.
 """
 
@@ -46,13 +46,15 @@ class _CLIPEvaluator(Evaluator):
         self._jit = {}
         for name in ("image_embeds", "image_features", "text_embeds"):
             fn = self.ctx.fns[name]
-            self._jit[name] = jax.jit(lambda params, x, fn=fn: fn(params, x),
-                                      in_shardings=(program.state_shardings.params,
-                                                    program.batch_sharding),
-                                      out_shardings=repl)
+            # variables: the parameters and the model state (a ResNet tower's BatchNorm).
+            self._jit[name] = jax.jit(
+                lambda params, model_state, x, fn=fn: fn({"params": params, **model_state}, x),
+                in_shardings=(program.state_shardings.params,
+                              program.state_shardings.model_state, program.batch_sharding),
+                out_shardings=repl)
 
     def embed(self, name, state, x):
-        fn = lambda batch: self._jit[name](state.params, batch)   # noqa: E731
+        fn = lambda batch: self._jit[name](state.params, state.model_state, batch)  # noqa: E731
         return labelled_in_batches(fn, self.ctx.program, x, self.batch_size)
 
     def tasks(self):
