@@ -115,4 +115,4 @@ def build(config, ctx: Context) -> Suite:
                   for name, cfg in evals.items()])
 
 
-from train.evaluators import classification, clip_evals  # noqa: E402,F401  (registers types)
+from train.evaluators import classification, clip_evals, translation  # noqa: E402,F401  (registers types)

@@ -1,0 +1,117 @@
+"""Transformer translation presets: get_config("PRESET").
+
+    tiny    a 3-layer, 128-wide Transformer on the offline English -> French number phrases
+            (num2words), joint BPE of 512 tokens; minutes on 2 CPU cores
+    base    the paper's base model (Table 3: N 6, d_model 512, d_ff 2048, h 8, P_drop 0.1,
+            eps_ls 0.1, 100K steps) on WMT 2014 English -> German through HF `datasets`,
+            37,000 shared BPE tokens, batches of about 25,000 source + 25,000 target tokens,
+            Adam (0.9, 0.98, 1e-9), the noam schedule with 4,000 warmup steps, beam 4, alpha 0.6
+    big     the big model (d_model 1024, d_ff 4096, h 16, P_drop 0.3, 300K steps)
+
+A base config is built first; each preset then overrides model, data and train fields.
+Named sweeps (SWEEPS below): the paper's Table 3 ablations in miniature, one command each.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from experiments.configs.common import base_config, eval_spec, train_config
+from models import transformer
+
+EXPERIMENT = "translate"
+
+# Table 3 in miniature on the number phrases, each one command:
+#   python -m experiments.sweep --config=experiments/configs/transformer.py:tiny \
+#       --name=label_smoothing --workdir=DIR
+# label_smoothing: (E) eps_ls 0 vs 0.1 (perplexity rises, BLEU improves in the paper);
+# heads: (A) h at constant compute (d_k = d_v = d_model / h); positions: (E) sinusoidal vs
+# learned; beam: section 6.1's beam 4 against greedy decoding, evaluation only, of one model
+# trained first in DIR/train.
+SWEEPS = {
+    "label_smoothing": {"label_smoothing": [0.0, 0.1], "metric": "test/bleu"},
+    "heads": {"model.n_head": [1, 2, 4, 8], "metric": "test/bleu"},
+    "positions": {"model.positions": ["sinusoidal", "learned"], "metric": "test/bleu"},
+    "beam": {"evals.test_bleu.beam_size": [1, 4], "metric": "test/bleu",
+             "before": {"experiment": "translate", "config": "transformer.py:tiny",
+                        "workdir": "train"},
+             "overrides": {"init_from": "{sweep_dir}/train", "train.steps": 0}},
+}
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict(dict(
+        source="numbers",          # numbers (offline, num2words) | hf
+        src_lang="en",
+        tgt_lang="fr",
+        # numbers: integers drawn from [0, max_number) without repeats, split by number
+        max_number=1_000_000,
+        train_size=50_000,
+        val_size=500,
+        test_size=1000,
+        split_seed=0,              # which numbers go to which split (not the training seed)
+        # hf: a translation dataset, a `translation` column of {lang: text} per example
+        hf_dataset="",             # a hub name ("wmt14") or a builder ("json", "parquet")
+        hf_config="",              # e.g. "de-en", "fr-en"
+        hf_data_files="",          # "train=a.jsonl,validation=b.jsonl,test=c.jsonl"
+        translation_column="translation",
+        train_split="train",
+        val_split="validation",
+        test_split="test",
+        max_examples=0,            # hf: per split, 0 = all
+        bpe_examples=1_000_000,    # pairs of the train split the joint BPE is trained on
+        # one byte-level BPE for both languages (section 5.1: a shared vocabulary)
+        vocab_size=512,
+        tokenizer="",              # a tokenizer.json to use instead of training one
+        cache_dir="~/.cache/flaxpapers",
+        # section 5.1: "each training batch contained ... approximately 25000 source tokens and
+        # 25000 target tokens"; pairs are grouped by length, padded per batch
+        tokens_per_batch=25_000,
+        eval_tokens_per_batch=0,   # 0: tokens_per_batch
+    ))
+    d.update(overrides)
+    return d
+
+
+def evals_config(beam_size: int = 4, alpha: float = 0.6) -> ml_collections.ConfigDict:
+    """Perplexity and greedy BLEU on val during training; perplexity and beam-search BLEU on
+    test at the end (section 6.1: beam 4, alpha 0.6, output length up to input + 50)."""
+    return ml_collections.ConfigDict(dict(
+        val=eval_spec(type="perplexity", split="val"),
+        val_bleu=eval_spec(type="bleu", split="val", beam_size=1, show=0),
+        test=eval_spec(type="perplexity", split="test", every=0),
+        test_bleu=eval_spec(type="bleu", split="test", every=0, beam_size=beam_size,
+                            alpha=alpha)))
+
+
+def transformer_train_config(d_model: int, **overrides) -> ml_collections.ConfigDict:
+    """Section 5.3: Adam (beta1 0.9, beta2 0.98, eps 1e-9), lr = d_model^-0.5 *
+    min(step^-0.5, step * warmup^-1.5), no weight decay, no gradient clipping."""
+    return train_config(**{**dict(optimizer="adam", schedule="noam", lr=1.0, noam_width=d_model,
+                                  warmup_steps=4000, b1=0.9, b2=0.98, eps=1e-9,
+                                  weight_decay=0.0, grad_clip=0.0), **overrides})
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    config = base_config()
+    config.data = data_config()
+    config.label_smoothing = 0.1     # section 5.4: eps_ls
+    config.evals = evals_config()
+    if arg == "tiny":
+        model = transformer.preset("tiny", d_model=128, n_head=4, n_layer=3, d_ff=256,
+                                   max_len=64)
+        config.data.update(vocab_size=model.vocab_size, tokens_per_batch=4096)
+        config.train = transformer_train_config(
+            model.d_model, steps=3000, batch_size=64, warmup_steps=400, eval_every=500,
+            eval_steps=4, ckpt_every=500, log_every=50)
+    elif arg in ("base", "big"):
+        model = transformer.preset(arg)
+        config.data.update(source="hf", hf_dataset="wmt14", hf_config="de-en", src_lang="en",
+                           tgt_lang="de", vocab_size=model.vocab_size)
+        config.train = transformer_train_config(
+            model.d_model, steps=100_000 if arg == "base" else 300_000, batch_size=512,
+            eval_every=5000, eval_steps=20, ckpt_every=5000, log_every=100)
+    else:
+        raise ValueError(f"unknown preset {arg!r}; see experiments/configs/transformer.py")
+    config.model = ml_collections.ConfigDict(dataclasses.asdict(model))
+    return config
