@@ -243,6 +243,19 @@ class ConvNetWorkload(Workload):
 
 # ------------------------------------------------------------------- GPT cached decoding
 
+def batch_phases(bench, title: str, **lengths) -> tuple[tuple, tuple, dict]:
+    """A decoding workload's phases, one per batch size in bench.batches: (batches, phases
+    "batch<n>", titles); the batch sizes and `lengths` must be positive, the sizes distinct."""
+    batches = tuple(int(n) for n in bench.batches)
+    if not batches or min(batches) < 1 or min(lengths.values()) < 1:
+        named = ", ".join(f"{k} {v}" for k, v in lengths.items())
+        raise ValueError(f"config.bench: batches {bench.batches}, {named} must all be positive")
+    phases = tuple(f"batch{n}" for n in batches)
+    if len(set(phases)) != len(phases):
+        raise ValueError(f"config.bench.batches {bench.batches} repeats a batch size")
+    return batches, phases, {p: f"{title}, batch {n}" for p, n in zip(phases, batches)}
+
+
 class GenerateCall:
     """One whole models.gpt.generate_batch call (prefill, then the cached decoding loop inside
     jit, tokens back on the host) on fixed prompts. The first call compiles: compile_s is its
@@ -282,15 +295,9 @@ class DecodeWorkload(Workload):
     def __init__(self, config):
         self.config, self.cfg, b = config, model_config(config), config.bench
         self.prompt_len, self.new_tokens = b.prompt_len, b.new_tokens
-        self.batches = tuple(int(n) for n in b.batches)
-        if not self.batches or min(self.batches) < 1 or min(b.prompt_len, b.new_tokens) < 1:
-            raise ValueError(f"config.bench: batches {b.batches}, prompt_len {b.prompt_len} "
-                             f"and new_tokens {b.new_tokens} must all be positive")
+        self.batches, self.phases, self.titles = batch_phases(
+            b, "generate", prompt_len=b.prompt_len, new_tokens=b.new_tokens)
         gpt.check_context(self.cfg, self.prompt_len, self.new_tokens)
-        self.phases = tuple(f"batch{n}" for n in self.batches)
-        if len(set(self.phases)) != len(self.phases):
-            raise ValueError(f"config.bench.batches {b.batches} repeats a batch size")
-        self.titles = {p: f"generate, batch {n}" for p, n in zip(self.phases, self.batches)}
         self.steps_per_call = self.new_tokens
         self.units_per_step = {p: n * self.new_tokens for p, n in zip(self.phases, self.batches)}
         c = self.cfg
@@ -494,18 +501,11 @@ class TranslationDecodeWorkload(Workload):
     def __init__(self, config):
         self.config, self.cfg, b = config, transformer_config(config), config.bench
         self.src_len, self.new_tokens = b.src_len, b.new_tokens
-        self.batches = tuple(int(n) for n in b.batches)
-        if not self.batches or min(self.batches) < 1 or min(b.src_len, b.new_tokens) < 1:
-            raise ValueError(f"config.bench: batches {b.batches}, src_len {b.src_len} and "
-                             f"new_tokens {b.new_tokens} must all be positive")
+        self.batches, self.phases, self.titles = batch_phases(
+            b, "greedy translation", src_len=b.src_len, new_tokens=b.new_tokens)
         if max(b.src_len, b.new_tokens) > self.cfg.max_len:
             raise ValueError(f"config.bench: src_len {b.src_len} and new_tokens "
                              f"{b.new_tokens} must fit the model's max_len {self.cfg.max_len}")
-        self.phases = tuple(f"batch{n}" for n in self.batches)
-        if len(set(self.phases)) != len(self.phases):
-            raise ValueError(f"config.bench.batches {b.batches} repeats a batch size")
-        self.titles = {p: f"greedy translation, batch {n}"
-                       for p, n in zip(self.phases, self.batches)}
         self.steps_per_call = self.new_tokens
         self.units_per_step = {p: n * self.new_tokens for p, n in zip(self.phases, self.batches)}
         c = self.cfg
