@@ -254,7 +254,7 @@ def model_width(params) -> int:
 def dependence(fn: Callable, arg) -> np.ndarray:
     """Boolean [n_out, n_in] of fn: [1, n, d] -> [1, n, d]: output position i depends on input
     position j (some entry of the Jacobian's block (i, j) is not zero)."""
-    jac = jax.jacfwd(fn)(arg)
+    jac = jax.jit(jax.jacfwd(fn))(arg)     # one compile, not one per eager operation
     return np.asarray(jnp.abs(jac[0, :, :, 0]).sum(axis=(1, 3)) > 0)
 
 
