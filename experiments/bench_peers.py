@@ -93,11 +93,15 @@ def matmul_flops(torch, sizes, repeats: int) -> float:
 
 def optimizer(torch, model, t: dict, device):
     """Ours in PyTorch: decay on the weight matrices and kernels only (two or more dimensions,
-    train/optim.py's default), AdamW or SGD with momentum (the decay an L2 term)."""
+    train/optim.py's default), AdamW or SGD with momentum (the decay an L2 term); Adam
+    without decay."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": t["weight_decay"]},
               {"params": rest, "weight_decay": 0.0}]
+    if t["optimizer"] == "adam":      # no decay, as the Transformer's Adam (section 5.3)
+        return torch.optim.Adam(model.parameters(), lr=t["lr"], betas=(t["b1"], t["b2"]),
+                                eps=t["eps"], fused=device.type == "cuda")
     if t["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, lr=t["lr"], betas=(t["b1"], t["b2"]), eps=t["eps"],
                                  fused=device.type == "cuda")
@@ -217,4 +221,75 @@ def decode_steps(spec: dict, device, torch):
     return steps, {"attention": model.config._attn_implementation}
 
 
-STEPS = {"pretrain_lm": gpt_steps, "classify_images": convnet_steps, "decode": decode_steps}
+def marian(spec: dict, device):
+    """transformers' MarianMTModel as the paper's Transformer: post-norm, ReLU, one embedding
+    for source, target and output, scaled by sqrt(d_model), sinusoidal positions; no dropout;
+    pad_id doubles as the decoder's start token; random weights."""
+    from transformers import MarianConfig, MarianMTModel
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    config = MarianConfig(
+        vocab_size=spec["vocab_size"], d_model=spec["d_model"], encoder_layers=spec["n_layer"],
+        decoder_layers=spec["n_layer"], encoder_attention_heads=spec["n_head"],
+        decoder_attention_heads=spec["n_head"], encoder_ffn_dim=spec["d_ff"],
+        decoder_ffn_dim=spec["d_ff"], activation_function="relu", scale_embedding=True,
+        share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
+        max_position_embeddings=spec["max_len"], dropout=0.0, attention_dropout=0.0,
+        activation_dropout=0.0, pad_token_id=spec["pad_id"],
+        decoder_start_token_id=spec["pad_id"], eos_token_id=spec["vocab_size"] - 1,
+        forced_eos_token_id=None, static_position_embeddings=True)
+    return MarianMTModel(config).to(device)
+
+
+def marian_loss(torch, logits, targets, pad_id: int, label_smoothing: float):
+    """Label-smoothed cross-entropy over the target positions that are not padding."""
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=pad_id,
+        label_smoothing=label_smoothing)
+
+
+def translate_steps(spec: dict, device, torch):
+    """MarianMTModel in training mode on random sentence pairs without padding, the decoder's
+    input the target shifted right behind pad_id (as ours)."""
+    model = marian(spec, device).train()
+    forward = torch.compile(model) if spec["compile"] else model
+    pad, batch = spec["pad_id"], spec["batch"]
+    src = torch.randint(1, spec["vocab_size"], (batch, spec["src_len"]), device=device)
+    tgt = torch.randint(1, spec["vocab_size"], (batch, spec["tgt_len"]), device=device)
+    tgt_in = torch.cat([torch.full((batch, 1), pad, device=device), tgt[:, :-1]], dim=1)
+    mask = torch.ones_like(src)
+    info = {"attention": model.config._attn_implementation}
+
+    def loss_of(logits):
+        info["logits_dtype"] = str(logits.dtype).removeprefix("torch.")
+        return marian_loss(torch, logits, tgt, pad, spec["label_smoothing"])
+
+    run = lambda: forward(input_ids=src, attention_mask=mask, decoder_input_ids=tgt_in).logits  # noqa
+    return {"train": train_step(torch, model, run, loss_of, spec, device)}, info
+
+
+def translate_decode_steps(spec: dict, device, torch):
+    """MarianMTModel.generate in eval mode under torch.inference_mode: greedy with its key/value
+    cache, exactly new_tokens per row (min_new_tokens = max_new_tokens), one phase per batch
+    size on the spec's sources."""
+    from transformers import GenerationConfig
+    model = marian(spec, device).eval()
+    n, pad = spec["new_tokens"], spec["pad_id"]
+    settings = GenerationConfig(do_sample=False, num_beams=1, use_cache=True, max_new_tokens=n,
+                                min_new_tokens=n, pad_token_id=pad, decoder_start_token_id=pad,
+                                eos_token_id=spec["vocab_size"] - 1)
+    src = torch.tensor(spec["src"], device=device)
+
+    def generate(batch: int):
+        with torch.inference_mode():
+            out = model.generate(src[:batch], attention_mask=torch.ones_like(src[:batch]),
+                                 generation_config=settings)
+        if out.shape != (batch, n + 1):      # the decoder start token, then n tokens
+            raise RuntimeError(f"generate returned {tuple(out.shape)} tokens")
+
+    steps = {phase: lambda b=batch: generate(b) for phase, batch in spec["batches"].items()}
+    return steps, {"attention": model.config._attn_implementation}
+
+
+STEPS = {"pretrain_lm": gpt_steps, "classify_images": convnet_steps, "decode": decode_steps,
+         "translate": translate_steps, "translate_decode": translate_decode_steps}

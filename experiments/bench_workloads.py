@@ -19,11 +19,13 @@ The config's bench.workload picks one by name where it is set ("decode": cached 
 DecodeWorkload); otherwise the config file's EXPERIMENT does.
 """
 
+import functools
 import os
 import pathlib
 import tempfile
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,8 +34,10 @@ from data.iterators import ArrayBatches
 from data.text import PackedWindows
 from experiments.classify_images import build_model, classify_loss_fn
 from experiments.pretrain_lm import lm_loss_fn, model_config
-from models import convnets, gpt
-from train import perf, sharding
+from models.layers import param_count, training_flops_per_token
+from models import convnets, gpt, transformer
+from models import decode as decoding
+from train import objectives, perf, sharding
 from train.trainer import build, global_batch
 
 
@@ -239,6 +243,19 @@ class ConvNetWorkload(Workload):
 
 # ------------------------------------------------------------------- GPT cached decoding
 
+def batch_phases(bench, title: str, **lengths) -> tuple[tuple, tuple, dict]:
+    """A decoding workload's phases, one per batch size in bench.batches: (batches, phases
+    "batch<n>", titles); the batch sizes and `lengths` must be positive, the sizes distinct."""
+    batches = tuple(int(n) for n in bench.batches)
+    if not batches or min(batches) < 1 or min(lengths.values()) < 1:
+        named = ", ".join(f"{k} {v}" for k, v in lengths.items())
+        raise ValueError(f"config.bench: batches {bench.batches}, {named} must all be positive")
+    phases = tuple(f"batch{n}" for n in batches)
+    if len(set(phases)) != len(phases):
+        raise ValueError(f"config.bench.batches {bench.batches} repeats a batch size")
+    return batches, phases, {p: f"{title}, batch {n}" for p, n in zip(phases, batches)}
+
+
 class GenerateCall:
     """One whole models.gpt.generate_batch call (prefill, then the cached decoding loop inside
     jit, tokens back on the host) on fixed prompts. The first call compiles: compile_s is its
@@ -278,15 +295,9 @@ class DecodeWorkload(Workload):
     def __init__(self, config):
         self.config, self.cfg, b = config, model_config(config), config.bench
         self.prompt_len, self.new_tokens = b.prompt_len, b.new_tokens
-        self.batches = tuple(int(n) for n in b.batches)
-        if not self.batches or min(self.batches) < 1 or min(b.prompt_len, b.new_tokens) < 1:
-            raise ValueError(f"config.bench: batches {b.batches}, prompt_len {b.prompt_len} "
-                             f"and new_tokens {b.new_tokens} must all be positive")
+        self.batches, self.phases, self.titles = batch_phases(
+            b, "generate", prompt_len=b.prompt_len, new_tokens=b.new_tokens)
         gpt.check_context(self.cfg, self.prompt_len, self.new_tokens)
-        self.phases = tuple(f"batch{n}" for n in self.batches)
-        if len(set(self.phases)) != len(self.phases):
-            raise ValueError(f"config.bench.batches {b.batches} repeats a batch size")
-        self.titles = {p: f"generate, batch {n}" for p, n in zip(self.phases, self.batches)}
         self.steps_per_call = self.new_tokens
         self.units_per_step = {p: n * self.new_tokens for p, n in zip(self.phases, self.batches)}
         c = self.cfg
@@ -332,5 +343,214 @@ class DecodeWorkload(Workload):
                     batches=dict(zip(self.phases, self.batches)), new_tokens=self.new_tokens)
 
 
+# ----------------------------------------------------------- the Transformer (translation)
+
+def transformer_config(config) -> transformer.TransformerConfig:
+    cfg = transformer.TransformerConfig(**config.model.to_dict())
+    transformer.check(cfg)
+    return cfg
+
+
+def translation_loss_fn(model: transformer.Transformer, label_smoothing: float):
+    """Label-smoothed cross-entropy of the next target token (section 5.4) over the target
+    positions that are not padding, for the trainer, on {"src", "tgt_in", "tgt_out"}."""
+    def loss_fn(params, state, batch, rng):
+        train = rng is not None
+        logits = model.apply({"params": params}, batch["src"], batch["tgt_in"],
+                             deterministic=not train, rngs={"dropout": rng} if train else {})
+        mask = batch["tgt_out"] != model.cfg.pad_id
+        loss = objectives.cross_entropy(logits, batch["tgt_out"], mask, label_smoothing)
+        return loss, ({"perplexity": jnp.exp(loss)}, state)
+    return loss_fn
+
+
+def translation_batch(cfg: transformer.TransformerConfig, batch: int, src_len: int,
+                      tgt_len: int, seed: int) -> dict:
+    """Random sentence pairs without padding (tokens 1 .. vocab - 1, pad_id 0 excluded); the
+    decoder's input is the target shifted right behind pad_id, Marian's decoder start token."""
+    if cfg.pad_id != 0:
+        raise ValueError(f"the benchmark's random pairs assume pad_id 0, not {cfg.pad_id}")
+    rng = np.random.default_rng(seed)
+    src = rng.integers(1, cfg.vocab_size, (batch, src_len)).astype(np.int32)
+    tgt = rng.integers(1, cfg.vocab_size, (batch, tgt_len)).astype(np.int32)
+    tgt_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
+    return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt}
+
+
+def encoder_decoder_params(cfg: transformer.TransformerConfig) -> tuple[int, int]:
+    """Non-embedding parameters of the encoder and of the decoder."""
+    params = transformer.abstract_params(cfg)
+    return param_count(params["encoder"]), param_count(params["decoder"])
+
+
+def translation_flops_per_token(cfg: transformer.TransformerConfig, src_len: int,
+                                tgt_len: int) -> float:
+    """Training FLOPs per target token, 6 N + 12 L d T per token of each stack (as GPT's
+    count; layers.training_flops_per_token): the encoder's over the source tokens, the
+    decoder's (its N with the tied output projection, V d) over the target tokens, plus the
+    attention over the source, 12 L d S per target token."""
+    n_enc, n_dec = encoder_decoder_params(cfg)
+    d, layers = cfg.d_model, cfg.n_layer
+    encoder = training_flops_per_token(n_enc, layers, d, src_len) * src_len
+    decoder = (training_flops_per_token(n_dec + cfg.vocab_size * d, layers, d, tgt_len)
+               + 12 * layers * d * src_len) * tgt_len
+    return (encoder + decoder) / tgt_len
+
+
+class TranslationWorkload(Workload):
+    """translate: the Transformer's training step (label-smoothed cross-entropy, the config's
+    Adam) on one batch of random sentence pairs of bench.src_len and bench.tgt_len tokens; the
+    peer is transformers' MarianMTModel configured as the paper's Transformer (post-norm, ReLU,
+    embeddings shared and scaled by sqrt(d_model), sinusoidal positions) of the same sizes.
+    Tokens are target tokens (the positions the loss counts)."""
+
+    unit, phases = "token", ("train",)
+    has_input_pipeline = False
+
+    def __init__(self, config):
+        self.config, self.cfg, b = config, transformer_config(config), config.bench
+        self.batch, self.src_len, self.tgt_len = config.train.batch_size, b.src_len, b.tgt_len
+        if max(self.src_len, self.tgt_len) > self.cfg.max_len or min(self.src_len,
+                                                                      self.tgt_len) < 1:
+            raise ValueError(f"config.bench: src_len {self.src_len} and tgt_len {self.tgt_len} "
+                             f"must be between 1 and the model's max_len {self.cfg.max_len}")
+        self.units_per_step = {"train": self.batch * self.tgt_len}
+        self.flops = {"train": translation_flops_per_token(self.cfg, self.src_len, self.tgt_len)}
+
+    def info(self) -> dict:
+        return {"config": self.config.model.to_dict(), "batch": self.batch,
+                "src_len": self.src_len, "tgt_len": self.tgt_len, "dtype": self.cfg.dtype,
+                "label_smoothing": self.config.label_smoothing,
+                "flops_per_token": self.flops["train"]}
+
+    def describe(self) -> str:
+        c = self.cfg
+        return (f"Transformer {c.n_layer}+{c.n_layer} layers x {c.d_model}, vocab "
+                f"{c.vocab_size}; batch {self.batch} x ({self.src_len} source + {self.tgt_len} "
+                f"target tokens), {c.dtype}; {self.flops['train'] / 1e6:.1f} MFLOP/target token")
+
+    def ours(self, mesh) -> dict:
+        model = transformer.Transformer(self.cfg)
+        local = self.batch // jax.process_count()
+        tokens = jnp.zeros((1, 4), jnp.int32)
+        init = lambda rng: model.init(rng, tokens, tokens)  # noqa: E731
+        batch = translation_batch(self.cfg, local, self.src_len, self.tgt_len,
+                                  jax.process_index())
+        loss_fn = translation_loss_fn(model, self.config.label_smoothing)
+        return {"train": TrainStep(self.config, init, loss_fn, mesh, batch)}
+
+    def peer_spec(self, on_gpu: bool, compiled: bool) -> dict:
+        spec = train_spec(self.config, on_gpu, compiled, self.cfg.dtype)
+        t = self.config.train
+        if t.schedule == "noam":   # the peer's constant rate: the peak, at the end of warmup
+            spec["train"]["lr"] = t.lr * t.noam_width ** -0.5 * max(t.warmup_steps, 1) ** -0.5
+        return dict(spec, **marian_spec(self.cfg), label_smoothing=self.config.label_smoothing,
+                    src_len=self.src_len, tgt_len=self.tgt_len)
+
+
+def marian_spec(cfg: transformer.TransformerConfig) -> dict:
+    """What bench_peers needs to build the MarianMTModel twin of cfg."""
+    if (cfg.norm, cfg.act, cfg.positions, cfg.scale_embedding) != ("post", "relu",
+                                                                    "sinusoidal", True):
+        raise ValueError("the Marian peer is the paper's Transformer (post-norm, relu, "
+                         "sinusoidal positions, scaled embeddings); this config differs")
+    return dict(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layer=cfg.n_layer,
+                n_head=cfg.n_head, d_ff=cfg.d_ff, max_len=cfg.max_len, pad_id=cfg.pad_id)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "new_tokens"))
+def greedy_all_steps(cfg, params, src_tokens, new_tokens: int):
+    """transformer.greedy_decode's loop without a stop token: every row runs all new_tokens
+    steps (the encoder, the BOS prefill, then new_tokens - 1 cached decoder steps)."""
+    logits, cache, step = transformer.prefill(cfg, params, src_tokens, new_tokens, cfg.pad_id,
+                                              eos_id=-1)
+    return decoding.sample(logits, cache, step, num_steps=new_tokens, pad_id=cfg.pad_id)[0]
+
+
+class TranslateCall:
+    """One greedy translation of fixed sources, tokens back on the host; the first call
+    compiles (compile_s includes one run)."""
+
+    def __init__(self, cfg, params, src: np.ndarray, new_tokens: int):
+        self.cfg, self.params, self.src, self.new_tokens = cfg, params, src, new_tokens
+        t0 = time.perf_counter()
+        tokens = self()
+        self.compile_s, self.memory = time.perf_counter() - t0, {}
+        if tokens.shape != (len(src), new_tokens):
+            raise RuntimeError(f"greedy decoding returned {tokens.shape} tokens")
+
+    def __call__(self):
+        return np.asarray(greedy_all_steps(self.cfg, self.params, self.src, self.new_tokens))
+
+
+class TranslationDecodeWorkload(Workload):
+    """bench.workload = "translate_decode": greedy decoding with the key/value cache, a phase
+    per batch size in bench.batches, each row translating a random source of bench.src_len
+    tokens into exactly bench.new_tokens tokens. The peer is MarianMTModel.generate (greedy,
+    use_cache, min_new_tokens = max_new_tokens). Random weights on each side: the tokens are
+    not compared here (tests/test_transformer.py compares them on shared weights).
+
+    Tokens/s: generated tokens per second of a whole call, the encoder and prefill included.
+    FLOPs per generated token: the decoder's forward, 2 (N_dec + V d) + 4 L d (t + S) for
+    scores and weighted sums over t cached target positions (their mean) and S source
+    positions; the encoder's work is not counted."""
+
+    unit = "token"
+    has_input_pipeline = False
+
+    def __init__(self, config):
+        self.config, self.cfg, b = config, transformer_config(config), config.bench
+        self.src_len, self.new_tokens = b.src_len, b.new_tokens
+        self.batches, self.phases, self.titles = batch_phases(
+            b, "greedy translation", src_len=b.src_len, new_tokens=b.new_tokens)
+        if max(b.src_len, b.new_tokens) > self.cfg.max_len:
+            raise ValueError(f"config.bench: src_len {b.src_len} and new_tokens "
+                             f"{b.new_tokens} must fit the model's max_len {self.cfg.max_len}")
+        self.steps_per_call = self.new_tokens
+        self.units_per_step = {p: n * self.new_tokens for p, n in zip(self.phases, self.batches)}
+        c = self.cfg
+        _, n_dec = encoder_decoder_params(c)
+        mean_keys = (self.new_tokens + 1) / 2
+        per_token = 2 * (n_dec + c.vocab_size * c.d_model) + 4 * c.n_layer * c.d_model * (
+            mean_keys + self.src_len)
+        self.flops = {p: per_token for p in self.phases}
+        self.src = translation_batch(c, max(self.batches), self.src_len, 1, 0)["src"]
+
+    def info(self) -> dict:
+        return {"config": self.config.model.to_dict(), "batches": list(self.batches),
+                "src_len": self.src_len, "new_tokens": self.new_tokens, "dtype": self.cfg.dtype,
+                "flops_per_token": self.flops[self.phases[0]], "greedy": True}
+
+    def describe(self) -> str:
+        return (f"greedy translation, {self.src_len}-token source -> {self.new_tokens} tokens "
+                f"per row, {self.cfg.dtype}; {self.flops[self.phases[0]] / 1e6:.1f} "
+                f"MFLOP/generated token (decoder forward)")
+
+    def note(self) -> str:
+        return ("tokens/s: generated tokens (batch x new tokens) per second of a whole call, "
+                "encoder and prefill included; ms/token: a call's time per new token. Random "
+                "weights on each side: the two sides' tokens are not compared here.")
+
+    def ours(self, mesh) -> dict:
+        del mesh    # one device
+        params = transformer.Transformer(self.cfg).init(
+            jax.random.key(self.config.seed), jnp.zeros((1, 4), jnp.int32),
+            jnp.zeros((1, 4), jnp.int32))["params"]
+        params = flax.core.meta.unbox(params)
+        return {p: TranslateCall(self.cfg, params, self.src[:n], self.new_tokens)
+                for p, n in zip(self.phases, self.batches)}
+
+    def peer_spec(self, on_gpu: bool, compiled: bool) -> dict:
+        if compiled:
+            raise ValueError("the decode workload has no torch.compile peer; drop --peer_compile")
+        if self.cfg.dtype != "float32":
+            raise ValueError(f"the decode peer runs in float32; ours is {self.cfg.dtype}")
+        return dict(threads=len(os.sched_getaffinity(0)), compile=False,
+                    device="cuda" if on_gpu else "cpu", dtype=self.cfg.dtype,
+                    **marian_spec(self.cfg), src=self.src.tolist(),
+                    batches=dict(zip(self.phases, self.batches)), new_tokens=self.new_tokens)
+
+
 WORKLOADS = {"pretrain_lm": GPTWorkload, "classify_images": ConvNetWorkload,
-             "decode": DecodeWorkload}
+             "decode": DecodeWorkload, "translate": TranslationWorkload,
+             "translate_decode": TranslationDecodeWorkload}

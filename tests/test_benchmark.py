@@ -214,3 +214,90 @@ def test_host_allocator_keeps_freed_memory():
     pages = (256 << 20) // 4096
     assert run("default") > pages / 2
     assert run("keep") < pages / 20
+
+
+# The Transformer against Marian: one layer each side, 64 wide, a 301-token vocabulary.
+TRANSLATE = ["--config.model.n_layer=1", "--config.model.d_model=64", "--config.model.n_head=2",
+             "--config.model.d_ff=96", "--config.model.vocab_size=301", "--rounds=1",
+             "--steps=1", "--warmup=1", "--peak_repeats=1", "--peer"]
+
+
+def run_transformer_benchmark(preset, *flags):
+    out = subprocess.run([sys.executable, "-m", "experiments.benchmark",
+                          f"--config=experiments/configs/transformer.py:{preset}", *TRANSLATE,
+                          *flags], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_transformer_training_step_against_marian():
+    _, r = run_transformer_benchmark("bench-cpu", "--config.bench.src_len=7",
+                                     "--config.bench.tgt_len=5", "--config.train.batch_size=3")
+    for key in ("tokens_per_sec", "peer_tokens_per_sec", "ratio", "mfu", "step_s", "compile_s",
+                "first_loss"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert r["ratio"] == r["tokens_per_sec"] / r["peer_tokens_per_sec"]
+    assert r["tokens_per_sec"] * r["step_s"] == pytest.approx(3 * 5)   # target tokens
+    assert r["label_smoothing"] == 0.1 and r["peer_logits_dtype"] == "float32"
+    # 6 N + 12 L d T per token of each stack: N_enc = 1 layer (4 d^2 + 2 d d_ff + biases, 2
+    # LayerNorms) over 7 source tokens, N_dec (+ cross-attention, the tied output projection)
+    # over 5 target tokens, and the attention over the source.
+    d, ff, v = 64, 96, 301
+    enc = 4 * d * d + 4 * d + 2 * d * ff + ff + d + 4 * d
+    dec = enc + 4 * d * d + 4 * d + 2 * d + v * d
+    expected = (7 * (6 * enc + 12 * d * 7) + 5 * (6 * dec + 12 * d * 5 + 12 * d * 7)) / 5
+    assert r["flops_per_token"] == pytest.approx(expected)
+
+
+def test_transformer_decoding_against_marian_generate():
+    stdout, r = run_transformer_benchmark("bench-decode", "--config.bench.src_len=6",
+                                          "--config.bench.new_tokens=4",
+                                          "--config.bench.batches=(1,3)")
+    for key in ("tokens_per_sec", "peer_tokens_per_sec", "ratio", "ms_per_token",
+                "batch3_tokens_per_sec", "peer_batch3_tokens_per_sec", "batch3_ratio"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert r["batch3_ratio"] == r["batch3_tokens_per_sec"] / r["peer_batch3_tokens_per_sec"]
+    assert r["batch3_tokens_per_sec"] * r["batch3_step_s"] == pytest.approx(12)
+    assert r["greedy"] and "first_loss" not in r and "not compared" in stdout
+
+
+def test_marian_peer_loss_equals_ours_on_the_same_weights(tmp_path):
+    """The peer's model and loss, imported into ours (models/hf.py), give our loss: the two
+    sides compute the same function (Marian's sinusoid layout and logits bias are imported)."""
+    torch = pytest.importorskip("torch")
+    from experiments import bench_peers
+    from experiments.bench_workloads import translation_batch, translation_loss_fn
+    from models import hf, transformer
+    spec = dict(vocab_size=53, d_model=16, n_layer=2, n_head=2, d_ff=24, max_len=32, pad_id=0)
+    torch.manual_seed(0)
+    model = bench_peers.marian(spec, torch.device("cpu")).train()
+    with torch.no_grad():
+        model.final_logits_bias.normal_(0, 0.5)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    cfg, params = hf.marian_from_pretrained(tmp_path)
+    batch = translation_batch(cfg, 3, 6, 5, seed=0)
+    batch["tgt_out"][2, 3:] = 0                   # padding the loss leaves out
+    as_torch = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    logits = model(input_ids=as_torch["src"], attention_mask=torch.ones_like(as_torch["src"]),
+                   decoder_input_ids=as_torch["tgt_in"]).logits
+    theirs = bench_peers.marian_loss(torch, logits, as_torch["tgt_out"], 0, 0.1).item()
+    ours, _ = translation_loss_fn(transformer.Transformer(cfg), 0.1)(params, {}, batch, None)
+    assert float(ours) == pytest.approx(theirs, rel=1e-5)
+
+
+def test_transformer_workloads_check_their_shapes():
+    from experiments.bench_workloads import TranslationDecodeWorkload, TranslationWorkload
+    from experiments.configs import transformer as transformer_configs
+    config = transformer_configs.get_config("bench-cpu")
+    config.bench.tgt_len = 300
+    with pytest.raises(ValueError, match="must be between 1 and the model's max_len 256"):
+        TranslationWorkload(config)
+    config = transformer_configs.get_config("bench-decode")
+    config.bench.batches = (2, 2)
+    with pytest.raises(ValueError, match="repeats a batch size"):
+        TranslationDecodeWorkload(config)
+    config = transformer_configs.get_config("bench-cpu")
+    config.model.norm = "pre"
+    with pytest.raises(ValueError, match="the Marian peer is the paper's Transformer"):
+        TranslationWorkload(config).peer_spec(on_gpu=False, compiled=False)

@@ -9,6 +9,13 @@
             Adam (0.9, 0.98, 1e-9), the noam schedule with 4,000 warmup steps, beam 4, alpha 0.6
     big     the big model (d_model 1024, d_ff 4096, h 16, P_drop 0.3, 300K steps)
 
+Benchmark presets (experiments/benchmark.py; BENCH_PRESETS below):
+    bench-cpu     the base model's training step (label-smoothed cross-entropy, Adam), batch 16
+                  x (32 source + 32 target tokens), float32, no dropout, CPU attention
+                  (xla_custom); --peer: transformers' MarianMTModel of the same sizes
+    bench-decode  the base model's greedy cached decoding, 32-token sources -> 32 tokens,
+                  batch 1 and 8; --peer: MarianMTModel.generate
+
 A base config is built first; each preset then overrides model, data and train fields.
 Named sweeps (SWEEPS below): the paper's Table 3 ablations in miniature, one command each.
 """
@@ -94,6 +101,8 @@ def transformer_train_config(d_model: int, **overrides) -> ml_collections.Config
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if arg in BENCH_PRESETS:
+        return bench_config(arg)
     config = base_config()
     config.data = data_config()
     config.label_smoothing = 0.1     # section 5.4: eps_ls
@@ -121,4 +130,28 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     else:
         raise ValueError(f"unknown preset {arg!r}; see experiments/configs/transformer.py")
     config.model = ml_collections.ConfigDict(dataclasses.asdict(model))
+    return config
+
+
+# ------------------------------------------------------------------------ benchmark presets
+
+BENCH_PRESETS = ("bench-cpu", "bench-decode")
+
+
+def bench_config(arg: str) -> ml_collections.ConfigDict:
+    """The base model with random weights and random sentence pairs (config.bench: their
+    lengths; bench.workload "translate_decode" times decoding instead of training). No dropout,
+    as the GPT and ConvNet benchmarks, so that both sides compute the same function."""
+    config = get_config("base")
+    config.model = ml_collections.ConfigDict(dataclasses.asdict(transformer.preset(
+        "base", dropout=0.0, attention_impl="xla_custom")))
+    config.train = transformer_train_config(512, steps=50, batch_size=16, eval_every=1000,
+                                            ckpt_every=1000)
+    if arg == "bench-cpu":
+        config.bench = ml_collections.ConfigDict(dict(workload="translate", src_len=32,
+                                                      tgt_len=32))
+    else:
+        config.train.batch_size = 8
+        config.bench = ml_collections.ConfigDict(dict(workload="translate_decode", src_len=32,
+                                                      new_tokens=32, batches=(1, 8)))
     return config
