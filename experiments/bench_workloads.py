@@ -34,10 +34,11 @@ from data.iterators import ArrayBatches
 from data.text import PackedWindows
 from experiments.classify_images import build_model, classify_loss_fn
 from experiments.pretrain_lm import lm_loss_fn, model_config
+from experiments.translate import translation_loss_fn
 from models.layers import param_count, training_flops_per_token
 from models import convnets, gpt, transformer
 from models import decode as decoding
-from train import objectives, perf, sharding
+from train import perf, sharding
 from train.trainer import build, global_batch
 
 
@@ -351,19 +352,6 @@ def transformer_config(config) -> transformer.TransformerConfig:
     return cfg
 
 
-def translation_loss_fn(model: transformer.Transformer, label_smoothing: float):
-    """Label-smoothed cross-entropy of the next target token (section 5.4) over the target
-    positions that are not padding, for the trainer, on {"src", "tgt_in", "tgt_out"}."""
-    def loss_fn(params, state, batch, rng):
-        train = rng is not None
-        logits = model.apply({"params": params}, batch["src"], batch["tgt_in"],
-                             deterministic=not train, rngs={"dropout": rng} if train else {})
-        mask = batch["tgt_out"] != model.cfg.pad_id
-        loss = objectives.cross_entropy(logits, batch["tgt_out"], mask, label_smoothing)
-        return loss, ({"perplexity": jnp.exp(loss)}, state)
-    return loss_fn
-
-
 def translation_batch(cfg: transformer.TransformerConfig, batch: int, src_len: int,
                       tgt_len: int, seed: int) -> dict:
     """Random sentence pairs without padding (tokens 1 .. vocab - 1, pad_id 0 excluded); the
@@ -374,7 +362,8 @@ def translation_batch(cfg: transformer.TransformerConfig, batch: int, src_len: i
     src = rng.integers(1, cfg.vocab_size, (batch, src_len)).astype(np.int32)
     tgt = rng.integers(1, cfg.vocab_size, (batch, tgt_len)).astype(np.int32)
     tgt_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
-    return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt}
+    return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt,
+            "weights": np.ones((batch, tgt_len), np.float32), "index": np.arange(batch, dtype=np.int32)}
 
 
 def encoder_decoder_params(cfg: transformer.TransformerConfig) -> tuple[int, int]:

@@ -267,7 +267,8 @@ def test_marian_peer_loss_equals_ours_on_the_same_weights(tmp_path):
     sides compute the same function (Marian's sinusoid layout and logits bias are imported)."""
     torch = pytest.importorskip("torch")
     from experiments import bench_peers
-    from experiments.bench_workloads import translation_batch, translation_loss_fn
+    from experiments.bench_workloads import translation_batch
+    from experiments.translate import translation_loss_fn
     from models import hf, transformer
     spec = dict(vocab_size=53, d_model=16, n_layer=2, n_head=2, d_ff=24, max_len=32, pad_id=0)
     torch.manual_seed(0)
@@ -278,7 +279,8 @@ def test_marian_peer_loss_equals_ours_on_the_same_weights(tmp_path):
     cfg, params = hf.marian_from_pretrained(tmp_path)
     batch = translation_batch(cfg, 3, 6, 5, seed=0)
     batch["tgt_out"][2, 3:] = 0                   # padding the loss leaves out
-    as_torch = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    batch["weights"][2, 3:] = 0
+    as_torch = {k: torch.tensor(batch[k], dtype=torch.long) for k in ("src", "tgt_in", "tgt_out")}
     logits = model(input_ids=as_torch["src"], attention_mask=torch.ones_like(as_torch["src"]),
                    decoder_input_ids=as_torch["tgt_in"]).logits
     theirs = bench_peers.marian_loss(torch, logits, as_torch["tgt_out"], 0, 0.1).item()
