@@ -50,20 +50,25 @@ from flax import linen as nn
 
 from models.attention import attend, softmax_attention
 
-flags.DEFINE_list("n", ["128", "256", "512", "1024"], "Sequence lengths n.")
-flags.DEFINE_list("d", ["32", "64", "128"], "Widths d.")
-flags.DEFINE_integer("k", 3, "Convolution kernel width k (odd).", lower_bound=1)
-flags.DEFINE_integer("r", 17, "Restricted self-attention neighbourhood r (odd).", lower_bound=3)
-flags.DEFINE_integer("heads", 1, "Attention heads (the table's cost does not depend on them).",
-                     lower_bound=1)
-flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (the median counts).",
-                     lower_bound=1)
-flags.DEFINE_integer("path_n", 32, "Sequence length of the path-length measurement.",
-                     lower_bound=2)
-flags.DEFINE_list("layers", [], "Layer types to measure (default: all four).")
-flags.DEFINE_string("plot", "", "Save the log-log plot there (PNG).")
-flags.DEFINE_string("out", "", "Directory for results.json and table.md.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command's flags, defined only when it runs as a command: the experiments'
+    modules share absl's global flags, so importing two that define --out would collide."""
+    flags.DEFINE_list("n", ["128", "256", "512", "1024"], "Sequence lengths n.")
+    flags.DEFINE_list("d", ["32", "64", "128"], "Widths d.")
+    flags.DEFINE_integer("k", 3, "Convolution kernel width k (odd).", lower_bound=1)
+    flags.DEFINE_integer("r", 17, "Restricted self-attention neighbourhood r (odd).", lower_bound=3)
+    flags.DEFINE_integer("heads", 1, "Attention heads (the table's cost does not depend on them).",
+                         lower_bound=1)
+    flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (the median counts).",
+                         lower_bound=1)
+    flags.DEFINE_integer("path_n", 32, "Sequence length of the path-length measurement.",
+                         lower_bound=2)
+    flags.DEFINE_list("layers", [], "Layer types to measure (default: all four).")
+    flags.DEFINE_string("plot", "", "Save the log-log plot there (PNG).")
+    flags.DEFINE_string("out", "", "Directory for results.json and table.md.")
 
 LAYERS = ("self-attention", "recurrent", "convolutional", "restricted")
 # The paper's Table 1: complexity per layer as exponents of (n, d), sequential operations,
@@ -402,4 +407,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

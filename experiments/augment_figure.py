@@ -14,9 +14,14 @@ from data import augment, images
 from data.iterators import ExampleRngs
 from experiments.configs import convnets
 
-flags.DEFINE_string("out", "docs/figures/augment.png", "Where to write the PNG.")
-flags.DEFINE_integer("examples", 2, "Examples of each task.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command's flags, defined only when it runs as a command: the experiments'
+    modules share absl's global flags, so importing two that define --out would collide."""
+    flags.DEFINE_string("out", "docs/figures/augment.png", "Where to write the PNG.")
+    flags.DEFINE_integer("examples", 2, "Examples of each task.")
 
 DIGIT_OPS = ("random_crop(32, pad=4)", "rotate(20)", "shear(20)", "elastic(34, 4)",
              convnets.DIGIT_AUGMENT)
@@ -64,4 +69,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -34,18 +34,23 @@ from models import convnets
 from models.conv import (conv_macs, depthwise_separable_cost_ratio,
                          depthwise_separable_macs)
 
-flags.DEFINE_string("model", "", "A zoo model to print layer by layer ('all': every one); "
-                    "empty: the totals of every model.")
-flags.DEFINE_integer("image_size", 0, "Input side for --model (0: the model's resolution).")
-flags.DEFINE_integer("depth", 0, "Merge --model's rows by the first DEPTH parts of their names "
-                     "(0: a row per layer).", lower_bound=0)
-flags.DEFINE_list("f", ["3", "5", "7"], "Filter sizes of the depthwise ratio grid.")
-flags.DEFINE_list("n_c", ["8", "32", "128", "512"], "Output channels of the ratio grid.")
-flags.DEFINE_integer("n_c_prev", 32, "Input channels of the ratio grid.", lower_bound=1)
-flags.DEFINE_integer("n", 14, "Output side of the ratio grid.", lower_bound=1)
-flags.DEFINE_bool("torch", False, "Also count the torchvision models' multiply-adds with "
-                  "torch's FlopCounterMode.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command's flags, defined only when it runs as a command: the experiments'
+    modules share absl's global flags, so importing two that define --out would collide."""
+    flags.DEFINE_string("model", "", "A zoo model to print layer by layer ('all': every one); "
+                        "empty: the totals of every model.")
+    flags.DEFINE_integer("image_size", 0, "Input side for --model (0: the model's resolution).")
+    flags.DEFINE_integer("depth", 0, "Merge --model's rows by the first DEPTH parts of their names "
+                         "(0: a row per layer).", lower_bound=0)
+    flags.DEFINE_list("f", ["3", "5", "7"], "Filter sizes of the depthwise ratio grid.")
+    flags.DEFINE_list("n_c", ["8", "32", "128", "512"], "Output channels of the ratio grid.")
+    flags.DEFINE_integer("n_c_prev", 32, "Input channels of the ratio grid.", lower_bound=1)
+    flags.DEFINE_integer("n", 14, "Output side of the ratio grid.", lower_bound=1)
+    flags.DEFINE_bool("torch", False, "Also count the torchvision models' multiply-adds with "
+                      "torch's FlopCounterMode.")
 
 
 class Convs(nn.Module):
@@ -223,4 +228,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

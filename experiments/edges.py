@@ -34,15 +34,20 @@ from absl import app, flags
 from data.images import grey_photo
 from models.conv import EDGE_FILTERS, SOBEL, avg_pool, conv, cross_correlate
 
-flags.DEFINE_string("out", "docs/figures/edges.png", "Where to save the figure (PNG).")
-flags.DEFINE_string("photo", "camera", "A scikit-image photograph, in grey levels.")
-flags.DEFINE_integer("pool", 8, "Average-pool the photograph by this factor for training.",
-                     lower_bound=1)
-flags.DEFINE_integer("steps", 2000, "Adam steps of the learned filter.", lower_bound=1)
-flags.DEFINE_float("lr", 0.3, "Adam's peak learning rate (cosine decay to 0).")
-flags.DEFINE_integer("seeds", 1, "Train from this many initialisations (seeds 0, 1, ...).",
-                     lower_bound=1)
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command's flags, defined only when it runs as a command: the experiments'
+    modules share absl's global flags, so importing two that define --out would collide."""
+    flags.DEFINE_string("out", "docs/figures/edges.png", "Where to save the figure (PNG).")
+    flags.DEFINE_string("photo", "camera", "A scikit-image photograph, in grey levels.")
+    flags.DEFINE_integer("pool", 8, "Average-pool the photograph by this factor for training.",
+                         lower_bound=1)
+    flags.DEFINE_integer("steps", 2000, "Adam steps of the learned filter.", lower_bound=1)
+    flags.DEFINE_float("lr", 0.3, "Adam's peak learning rate (cosine decay to 0).")
+    flags.DEFINE_integer("seeds", 1, "Train from this many initialisations (seeds 0, 1, ...).",
+                         lower_bound=1)
 
 SHOWN = ("vertical", "horizontal", "sobel", "scharr")
 
@@ -168,4 +173,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
