@@ -80,6 +80,17 @@ def test_conv_layer_follows_the_arithmetic(n, f, s, padding):
     assert counted == conv.conv_params(f, 3, 5) == f * f * 3 * 5 + 5
 
 
+def assert_same_outputs_and_gradients(f, reference, variables, x, g):
+    """f and reference agree on (variables, x), and so do their vector-Jacobian products with g."""
+    @jax.jit
+    def outputs_and_gradients(variables, x, g):
+        return [(h(variables, x), jax.vjp(h, variables, x)[1](g)) for h in (f, reference)]
+
+    actual, expected = outputs_and_gradients(variables, x, g)
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("s", [1, 2])
 def test_pointwise_conv_runs_as_a_matmul_with_the_convolutions_values(s):
     """A 1x1 layer is a dot_general (XLA:CPU's kernel gradient of a convolution is ten times
@@ -96,14 +107,7 @@ def test_pointwise_conv_runs_as_a_matmul_with_the_convolutions_values(s):
         return jax.lax.conv_general_dilated(x, p["kernel"], (s, s), [(0, 0), (0, 0)],
                                             dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
 
-    @jax.jit
-    def outputs_and_gradients(variables, x, g):
-        return [(f(variables, x), jax.vjp(f, variables, x)[1](g)) for f in (layer.apply,
-                                                                          reference)]
-
-    actual, expected = outputs_and_gradients(variables, x, g)
-    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert_same_outputs_and_gradients(layer.apply, reference, variables, x, g)
     primitives = str(jax.make_jaxpr(jax.grad(lambda v: layer.apply(v, x).sum()))(variables))
     assert "dot_general" in primitives and "conv_general_dilated" not in primitives
 
@@ -126,14 +130,7 @@ def test_depthwise_conv_runs_as_shifted_sums_with_the_convolutions_values(f, s):
                                             [(p, p), (p, p)], dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                             feature_group_count=6)
 
-    @jax.jit
-    def outputs_and_gradients(variables, x, g):
-        return [(f_(variables, x), jax.vjp(f_, variables, x)[1](g)) for f_ in (layer.apply,
-                                                                           reference)]
-
-    actual, expected = outputs_and_gradients(variables, x, g)
-    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert_same_outputs_and_gradients(layer.apply, reference, variables, x, g)
     primitives = str(jax.make_jaxpr(jax.grad(lambda v: layer.apply(v, x).sum()))(variables))
     assert "conv_general_dilated" not in primitives
 
