@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data import augment, images
 from data.iterators import ArrayBatches
 from data.text import PackedWindows
 from experiments.classify_images import build_model, classify_loss_fn
@@ -175,23 +176,36 @@ class GPTWorkload(Workload):
 
 # ------------------------------------------------------------------------------ ConvNets
 
+def num_classes(config) -> int:
+    """model.num_classes; 0 means the data's: the offline tasks' counts, else ImageNet's."""
+    if config.model.num_classes:
+        return config.model.num_classes
+    if config.data.source == "digits":
+        return 10
+    return len(images.sample_photos()) if config.data.source == "photos" else 1000
+
+
 class ConvNetWorkload(Workload):
     """classify_images: the step of experiments.classify_images (its classify_loss_fn, BatchNorm
     on the batch's statistics with the running averages in model_state, the config's optimiser)
     on one batch of random images, and the eval-mode forward. The peer is torchvision's model of
     the same name. FLOPs per image: XLA's count of the eval-mode forward
-    (models.convnets.flops), training 3x that (the backward costs about twice the forward)."""
+    (models.convnets.flops), training 3x that (the backward costs about twice the forward).
+    Images have the data source's channels (1 for the digits, else 3); the input pipeline runs
+    config.data.augment's ops, so its time per batch says whether augmenting keeps up."""
 
     unit, phases = "image", ("train", "infer")
 
     def __init__(self, config):
         self.config, m = config, config.model
-        self.num_classes = m.num_classes or 1000
+        self.num_classes = num_classes(config)
         self.model = build_model(config, self.num_classes)
         self.size, self.batch = config.data.image_size, config.train.batch_size
+        self.channels = 1 if config.data.source == "digits" else 3
         self.dtype = getattr(self.model, "dtype", "float32")
         self.units_per_step = {"train": self.batch, "infer": self.batch}
-        forward = convnets.flops(m.name, self.size, self.num_classes, 3, **m.overrides.to_dict())
+        forward = convnets.flops(m.name, self.size, self.num_classes, self.channels,
+                                 **m.overrides.to_dict())
         self.flops = {"train": 3 * forward, "infer": forward}
 
     def info(self) -> dict:
@@ -201,18 +215,21 @@ class ConvNetWorkload(Workload):
                 "infer_flops_per_image": self.flops["infer"]}
 
     def describe(self) -> str:
-        return (f"{self.config.model.name}, batch {self.batch} x {self.size}x{self.size} "
-                f"images, {self.num_classes} classes, {self.dtype}; "
-                f"{self.flops['infer'] / 1e9:.2f} GFLOP/image forward, 3x that in training")
+        augment = self.config.data.augment
+        return (f"{self.config.model.name}, batch {self.batch} x {self.size}x{self.size}x"
+                f"{self.channels} images, {self.num_classes} classes, {self.dtype}; "
+                f"{self.flops['infer'] / 1e9:.2f} GFLOP/image forward, 3x that in training"
+                + (f"; input augmented by {augment!r}" if augment else ""))
 
     def images(self, n: int, seed: int) -> dict:
         rng = np.random.default_rng(seed)
-        return {"images": rng.standard_normal((n, self.size, self.size, 3), np.float32),
+        return {"images": rng.standard_normal((n, self.size, self.size, self.channels),
+                                              np.float32),
                 "labels": rng.integers(0, self.num_classes, n).astype(np.int32)}
 
     def ours(self, mesh) -> dict:
         model = self.model
-        example = jnp.zeros((1, self.size, self.size, 3), jnp.float32)
+        example = jnp.zeros((1, self.size, self.size, self.channels), jnp.float32)
         init = lambda rng: model.init(rng, example, train=False)  # noqa: E731
         train = TrainStep(self.config, init, classify_loss_fn(model), mesh,
                           self.images(self.batch // jax.process_count(), jax.process_index()))
@@ -221,18 +238,31 @@ class ConvNetWorkload(Workload):
             return model.apply({"params": params, **model_state}, images, train=False)
         return {"train": train, "infer": InferStep(train, predict, "images")}
 
-    def input_pipeline(self, mesh, batches: int) -> dict:
-        """ArrayBatches over images held in memory, as classify_images batches its splits."""
-        data = ArrayBatches(self.images(4 * self.batch, 0), self.batch, seed=0, prefetch=0,
+    def input_batches(self) -> ArrayBatches:
+        """ArrayBatches over images held in memory, as classify_images batches its splits,
+        through the config's augmentation ops (each example's own draws, then one jitted run),
+        without a prefetch thread: what one batch costs."""
+        examples = self.images(4 * self.batch, 0)
+        data = ArrayBatches(examples, self.batch, seed=0, prefetch=0,
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
-        return {"input_batch_ms": time_batches(data, mesh, batches) * 1e3}
+        mean, std = ((images.MNIST_MEAN, images.MNIST_STD) if self.channels == 1
+                     else (images.IMAGENET_MEAN, images.IMAGENET_STD))
+        pixels = lambda: np.clip(examples["images"] * std + mean, 0, 1)  # noqa: E731
+        return augment.augment_batches(data, augment.parse(self.config.data.augment, mean=mean,
+                                                           std=std, train_pixels=pixels))
+
+    def input_pipeline(self, mesh, batches: int) -> dict:
+        return {"input_batch_ms": time_batches(self.input_batches(), mesh, batches) * 1e3}
 
     def peer_spec(self, on_gpu: bool, compiled: bool) -> dict:
         m = self.config.model
         if convnets.REGISTRY[m.name].family is None:
             raise ValueError(f"--peer needs a model torchvision has; {m.name} has no "
                              f"counterpart there")
+        if self.channels != 3:
+            raise ValueError(f"--peer builds torchvision's {m.name} for RGB images; data.source "
+                             f"{self.config.data.source!r} has {self.channels} channel(s)")
         other = sorted(set(m.overrides.to_dict()) - {"dtype"})
         if other:
             raise ValueError(f"--peer builds torchvision's {m.name} as it is; the overrides "

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from test_trainer import ROOT
 
@@ -184,6 +185,20 @@ def test_peer_needs_a_torchvision_model():
     config.model.name, config.data.image_size = "resnet8", 32
     with pytest.raises(ValueError, match="resnet8 has no counterpart"):
         ConvNetWorkload(config).peer_spec(on_gpu=False, compiled=False)
+
+
+def test_convnet_input_pipeline_runs_the_configs_augmentation():
+    """The digits' one channel and ten classes; the input batches pass through data.augment."""
+    from experiments.bench_workloads import ConvNetWorkload
+    from experiments.configs import convnets
+    config = convnets.get_config("lenet5")
+    plain = ConvNetWorkload(config)
+    assert plain.channels == 1 and plain.num_classes == 10
+    images = next(plain.input_batches())["images"]
+    assert images.shape == (64, 32, 32, 1)
+    config.data.augment = "flip_lr(p=1.0)"
+    flipped = next(ConvNetWorkload(config).input_batches())["images"]
+    np.testing.assert_allclose(flipped, images[:, :, ::-1], atol=1e-6)
 
 
 FAULTS = """
