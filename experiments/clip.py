@@ -237,7 +237,7 @@ def setup(config, workdir) -> dict:
 
 def main(config, workdir):
     match_channels(config)
-    preflight(config, workdir)
+    preflight(config, workdir, resume=False)   # setup sets the tokenizer's EOT id; fit then checks
     run = setup(config, workdir)
     scenes = run.pop("scenes")
     fit(config, workdir=workdir, **run)

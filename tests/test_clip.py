@@ -232,15 +232,18 @@ def test_experiment_end_to_end(tmp_path):
     from experiments import clip as experiment
     from experiments.configs import clip as configs
 
-    config = configs.get_config("tiny")
-    config.train.steps, config.train.batch_size = 4, 16
-    config.train.eval_every, config.train.log_every, config.train.eval_steps = 2, 2, 1
-    config.train.warmup_steps = 2
-    e = config.evals
-    e.val_zeroshot.images, e.test_zeroshot.images = 40, 60
-    e.test_probe.update(images=60, train_images=80, val_images=40, Cs=(0.1, 1.0))
-    config.model.learn_temperature = False
-    experiment.main(config, tmp_path)
+    def tiny(steps):
+        config = configs.get_config("tiny")
+        config.train.steps, config.train.batch_size = steps, 16
+        config.train.eval_every, config.train.log_every, config.train.eval_steps = 2, 2, 1
+        config.train.warmup_steps = 2
+        e = config.evals
+        e.val_zeroshot.images, e.test_zeroshot.images = 40, 60
+        e.test_probe.update(images=60, train_images=80, val_images=40, Cs=(0.1, 1.0))
+        config.model.learn_temperature = False
+        return config
+
+    experiment.main(tiny(4), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
     assert train and all({"loss", "temperature", "image_to_text_top1"} <= r.keys()
@@ -255,3 +258,8 @@ def test_experiment_end_to_end(tmp_path):
                 "digits/zeroshot_top1", "digits/linear_probe_top1"):
         assert 0.0 <= test[0][key] <= 1.0, key
     assert "| heldout_pairs | 10 | 10.0% |" in (tmp_path / "results.md").read_text()
+    # The same command with more steps resumes the run (the tokenizer's end-of-text id, which
+    # setup writes into the config, must not read as another model's settings).
+    experiment.main(tiny(5), tmp_path)
+    test = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in test if r["split"] == "test"] == [4, 5]
