@@ -29,14 +29,15 @@ Every op works in pixel space, float [H, W, C] in [0, 1]: the pipeline maps norm
 x to pixels x * std + mean, applies the ops, and normalises back. Geometric ops fill with black
 (pixel 0) and interpolate linearly; colour ops clip to [0, 1], so values stay in range.
 
-Randomness: each op draws its per-example parameters on the host, in numpy, from the example's
-own generator (the iterator's `rngs`, data/iterators.py: default_rng((seed, epoch, i, stream))),
-so a batch is a pure function of (seed, epoch, example) and a resumed run sees the same images.
-The ops themselves then run over the batch as one jitted, vmapped JAX program on the host CPU,
-inside the iterator's prefetch thread, in the shadow of the training step: dm-pix for flips and
-colour; resampling (rotation, shear, elastic) with jax.scipy's map_coordinates and the elastic
-field's smoothing as two matmuls, because dm-pix's interpolation and blur, vmapped on a CPU,
-were 35x and 60x slower (a few hundred ms a batch, longer than a training step).
+Randomness: example i of a batch draws from its own key, fold_in(key(seed), epoch, i, stream)
+(the iterator's `rngs`, data/iterators.py, name seed, epoch, examples and stream), so a batch is
+a pure function of (seed, epoch, example) and a resumed run sees the same images. Draws and ops
+run over the batch as one jitted, vmapped JAX program on the host CPU, inside the iterator's
+prefetch thread, in the shadow of the training step. Consecutive resampling ops (random_crop,
+rotate, shear, elastic) are composed: each output pixel's position is carried back through all
+of them and the input is read once, so a chain interpolates once and costs one op. dm-pix does
+flips and colour; resampling uses jax.scipy's map_coordinates and the elastic field's smoothing
+two matmuls, because dm-pix's interpolation and blur, vmapped on a CPU, were 35x and 60x slower.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def _positive(op: str, **values) -> None:
 
 class Op(abc.ABC):
     """One op: `shape_after` checks that it fits an input [H, W, C] and gives its output shape,
-    `draw` an example's parameters (numpy, from the example's generator), `apply` the op to one
-    pixel image with them (traced by jax)."""
+    `draw` an example's parameters from its key (traced by jax), `apply` the op to one pixel
+    image with them."""
 
     name = ""
 
@@ -81,12 +82,42 @@ class Op(abc.ABC):
         return shape
 
     @abc.abstractmethod
-    def draw(self, rng: np.random.Generator, shape) -> np.ndarray:
+    def draw(self, key: jax.Array, shape) -> jax.Array:
         """This example's parameters, for an input of `shape`."""
 
     @abc.abstractmethod
     def apply(self, image, params):
         """The op on one pixel image [H, W, C] with this example's parameters."""
+
+
+class Resample(Op):
+    """An op that moves pixels: out(y) = in(where(y)), read bilinearly, black outside."""
+
+    @abc.abstractmethod
+    def where(self, rows, cols, shape, params, grid: bool):
+        """The input positions (rows, cols) that output positions (rows, cols) read, in pixels
+        from the top left; `shape` is the input's; grid: the positions are the output's
+        pixels (not moved by a later op)."""
+
+    def apply(self, image, params):
+        return resample(image, [self], [params], [image.shape, self.shape_after(image.shape)])
+
+
+def resample(image, ops, params, shapes):
+    """Consecutive resampling ops as one: every output position is carried back through each
+    op to the input and the input read once (one interpolation, not one per op). A position that
+    leaves an intermediate image is black, as it would be had each op been applied in turn."""
+    rows, cols = _pixels(shapes[-1])
+    inside = True
+    for k in reversed(range(len(ops))):
+        rows, cols = ops[k].where(rows, cols, shapes[k], params[k], grid=k == len(ops) - 1)
+        if k:    # landed in an intermediate image: its black border must stay black
+            h, w = shapes[k][:2]
+            eps = 1e-3
+            inside = inside & (rows > -eps) & (rows < h - 1 + eps) & (cols > -eps) & (
+                cols < w - 1 + eps)
+    out = _sample(image, rows, cols)
+    return out if inside is True else jnp.where(inside[..., None], out, 0.0)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -98,15 +129,15 @@ class FlipLR(Op):
             raise ValueError(f"flip_lr: p must be in [0, 1], got {p}")
         self.p = p
 
-    def draw(self, rng, shape):
-        return np.asarray([rng.random() < self.p], np.float32)
+    def draw(self, key, shape):
+        return jax.random.bernoulli(key, float(self.p), (1,)).astype(jnp.float32)
 
     def apply(self, image, params):
         return jnp.where(params[0] > 0, dm_pix.flip_left_right(image), image)
 
 
 @register("random_crop")
-class RandomCrop(Op):
+class RandomCrop(Resample):
     def __init__(self, size: int, pad: int = 0):
         if not isinstance(size, int) or size < 1 or not isinstance(pad, int) or pad < 0:
             raise ValueError(f"random_crop: size must be an int >= 1 and pad an int >= 0, got "
@@ -120,16 +151,14 @@ class RandomCrop(Op):
                              f"images padded to {h + 2 * self.pad}x{w + 2 * self.pad}")
         return self.size, self.size, c
 
-    def draw(self, rng, shape):
+    def draw(self, key, shape):
+        """(top, left) of the window in the padded image."""
         h, w, _ = shape
-        return np.asarray([rng.integers(0, h + 2 * self.pad - self.size + 1),
-                           rng.integers(0, w + 2 * self.pad - self.size + 1)], np.int32)
+        return jax.random.randint(key, (2,), 0, jnp.asarray(
+            [h + 2 * self.pad - self.size + 1, w + 2 * self.pad - self.size + 1]))
 
-    def apply(self, image, params):
-        p = self.pad
-        padded = jnp.pad(image, ((p, p), (p, p), (0, 0)))
-        return jax.lax.dynamic_slice(padded, (params[0], params[1], 0),
-                                     (self.size, self.size, image.shape[-1]))
+    def where(self, rows, cols, shape, params, grid):
+        return rows + (params[0] - self.pad), cols + (params[1] - self.pad)
 
 
 @register("inception_crop")
@@ -148,19 +177,22 @@ class InceptionCrop(Op):
         h, w, c = shape
         return (self.size or h, self.size or w, c)
 
-    def draw(self, rng, shape):
-        """(top, left, height, width) of the window: ten tries at a random area and log-uniform
-        aspect ratio that fit, else the whole image."""
+    def draw(self, key, shape):
+        """(top, left, height, width) of the window: the first of ten tries at a random area
+        and log-uniform aspect ratio that fits, else the whole image."""
         h, w, _ = shape
-        log_ratio = np.log(self.ratio)
-        for _ in range(10):
-            area = h * w * rng.uniform(*self.area)
-            aspect = math.exp(rng.uniform(*log_ratio))
-            cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-            if 0 < cw <= w and 0 < ch <= h:
-                return np.asarray([rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1),
-                                   ch, cw], np.float32)
-        return np.asarray([0, 0, h, w], np.float32)
+        k_area, k_ratio, k_place = jax.random.split(key, 3)
+        area = h * w * jax.random.uniform(k_area, (10,), minval=self.area[0],
+                                          maxval=self.area[1])
+        aspect = jnp.exp(jax.random.uniform(k_ratio, (10,), minval=math.log(self.ratio[0]),
+                                            maxval=math.log(self.ratio[1])))
+        cw, ch = jnp.round(jnp.sqrt(area * aspect)), jnp.round(jnp.sqrt(area / aspect))
+        fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+        first = jnp.argmax(fits)
+        ch, cw = (jnp.where(fits.any(), ch[first], h), jnp.where(fits.any(), cw[first], w))
+        top, left = jnp.floor(jax.random.uniform(k_place, (2,)) * jnp.stack(
+            [h - ch + 1, w - cw + 1]))
+        return jnp.stack([top, left, ch, cw])
 
     def apply(self, image, params):
         out = self.shape_after(image.shape)
@@ -177,70 +209,73 @@ def _sample(image, rows, cols):
                                       cval=0.0) for k in range(image.shape[-1])], axis=-1)
 
 
-def _grid(shape):
-    """Row and column of every pixel, relative to the image centre."""
-    h, w = shape[:2]
-    return jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2,
-                        jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2, indexing="ij")
+def _pixels(shape):
+    """Row and column of every pixel [H, W]."""
+    return jnp.meshgrid(jnp.arange(shape[0], dtype=jnp.float32),
+                        jnp.arange(shape[1], dtype=jnp.float32), indexing="ij")
 
 
-def _affine(image, m):
-    """out(y) = in(m y), y measured from the image centre, black outside."""
-    y, x = _grid(image.shape)
-    h, w = image.shape[:2]
-    return _sample(image, m[0][0] * y + m[0][1] * x + (h - 1) / 2,
-                   m[1][0] * y + m[1][1] * x + (w - 1) / 2)
+def _affine(rows, cols, shape, m):
+    """Positions m y, y measured from the centre of an image of `shape`."""
+    cy, cx = (shape[0] - 1) / 2, (shape[1] - 1) / 2
+    y, x = rows - cy, cols - cx
+    return m[0][0] * y + m[0][1] * x + cy, m[1][0] * y + m[1][1] * x + cx
 
 
 @register("rotate")
-class Rotate(Op):
+class Rotate(Resample):
     def __init__(self, degrees: float = 15):
         _positive("rotate", degrees=degrees)
         self.degrees = degrees
 
-    def draw(self, rng, shape):
-        return np.asarray([np.deg2rad(rng.uniform(-self.degrees, self.degrees))], np.float32)
+    def draw(self, key, shape):
+        return jnp.deg2rad(jax.random.uniform(key, (1,), minval=-self.degrees,
+                                              maxval=self.degrees))
 
-    def apply(self, image, params):
+    def where(self, rows, cols, shape, params, grid):
         c, s = jnp.cos(params[0]), jnp.sin(params[0])
-        return _affine(image, ((c, s), (-s, c)))
+        return _affine(rows, cols, shape, ((c, s), (-s, c)))
 
 
 @register("shear")
-class Shear(Op):
+class Shear(Resample):
     def __init__(self, degrees: float = 10):
         _positive("shear", degrees=degrees)
         if degrees >= 90:
             raise ValueError(f"shear: degrees must be below 90, got {degrees}")
         self.degrees = degrees
 
-    def draw(self, rng, shape):
-        return np.asarray([np.tan(np.deg2rad(rng.uniform(-self.degrees, self.degrees)))],
-                          np.float32)
+    def draw(self, key, shape):
+        return jnp.tan(jnp.deg2rad(jax.random.uniform(key, (1,), minval=-self.degrees,
+                                                      maxval=self.degrees)))
 
-    def apply(self, image, params):
+    def where(self, rows, cols, shape, params, grid):
         # column read = column + tan(angle) * (row - centre): rows slide sideways
-        return _affine(image, ((1.0, 0.0), (params[0], 1.0)))
+        return _affine(rows, cols, shape, ((1.0, 0.0), (params[0], 1.0)))
 
 
 @register("elastic")
-class Elastic(Op):
+class Elastic(Resample):
     def __init__(self, alpha: float = 34, sigma: float = 4):
         _positive("elastic", alpha=alpha, sigma=sigma)
         if sigma <= 0:
             raise ValueError(f"elastic: sigma must be > 0, got {sigma}")
         self.alpha, self.sigma = float(alpha), float(sigma)
 
-    def draw(self, rng, shape):
-        return rng.uniform(-1.0, 1.0, (*shape[:2], 2)).astype(np.float32)   # the raw field
+    def draw(self, key, shape):
+        return jax.random.uniform(key, (*shape[:2], 2), minval=-1.0, maxval=1.0)  # raw field
 
-    def apply(self, image, noise):
-        # Simard et al.: displacements uniform in [-1, 1], smoothed by a Gaussian, times alpha
-        h, w = image.shape[:2]
+    def where(self, rows, cols, shape, noise, grid):
+        # Simard et al.: displacements uniform in [-1, 1], smoothed by a Gaussian, times alpha;
+        # defined at pixels, read bilinearly between them where a later op moved the grid
+        h, w = shape[:2]
         kh, kw = gaussian_matrix(h, self.sigma), gaussian_matrix(w, self.sigma)
         shift = self.alpha * jnp.einsum("ij,jkc,lk->ilc", kh, noise, kw)
-        y, x = _grid(image.shape)
-        return _sample(image, y + (h - 1) / 2 + shift[..., 0], x + (w - 1) / 2 + shift[..., 1])
+        if grid:
+            return rows + shift[..., 0], cols + shift[..., 1]
+        dy, dx = (map_coordinates(shift[..., k], [rows, cols], order=1, mode="nearest")
+                  for k in range(2))
+        return rows + dy, cols + dx
 
 
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
@@ -272,10 +307,11 @@ class ColorJitter(Op):
                              f"{shape[-1]} channel(s); set saturation=0, hue=0")
         return shape
 
-    def draw(self, rng, shape):
-        return np.asarray([rng.uniform(-self.b, self.b), rng.uniform(1 - self.c, 1 + self.c),
-                           rng.uniform(1 - self.s, 1 + self.s), rng.uniform(-self.h, self.h)],
-                          np.float32)
+    def draw(self, key, shape):
+        """brightness delta, contrast factor, saturation factor, hue delta."""
+        return jax.random.uniform(key, (4,), minval=jnp.asarray([-self.b, 1 - self.c, 1 - self.s,
+                                                                 -self.h]),
+                                  maxval=jnp.asarray([self.b, 1 + self.c, 1 + self.s, self.h]))
 
     def apply(self, image, params):
         x = jnp.clip(dm_pix.adjust_brightness(image, params[0]), 0, 1)
@@ -293,8 +329,8 @@ class ChannelShift(Op):
         _positive("channel_shift", delta=delta)
         self.delta = delta
 
-    def draw(self, rng, shape):
-        return rng.uniform(-self.delta, self.delta, shape[-1]).astype(np.float32)
+    def draw(self, key, shape):
+        return jax.random.uniform(key, (shape[-1],), minval=-self.delta, maxval=self.delta)
 
     def apply(self, image, params):
         return jnp.clip(image + params, 0, 1)
@@ -316,8 +352,8 @@ class PCAColor(Op):
                              f"have {shape[-1]}")
         return shape
 
-    def draw(self, rng, shape):
-        return rng.normal(0.0, self.sigma, len(self.eigvals)).astype(np.float32)
+    def draw(self, key, shape):
+        return self.sigma * jax.random.normal(key, (len(self.eigvals),))
 
     def apply(self, image, alpha):
         shift = jnp.asarray(self.eigvecs) @ (alpha * jnp.asarray(self.eigvals))  # sum_i a_i l_i p_i
@@ -337,8 +373,8 @@ def pixel_eigen(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------------------- the pipeline
 class Pipeline:
-    """The ops of a spec, applied in order to batches of normalised images [n, H, W, C] with
-    each example's generator: `pipeline(images, rngs)`."""
+    """The ops of a spec, applied in order to batches of normalised images [n, H, W, C], example
+    j with the key of rngs's example j (data/iterators.ExampleRngs): `pipeline(images, rngs)`."""
 
     def __init__(self, spec: str, ops: Sequence[Op], mean=(0.0,), std=(1.0,)):
         self.spec, self.ops = spec, list(ops)
@@ -359,13 +395,10 @@ class Pipeline:
         return out
 
     def draw(self, shape, rngs) -> list[np.ndarray]:
-        """Every op's parameters for every example [n, ...]: example j's drawn in op order from
-        rngs[j] (each generator made once)."""
-        shapes = self.shapes(shape)
-        rows = [[op.draw(rng, s) for op, s in zip(self.ops, shapes)] for rng in rngs]
-        return [np.stack(col) for col in zip(*rows)] if rows else []
+        """Every op's parameters for every example [n, ...], as __call__ draws them."""
+        return [np.asarray(p) for p in self._run(tuple(shape), rngs, "draw")()]
 
-    def __call__(self, images: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    def __call__(self, images: np.ndarray, rngs) -> np.ndarray:
         images = np.asarray(images, np.float32)
         if images.ndim != 4:
             raise ValueError(f"augmentation expects images [n, H, W, C], got shape {images.shape}")
@@ -373,24 +406,45 @@ class Pipeline:
             raise ValueError(f"{len(images)} images but {len(rngs)} generators")
         if not self.ops:
             return images
-        params = self.draw(images.shape[1:], rngs)
-        run = self._compiled.get(images.shape[1:])
-        if run is None:
-            run = self._compiled[images.shape[1:]] = self._compile()
+        return np.asarray(self._run(images.shape[1:], rngs, "apply")(images))
 
+    def _run(self, shape: tuple, rngs, what: str) -> Callable:
+        """The jitted draw ("draw") or draw-and-apply ("apply") over rngs's examples."""
+        key = (shape, tuple(rngs.streams), what)
+        if key not in self._compiled:
+            self._compiled[key] = self._compile(shape, tuple(rngs.streams), what)
         cpu = jax.local_devices(backend="cpu")[0]   # host work, whatever the accelerator
-        return np.asarray(run(*jax.device_put((images, params), cpu)))
+        ids = jax.device_put(np.asarray([rngs.seed, rngs.epoch], np.uint32), cpu)
+        examples = jax.device_put(np.asarray(rngs.indices, np.uint32), cpu)
+        run = self._compiled[key]
+        return lambda *images: run(*jax.device_put(images, cpu), ids, examples)
 
-    def _compile(self):
-        mean, std = self.mean, self.std
+    def _compile(self, shape: tuple, streams: tuple, what: str) -> Callable:
+        mean, std, shapes = self.mean, self.std, self.shapes(shape)
 
-        def one(image, params):
-            x = image * std + mean
-            for op, p in zip(self.ops, params):
-                x = op.apply(x, p)
+        def draw(ids, example):
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(ids[0]), ids[1]), example)
+            for s in streams:
+                key = jax.random.fold_in(key, s)
+            keys = jax.random.split(key, len(self.ops))
+            return [op.draw(k, s) for op, k, s in zip(self.ops, keys, shapes)]
+
+        def apply(image, ids, example):
+            params, x, k = draw(ids, example), image * std + mean, 0
+            while k < len(self.ops):
+                if isinstance(self.ops[k], Resample):   # a chain of them, read once
+                    end = k
+                    while end < len(self.ops) and isinstance(self.ops[end], Resample):
+                        end += 1
+                    x = resample(x, self.ops[k:end], params[k:end], shapes[k:end + 1])
+                    k = end
+                else:
+                    x, k = self.ops[k].apply(x, params[k]), k + 1
             return (x - mean) / std
 
-        return jax.jit(jax.vmap(one))
+        if what == "draw":
+            return jax.jit(jax.vmap(draw, in_axes=(None, 0)))
+        return jax.jit(jax.vmap(apply, in_axes=(0, None, 0)))
 
     def __repr__(self) -> str:
         return f"Pipeline({self.spec!r})"
@@ -447,8 +501,8 @@ def parse(spec: str, *, mean: Sequence[float] = (0.0,), std: Sequence[float] = (
 
 def augment_batches(batches, pipeline: Pipeline, key: str = "images"):
     """Has the iterator `batches` (data/iterators.py) apply `pipeline` to `key` of every batch
-    it builds, example j's parameters drawn from its own augmentation generator
-    (rngs.stream(1)); returns it. An empty pipeline leaves it as it was."""
+    it builds, example j's parameters drawn from its own augmentation stream (rngs.stream(1));
+    returns it. An empty pipeline leaves it as it was."""
     if pipeline:
         batches.transform = lambda batch, rngs: {**batch,
                                                  key: pipeline(batch[key], rngs.stream(1))}

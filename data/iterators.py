@@ -49,13 +49,14 @@ class ExampleRngs(Sequence):
     made when asked for (a batch without randomness pays nothing), afresh on every access: take
     each example's once and draw everything it needs from it. rngs.stream(k), k >= 1: another
     independent generator per example, default_rng((seed, epoch, indices[j], k)), for a later
-    stage (augmentation) whose draws must not depend on how many the first one made."""
+    stage whose draws must not depend on how many the first one made (augmentation draws with
+    JAX keys folded from the same seed, epoch, indices and streams, data/augment.py)."""
 
-    def __init__(self, seed: int, epoch: int, indices: np.ndarray, stream: tuple = ()):
-        self.seed, self.epoch, self.indices, self._stream = seed, epoch, indices, stream
+    def __init__(self, seed: int, epoch: int, indices: np.ndarray, streams: tuple = ()):
+        self.seed, self.epoch, self.indices, self.streams = seed, epoch, indices, streams
 
     def stream(self, k: int) -> "ExampleRngs":
-        return ExampleRngs(self.seed, self.epoch, self.indices, (*self._stream, int(k)))
+        return ExampleRngs(self.seed, self.epoch, self.indices, (*self.streams, int(k)))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -63,7 +64,7 @@ class ExampleRngs(Sequence):
     def __getitem__(self, j):
         if isinstance(j, slice):
             return [self[k] for k in range(*j.indices(len(self)))]
-        return np.random.default_rng((self.seed, self.epoch, int(self.indices[j]), *self._stream))
+        return np.random.default_rng((self.seed, self.epoch, int(self.indices[j]), *self.streams))
 
 
 class EpochBatches(abc.ABC):

@@ -4,6 +4,7 @@ errors, determinism per (seed, epoch, example), and a bit-exact resume with augm
 import math
 
 import dm_pix
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,6 +21,10 @@ def pixels(n=3, h=9, w=9, c=3, seed=0):
 
 def rngs(n=3, seed=0, epoch=0):
     return ExampleRngs(seed, epoch, np.arange(n))
+
+
+def keys(n):
+    return jax.random.split(jax.random.key(0), n)
 
 
 STRONG = ("flip_lr|random_crop(7, pad=2)|inception_crop(min_area=0.3)|rotate(30)|shear(20)"
@@ -72,16 +77,45 @@ def test_crops():
     out = crop.apply(jnp.asarray(x), np.int32([0, 3]))   # rows -2..2 and columns 1..5
     np.testing.assert_array_equal(out[:2], 0)            # the padding is black
     np.testing.assert_array_equal(out[2:], x[:3, 1:6])
-    draws = np.stack([crop.draw(np.random.default_rng(s), (9, 9, 3)) for s in range(200)])
+    draws = np.asarray(jax.vmap(lambda k: crop.draw(k, (9, 9, 3)))(keys(200)))
     assert draws.min() == 0 and draws.max() == 9 + 4 - 5  # every offset reachable, none beyond
     inception = augment.OPS["inception_crop"](size=9)
     box = np.float32([3, 3, 3, 3])                       # the central 3x3, upsampled to 9x9
     out = np.asarray(inception.apply(jnp.asarray(x), box))
     np.testing.assert_allclose(out[4, 4], x[4, 4], atol=1e-6)   # the centre stays the centre
-    for s in range(50):
-        top, left, h, w = inception.draw(np.random.default_rng(s), (64, 48, 3))
-        assert 0 <= top and top + h <= 64 and 0 <= left and left + w <= 48
-        assert 0.07 * 64 * 48 <= h * w and 0.7 <= w / h <= 1.4
+    boxes = np.asarray(jax.vmap(lambda k: inception.draw(k, (64, 48, 3)))(keys(200)))
+    top, left, h, w = boxes.T
+    assert (0 <= top).all() and (top + h <= 64).all() and (0 <= left).all()
+    assert (left + w <= 48).all() and (h == np.round(h)).all() and (top == np.round(top)).all()
+    assert (0.07 * 64 * 48 <= h * w).all() and (0.7 <= w / h).all() and (w / h <= 1.4).all()
+    assert top.max() > 0 and left.max() > 0 and len(set(h * w)) > 50   # placed and sized anew
+    whole = augment.OPS["inception_crop"](min_area=0.9, min_ratio=4, max_ratio=5)
+    np.testing.assert_array_equal(whole.draw(keys(1)[0], (8, 8, 3)), [0, 0, 8, 8])  # no fit
+
+
+def test_a_chain_of_resampling_ops_reads_the_image_once():
+    """random_crop|rotate|shear|elastic composed into one read equals the four ops applied one
+    by one wherever no step of theirs read outside its image: on a linear ramp, which bilinear
+    reading reproduces exactly, up to float error."""
+    r, c = np.meshgrid(np.arange(15), np.arange(15), indexing="ij")
+    ramp = (0.2 + 0.02 * r + 0.03 * c)[None, ..., None].astype(np.float32)
+    spec = "random_crop(13, pad=1)|rotate(20)|shear(10)|elastic(3, 2)"
+    pipeline = augment.parse(spec)
+    params = [p[0] for p in pipeline.draw(ramp.shape[1:], rngs(1))]
+
+    def one_by_one(image):
+        x = jnp.asarray(image)
+        for op, p in zip(pipeline.ops, params):
+            x = op.apply(x, p)
+        return np.asarray(x)
+
+    interior = np.isclose(one_by_one(np.ones((15, 15, 1), np.float32)), 1.0, atol=1e-5)
+    assert 40 < interior.sum() < 13 * 13        # the chain moved pixels across the border
+    out = pipeline(ramp, rngs(1))[0]
+    assert out.shape == (13, 13, 1)
+    np.testing.assert_allclose(out[interior], one_by_one(ramp[0])[interior], atol=2e-5)
+    black = one_by_one(ramp[0]) == 0
+    assert black.any() and (out[black] == 0).all()    # read from outside an image: black
 
 
 def test_elastic_field_is_smoothed_as_dm_pix_blurs():
@@ -93,10 +127,11 @@ def test_elastic_field_is_smoothed_as_dm_pix_blurs():
 
 def test_colour_ops_against_their_formulas():
     x = pixels(n=2)
-    out = augment.parse("channel_shift(0.1)")(x, rngs(2))
-    shift = np.stack([np.random.default_rng((0, 0, j)).uniform(-0.1, 0.1, 3) for j in range(2)])
-    np.testing.assert_allclose(out, np.clip(x + shift[:, None, None].astype(np.float32), 0, 1),
-                               atol=1e-6)
+    pipeline = augment.parse("channel_shift(0.1)")
+    out = pipeline(x, rngs(2))
+    (shift,) = pipeline.draw(x.shape[1:], rngs(2))
+    assert shift.shape == (2, 3) and 0 < np.abs(shift).max() <= 0.1
+    np.testing.assert_allclose(out, np.clip(x + shift[:, None, None], 0, 1), atol=1e-6)
     grey = augment.parse("color_jitter(0.2, 0.3, 0, 0)")(x[..., :1], rngs(2))
     assert grey.shape == (2, 9, 9, 1) and 0 <= grey.min() and grey.max() <= 1
 
