@@ -269,15 +269,16 @@ def translate_steps(spec: dict, device, torch):
 
 
 def translate_decode_steps(spec: dict, device, torch):
-    """MarianMTModel.generate in eval mode under torch.inference_mode: greedy with its key/value
-    cache, exactly new_tokens per row (min_new_tokens = max_new_tokens), one phase per batch
-    size on the spec's sources."""
+    """MarianMTModel.generate in eval mode under torch.inference_mode: greedy (beam_size 1) or
+    beam search with its key/value cache, exactly new_tokens per row (min_new_tokens =
+    max_new_tokens), one phase per batch size on the spec's sources."""
     from transformers import GenerationConfig
     model = marian(spec, device).eval()
     n, pad = spec["new_tokens"], spec["pad_id"]
-    settings = GenerationConfig(do_sample=False, num_beams=1, use_cache=True, max_new_tokens=n,
-                                min_new_tokens=n, pad_token_id=pad, decoder_start_token_id=pad,
-                                eos_token_id=spec["vocab_size"] - 1)
+    settings = GenerationConfig(do_sample=False, num_beams=spec["beam_size"], use_cache=True,
+                                max_new_tokens=n, min_new_tokens=n, pad_token_id=pad,
+                                decoder_start_token_id=pad, eos_token_id=spec["vocab_size"] - 1,
+                                length_penalty=spec["alpha"])
     src = torch.tensor(spec["src"], device=device)
 
     def generate(batch: int):

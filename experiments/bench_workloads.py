@@ -371,7 +371,8 @@ class DecodeWorkload(Workload):
                     device="cuda" if on_gpu else "cpu", dtype=c.dtype, vocab_size=c.vocab_size,
                     n_ctx=c.n_ctx, n_layer=c.n_layer, n_head=c.n_head, d_model=c.d_model,
                     d_ff=c.ffn_dim, ln_eps=c.ln_eps, prompts=self.prompts,
-                    batches=dict(zip(self.phases, self.batches)), new_tokens=self.new_tokens)
+                    batches=dict(zip(self.phases, self.batches)), new_tokens=self.new_tokens,
+                    beam_size=self.beam_size, alpha=self.alpha)
 
 
 # ----------------------------------------------------------- the Transformer (translation)
@@ -486,33 +487,47 @@ def greedy_all_steps(cfg, params, src_tokens, new_tokens: int):
     return decoding.sample(logits, cache, step, num_steps=new_tokens, pad_id=cfg.pad_id)[0]
 
 
-class TranslateCall:
-    """One greedy translation of fixed sources, tokens back on the host; the first call
-    compiles (compile_s includes one run)."""
+def translate_all_steps(cfg, params, src_tokens, new_tokens: int, beam_size: int = 1,
+                        alpha: float = 0.6):
+    """Greedy decoding, or transformer.beam_search, without a stop token (eos -1): every row
+    runs all new_tokens steps, as the peer's generate with min_new_tokens = max_new_tokens."""
+    if beam_size == 1:
+        return greedy_all_steps(cfg, params, src_tokens, new_tokens)
+    return transformer.beam_search(cfg, params, src_tokens, beam_size, alpha,
+                                   max_len=new_tokens, bos_id=cfg.pad_id, eos_id=-1)
 
-    def __init__(self, cfg, params, src: np.ndarray, new_tokens: int):
+
+class TranslateCall:
+    """One translation of fixed sources (greedy or beam search), tokens back on the host; the
+    first call compiles (compile_s includes one run)."""
+
+    def __init__(self, cfg, params, src: np.ndarray, new_tokens: int, beam_size: int = 1,
+                 alpha: float = 0.6):
         self.cfg, self.params, self.src, self.new_tokens = cfg, params, src, new_tokens
+        self.beam_size, self.alpha = beam_size, alpha
         t0 = time.perf_counter()
         tokens = self()
         self.compile_s, self.memory = time.perf_counter() - t0, {}
         if tokens.shape != (len(src), new_tokens):
-            raise RuntimeError(f"greedy decoding returned {tokens.shape} tokens")
+            raise RuntimeError(f"decoding returned {tokens.shape} tokens")
 
     def __call__(self):
-        return np.asarray(greedy_all_steps(self.cfg, self.params, self.src, self.new_tokens))
+        return np.asarray(translate_all_steps(self.cfg, self.params, self.src, self.new_tokens,
+                                              self.beam_size, self.alpha))
 
 
 class TranslationDecodeWorkload(Workload):
-    """bench.workload = "translate_decode": greedy decoding with the key/value cache, a phase
-    per batch size in bench.batches, each row translating a random source of bench.src_len
-    tokens into exactly bench.new_tokens tokens. The peer is MarianMTModel.generate (greedy,
-    use_cache, min_new_tokens = max_new_tokens). Random weights on each side: the tokens are
-    not compared here (tests/test_transformer.py compares them on shared weights).
+    """bench.workload = "translate_decode": decoding with the key/value cache, greedy or (with
+    bench.beam_size > 1) beam search with GNMT's length penalty bench.alpha, a phase per batch
+    size in bench.batches, each row translating a random source of bench.src_len tokens into
+    exactly bench.new_tokens tokens. The peer is MarianMTModel.generate (num_beams =
+    beam_size, use_cache, min_new_tokens = max_new_tokens). Random weights on each side: the
+    tokens are not compared here (tests/test_transformer.py compares them on shared weights).
 
-    Tokens/s: generated tokens per second of a whole call, the encoder and prefill included.
-    FLOPs per generated token: the decoder's forward, 2 (N_dec + V d) + 4 L d (t + S) for
-    scores and weighted sums over t cached target positions (their mean) and S source
-    positions; the encoder's work is not counted."""
+    Tokens/s: output tokens per second of a whole call (batch x new_tokens), the encoder and
+    prefill included. FLOPs per output token: the decoder's forward for each of the beam_size
+    hypotheses, 2 (N_dec + V d) + 4 L d (t + S) for scores and weighted sums over t cached
+    target positions (their mean) and S source positions; the encoder's work is not counted."""
 
     unit = "token"
     has_input_pipeline = False
@@ -520,8 +535,12 @@ class TranslationDecodeWorkload(Workload):
     def __init__(self, config):
         self.config, self.cfg, b = config, transformer_config(config), config.bench
         self.src_len, self.new_tokens = b.src_len, b.new_tokens
+        self.beam_size, self.alpha = int(b.get("beam_size", 1)), float(b.get("alpha", 0.6))
+        self.search = "greedy" if self.beam_size == 1 else f"beam-{self.beam_size}"
+        if self.beam_size < 1:
+            raise ValueError(f"config.bench.beam_size must be >= 1, got {self.beam_size}")
         self.batches, self.phases, self.titles = batch_phases(
-            b, "greedy translation", src_len=b.src_len, new_tokens=b.new_tokens)
+            b, f"{self.search} translation", src_len=b.src_len, new_tokens=b.new_tokens)
         if max(b.src_len, b.new_tokens) > self.cfg.max_len:
             raise ValueError(f"config.bench: src_len {b.src_len} and new_tokens "
                              f"{b.new_tokens} must fit the model's max_len {self.cfg.max_len}")
@@ -530,20 +549,22 @@ class TranslationDecodeWorkload(Workload):
         c = self.cfg
         _, n_dec = encoder_decoder_params(c)
         mean_keys = (self.new_tokens + 1) / 2
-        per_token = 2 * (n_dec + c.vocab_size * c.d_model) + 4 * c.n_layer * c.d_model * (
-            mean_keys + self.src_len)
+        per_token = self.beam_size * (2 * (n_dec + c.vocab_size * c.d_model) + 4 * c.n_layer
+                                      * c.d_model * (mean_keys + self.src_len))
         self.flops = {p: per_token for p in self.phases}
         self.src = translation_batch(c, max(self.batches), self.src_len, 1, 0)["src"]
 
     def info(self) -> dict:
         return {"config": self.config.model.to_dict(), "batches": list(self.batches),
                 "src_len": self.src_len, "new_tokens": self.new_tokens, "dtype": self.cfg.dtype,
-                "flops_per_token": self.flops[self.phases[0]], "greedy": True}
+                "flops_per_token": self.flops[self.phases[0]], "greedy": self.beam_size == 1,
+                "beam_size": self.beam_size, "alpha": self.alpha}
 
     def describe(self) -> str:
-        return (f"greedy translation, {self.src_len}-token source -> {self.new_tokens} tokens "
-                f"per row, {self.cfg.dtype}; {self.flops[self.phases[0]] / 1e6:.1f} "
-                f"MFLOP/generated token (decoder forward)")
+        return (f"{self.search} translation, {self.src_len}-token source -> "
+                f"{self.new_tokens} tokens per row, {self.cfg.dtype}; "
+                f"{self.flops[self.phases[0]] / 1e6:.1f} MFLOP/output token (decoder forward"
+                f"{', every hypothesis' if self.beam_size > 1 else ''})")
 
     def note(self) -> str:
         return ("tokens/s: generated tokens (batch x new tokens) per second of a whole call, "
@@ -556,7 +577,8 @@ class TranslationDecodeWorkload(Workload):
             jax.random.key(self.config.seed), jnp.zeros((1, 4), jnp.int32),
             jnp.zeros((1, 4), jnp.int32))["params"]
         params = flax.core.meta.unbox(params)
-        return {p: TranslateCall(self.cfg, params, self.src[:n], self.new_tokens)
+        return {p: TranslateCall(self.cfg, params, self.src[:n], self.new_tokens,
+                                 self.beam_size, self.alpha)
                 for p, n in zip(self.phases, self.batches)}
 
     def peer_spec(self, on_gpu: bool, compiled: bool) -> dict:
@@ -567,7 +589,8 @@ class TranslationDecodeWorkload(Workload):
         return dict(threads=len(os.sched_getaffinity(0)), compile=False,
                     device="cuda" if on_gpu else "cpu", dtype=self.cfg.dtype,
                     **marian_spec(self.cfg), src=self.src.tolist(),
-                    batches=dict(zip(self.phases, self.batches)), new_tokens=self.new_tokens)
+                    batches=dict(zip(self.phases, self.batches)), new_tokens=self.new_tokens,
+                    beam_size=self.beam_size, alpha=self.alpha)
 
 
 WORKLOADS = {"pretrain_lm": GPTWorkload, "classify_images": ConvNetWorkload,

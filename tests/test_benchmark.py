@@ -277,6 +277,30 @@ def test_transformer_decoding_against_marian_generate():
     assert r["greedy"] and "first_loss" not in r and "not compared" in stdout
 
 
+def test_beam_search_decoding_workload_on_both_sides():
+    """bench.beam_size 2: our beam search and the peer's generate(num_beams=2) each return
+    exactly new_tokens per row (no stop token); the FLOPs count every hypothesis."""
+    torch = pytest.importorskip("torch")
+    from experiments import bench_peers
+    from experiments.bench_workloads import TranslationDecodeWorkload
+    from experiments.configs import transformer as transformer_configs
+    config = transformer_configs.get_config("bench-decode")
+    config.model.update(n_layer=1, d_model=16, n_head=2, d_ff=24, vocab_size=53)
+    config.bench.update(src_len=5, new_tokens=3, batches=(2,))
+    greedy = TranslationDecodeWorkload(config)
+    config.bench.beam_size = 2
+    beam = TranslationDecodeWorkload(config)
+    assert beam.flops["batch2"] == 2 * greedy.flops["batch2"]
+    assert "beam-2 translation" in beam.describe() and not beam.info()["greedy"]
+    assert beam.ours(None)["batch2"]().shape == (2, 3)
+    spec = beam.peer_spec(on_gpu=False, compiled=False)
+    steps, _ = bench_peers.translate_decode_steps(spec, torch.device("cpu"), torch)
+    steps["batch2"]()            # raises unless generate returned 3 new tokens per row
+    config.bench.beam_size = 0
+    with pytest.raises(ValueError, match="beam_size must be >= 1"):
+        TranslationDecodeWorkload(config)
+
+
 def test_marian_peer_loss_equals_ours_on_the_same_weights(tmp_path):
     """The peer's model and loss, imported into ours (models/hf.py), give our loss: the two
     sides compute the same function (Marian's sinusoid layout and logits bias are imported)."""

@@ -14,7 +14,8 @@ Benchmark presets (experiments/benchmark.py; BENCH_PRESETS below):
                   x (32 source + 32 target tokens), float32, no dropout, CPU attention
                   (xla_custom); --peer: transformers' MarianMTModel of the same sizes
     bench-decode  the base model's greedy cached decoding, 32-token sources -> 32 tokens,
-                  batch 1 and 8; --peer: MarianMTModel.generate
+                  batch 1 and 8 (--config.bench.beam_size=4: the paper's beam search);
+                  --peer: MarianMTModel.generate
 
 A base config is built first; each preset then overrides model, data and train fields.
 Named sweeps (SWEEPS below): the paper's Table 3 ablations in miniature, one command each.
@@ -152,6 +153,8 @@ def bench_config(arg: str) -> ml_collections.ConfigDict:
                                                       tgt_len=32))
     else:
         config.train.batch_size = 8
+        # beam_size 1: greedy; 4 with alpha 0.6: section 6.1's beam search
         config.bench = ml_collections.ConfigDict(dict(workload="translate_decode", src_len=32,
-                                                      new_tokens=32, batches=(1, 8)))
+                                                      new_tokens=32, batches=(1, 8),
+                                                      beam_size=1, alpha=0.6))
     return config
