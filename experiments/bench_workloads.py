@@ -371,8 +371,7 @@ class DecodeWorkload(Workload):
                     device="cuda" if on_gpu else "cpu", dtype=c.dtype, vocab_size=c.vocab_size,
                     n_ctx=c.n_ctx, n_layer=c.n_layer, n_head=c.n_head, d_model=c.d_model,
                     d_ff=c.ffn_dim, ln_eps=c.ln_eps, prompts=self.prompts,
-                    batches=dict(zip(self.phases, self.batches)), new_tokens=self.new_tokens,
-                    beam_size=self.beam_size, alpha=self.alpha)
+                    batches=dict(zip(self.phases, self.batches)), new_tokens=self.new_tokens)
 
 
 # ----------------------------------------------------------- the Transformer (translation)
