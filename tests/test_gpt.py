@@ -17,6 +17,14 @@ def test_gpt3_175b_is_175b():
     assert abs(n - 175e9) / 175e9 < 0.01
 
 
+@pytest.mark.parametrize("name,size", [("gpt3-125m", 125e6), ("gpt3-350m", 350e6),
+                                       ("gpt3-760m", 760e6), ("gpt3-1.3b", 1.3e9),
+                                       ("gpt3-2.7b", 2.7e9), ("gpt3-6.7b", 6.7e9),
+                                       ("gpt3-13b", 13e9), ("gpt3-175b", 175e9)])
+def test_every_gpt3_preset_counts_its_name_within_2_percent(name, size):
+    assert abs(gpt.count_params(gpt.preset(name)) - size) / size < 0.02
+
+
 def test_gpt3_125m_and_gpt1_sizes():
     assert abs(gpt.count_params(gpt.preset("gpt3-125m")) - 125e6) / 125e6 < 0.01
     assert abs(gpt.count_params(gpt.preset("gpt1")) - 117e6) / 117e6 < 0.01
