@@ -122,6 +122,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     sweep = pathlib.Path(FLAGS.workdir)
+    if not (sweep / "results.csv").is_file():
+        sys.exit(f"error: {sweep} holds no results.csv: --workdir names the directory of a "
+                 "finished experiments.sweep")
     by_metric, parts = {}, []
     for metric in METRICS:
         ks, by_metric[metric] = read(sweep / "results.csv", FLAGS.axis, metric)
