@@ -23,6 +23,7 @@ from train import evaluators, sharding
 from train.checkpoint import Checkpointer, abstract_like
 from train.trainer import build
 
+flags.declare_key_flag("workdir")   # listed by --help
 flags.DEFINE_enum("split", "test", ["val", "test"], "Which evaluators to run.")
 FLAGS = flags.FLAGS
 

@@ -27,6 +27,7 @@ from experiments import launch, tool_flags  # noqa: F401  (launch defines --work
 from experiments.pretrain_lm import check_sampling, load_lm
 from models import decode, gpt
 
+flags.declare_key_flag("workdir")   # listed by --help
 tool_flags.define_renamed("init_from", "workdir")
 flags.DEFINE_string("prompt", None, "Text to continue.")
 flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")

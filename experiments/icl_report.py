@@ -23,6 +23,7 @@ from absl import app, flags
 
 from experiments import launch  # noqa: F401  (--workdir, shared by the experiments: the sweep's)
 
+flags.declare_key_flag("workdir")   # listed by --help
 flags.DEFINE_string("figure", "docs/figures/icl.png", "Where the figure goes.")
 flags.DEFINE_string("axis", "size", "The swept column that names the models.")
 FLAGS = flags.FLAGS

@@ -50,6 +50,13 @@ def parsed():
     absl_logging.set_verbosity(verbosity)
 
 
+def test_help_lists_workdir():
+    result = command("generate", "--help")   # (absl's --help exits with status 1)
+    assert all(f"  --{name}:" in result.stdout for name in ("workdir", "prompt", "top_p"))
+    for module in (evaluate, icl_report):   # --workdir, defined by launch, is theirs too
+        assert "workdir" in {f.name for f in flags.FLAGS.get_key_flags_for_module(module)}
+
+
 # ----------------------------------------------------------------------------- pretrain_lm
 
 def test_pretrain_lm_ends_with_its_last_val_and_test_lines(tiny_run):
