@@ -1,8 +1,9 @@
 """Ensembles and multi-crop evaluation of trained image classifiers (classify_images runs).
 
-    python -m experiments.ensemble --runs=DIR [--runs=DIR2 ...] [--split=test] [--crop_size=32]
+    python -m experiments.ensemble --workdir=DIR [--workdir=DIR2 ...] [--split=test] \
+        [--crop_size=32]
 
-Each --runs is a workdir of ours, or a sweep directory whose finished runs (those with .done)
+Each --workdir is a workdir of ours, or a sweep directory whose finished runs (those with .done)
 are taken, e.g. the `ensemble` sweep of convnets.py (five seeds of ResNet-8 on the colour
 task). Every run's newest checkpoint (parameters and BatchNorm statistics) predicts the split
 twice: on the central crop_size window of each image, and on AlexNet's ten patches (Krizhevsky
@@ -11,7 +12,8 @@ outputs. The ensemble of the first k runs averages their probabilities (k = 1 ..
 each single model's top-1, their mean, the ensemble's top-1 and its gain over the mean single
 model, and the evaluation time per image of one model with one and with ten crops (after
 compiling, median of --repeats passes). Writes DIR/ensemble.json and DIR/ensemble.md (DIR: the
-first --runs) and prints the table.
+first --workdir) and prints the table. --runs, the former name of --workdir, works for one
+release.
 
 The runs must share their data (data.* equal, and one split: data.split_seed >= 0 or one
 config.seed), so that they are scored on the same images.
@@ -26,25 +28,29 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments import classify_images
+from experiments import classify_images, tool_flags
 from train import checkpoint
 from train.evaluators.classification import average_probabilities, ten_crops
 
 FLAGS = flags.FLAGS
 
 
-def define_flags():
-    flags.DEFINE_multi_string("runs", None, "A workdir, or a sweep directory (its finished "
-                              "runs).")
-    flags.DEFINE_enum("split", "test", ["val", "test"], "The split to score.")
+def define_flags(flag_values=FLAGS):
+    if "workdir" in flag_values:   # the experiments' single --workdir: an ensemble reads several
+        delattr(flag_values, "workdir")
+    flags.DEFINE_multi_string("workdir", None, "A workdir, or a sweep directory (its finished "
+                              "runs); one or more.", flag_values=flag_values)
+    tool_flags.define_renamed("runs", "workdir", flag_values)
+    flags.DEFINE_enum("split", "test", ["val", "test"], "The split to score.",
+                      flag_values=flag_values)
     flags.DEFINE_integer("crop_size", 0, "The crops' side (default: the runs' "
-                         "data.image_size).")
-    flags.DEFINE_integer("batch_size", 128, "Images per forward pass.")
+                         "data.image_size).", flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", 128, "Images per forward pass.", flag_values=flag_values)
     flags.DEFINE_integer("repeats", 3, "Timed passes per crop scheme (the median is "
-                         "reported).")
-    flags.mark_flag_as_required("runs")
+                         "reported).", flag_values=flag_values)
+    flags.mark_flag_as_required("workdir", flag_values=flag_values)
 
 
 def run_dirs(paths) -> list[pathlib.Path]:
@@ -199,9 +205,10 @@ def markdown(r: dict) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)   # the checkpoint library logs every restore
-    result = evaluate(FLAGS.runs, FLAGS.split, FLAGS.crop_size, FLAGS.batch_size, FLAGS.repeats)
-    first = pathlib.Path(FLAGS.runs[0])
+    tool_flags.quiet_libraries()
+    result = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.crop_size, FLAGS.batch_size,
+                      FLAGS.repeats)
+    first = pathlib.Path(FLAGS.workdir[0])
     (first / "ensemble.json").write_text(json.dumps(result, indent=2))
     (first / "ensemble.md").write_text(markdown(result))
     print(markdown(result))

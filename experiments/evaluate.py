@@ -4,8 +4,9 @@
 
 The run's experiment, config and tokenizer come from DIR (config.json records which experiment
 wrote it); every evaluator of config.evals logging to --split runs as it does at the end of
-training. Prints one JSON object and writes it to DIR/evaluate-SPLIT-STEP.json; metrics.jsonl is
-left as the run wrote it.
+training. Prints one JSON object, then writes it to DIR/evaluate-SPLIT-STEP.json (a workdir that
+cannot be written, read-only or full, gets a warning instead); metrics.jsonl is left as the run
+wrote it.
 """
 
 import importlib
@@ -17,11 +18,12 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from experiments import launch  # noqa: F401  (defines --workdir, which the experiments share)
+from experiments import launch, tool_flags  # noqa: F401  (launch defines --workdir)
 from train import evaluators, sharding
 from train.checkpoint import Checkpointer, abstract_like
 from train.trainer import build
 
+flags.declare_key_flag("workdir")   # listed by --help
 flags.DEFINE_enum("split", "test", ["val", "test"], "Which evaluators to run.")
 FLAGS = flags.FLAGS
 
@@ -57,17 +59,26 @@ def evaluate(workdir, split: str = "test") -> dict:
         fns=run.get("eval_fns", {})))
     with jax.set_mesh(mesh):
         results = suite.run(state, int(step), final=True).get(split, {})
-    out = {"step": int(step), "split": split, **results}
-    if jax.process_index() == 0:
-        (workdir / f"evaluate-{split}-{int(step)}.json").write_text(json.dumps(out, indent=2))
-    return out
+    return {"step": int(step), "split": split, **results}
+
+
+def save(workdir, result: dict) -> None:
+    """result -> workdir/evaluate-SPLIT-STEP.json; a warning when it cannot be written."""
+    path = pathlib.Path(workdir) / f"evaluate-{result['split']}-{result['step']}.json"
+    try:
+        path.write_text(json.dumps(result, indent=2))
+    except OSError as e:
+        print(f"warning: the result was not saved to {path}: {e.strerror or e}", file=sys.stderr)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    print(json.dumps(evaluate(FLAGS.workdir, FLAGS.split)))
-    sys.stdout.flush()
+    tool_flags.quiet_libraries()
+    result = evaluate(FLAGS.workdir, FLAGS.split)
+    print(json.dumps(result), flush=True)   # first: nothing computed is lost if saving fails
+    if jax.process_index() == 0:
+        save(FLAGS.workdir, result)
 
 
 if __name__ == "__main__":

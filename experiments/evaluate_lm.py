@@ -1,19 +1,27 @@
 """Zero-, one- and few-shot evaluation through EleutherAI's lm-evaluation-harness (GPT-3 section 3).
 
-    python -m experiments.evaluate_lm --pretrained=PATH --tasks=T1,T2 [--num_fewshot=K] \
-        [--include_path=DIR [--noinclude_defaults]] [--batch_size=N] [--limit=N] --workdir=DIR
+    python -m experiments.evaluate_lm --workdir=PATH --tasks=T1,T2 [--num_fewshot=K] \
+        [--include_path=DIR [--noinclude_defaults]] [--batch_size=N] [--limit=N] [--out=DIR]
 
-PATH is a Hugging Face GPT-2 directory (config.json with model_type gpt2, model.safetensors,
-tokenizer.json or vocab.json + merges.txt) or a pretrain_lm workdir (config.json +
-checkpoints/<step>/; its tokenizer is a tokenizer.json at the workdir root, else the one its
-config's data section names or trains). --include_path adds a directory of task YAMLs. Writes
-DIR/results.json (lm_eval's results, without per-sample logs) and DIR/results.md (its tables).
+PATH, the model, is a pretrain_lm workdir (config.json + checkpoints/<step>/; its tokenizer is a
+tokenizer.json at the workdir root, else the one its config's data section names or trains) or
+a Hugging Face GPT-2 directory (config.json with model_type gpt2, model.safetensors,
+tokenizer.json or vocab.json + merges.txt). --include_path adds a directory of task YAMLs.
+Writes OUT/results.json (lm_eval's results, without per-sample logs) and OUT/results.md (its
+tables), and prints the tables. OUT is --out; by default PATH/lm_eval/ when PATH is a run of
+ours (it has checkpoints/), while a Hugging Face directory needs --out: it is someone else's
+download, often a read-only cache, and a second evaluation in it would be mistaken for the
+model's own files.
 
-The model is an lm_eval LM, `FlaxpapersLM(pretrained=PATH, batch_size=N)`, also registered as
-"flaxpapers", so `lm_eval.simple_evaluate(model="flaxpapers", model_args="pretrained=PATH")`
-works once this module is imported. It scores and generates exactly as lm_eval's HFLM backend
-does: the same context/continuation split and left truncation, the same rolling windows for
-perplexity, the same stop sequences.
+--pretrained, the former name of --workdir, works for one release: `--pretrained=PATH` alone,
+or `--pretrained=PATH --workdir=OUT` with --workdir in its former meaning, the results.
+
+The model is an lm_eval LM, `FlaxpapersLM(pretrained=PATH, batch_size=N)` (lm_eval's own name
+for the model argument), also registered as "flaxpapers", so
+`lm_eval.simple_evaluate(model="flaxpapers", model_args="pretrained=PATH")` works once this
+module is imported. It scores and generates exactly as lm_eval's HFLM backend does: the same
+context/continuation split and left truncation, the same rolling windows for perplexity, the
+same stop sequences.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from data.tokenizer import Tokenizer
+from experiments import tool_flags
 from models import gpt
 
 REGISTRY_NAME = "flaxpapers"
@@ -286,40 +295,46 @@ register()
 # ----------------------------------------------------------------------------- command line
 
 
-def evaluate(pretrained: str, tasks: list[str], workdir, *, num_fewshot: int | None = None,
+def evaluate(pretrained: str, tasks: list[str], out, *, num_fewshot: int | None = None,
              include_path: str | None = None, include_defaults: bool = True,
              batch_size: int = 8, limit: float | None = None, log_samples: bool = False) -> dict:
-    """lm_eval.simple_evaluate on our model; writes workdir/results.json and results.md."""
+    """lm_eval.simple_evaluate on our model; writes out/results.json and results.md."""
     import lm_eval
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable, make_table
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     # Indexing lm_eval's own few thousand task files takes a while; local tasks alone do not.
     manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
     results = lm_eval.simple_evaluate(
         model=FlaxpapersLM(pretrained=pretrained, batch_size=batch_size), tasks=tasks,
         num_fewshot=num_fewshot, limit=limit, task_manager=manager, log_samples=log_samples)
     samples = results.pop("samples", None)
-    (workdir / "results.json").write_text(
+    (out / "results.json").write_text(
         json.dumps(results, indent=2, default=handle_non_serializable) + "\n")
     table = make_table(results)
     if results.get("groups"):
         table += "\n" + make_table(results, "groups")
-    (workdir / "results.md").write_text(table)
+    (out / "results.md").write_text(table)
     if samples is not None:
         results["samples"] = samples
     return results
 
 
+USAGE = ("usage: python -m experiments.evaluate_lm --workdir=PATH --tasks=T1,T2 [--out=DIR] "
+         "[--num_fewshot=K] [--include_path=DIR] [--batch_size=N] [--limit=N]")
+
+
 def parse_flags(argv: list[str]):
     """The command line, parsed into its own FlagValues (no global flags are defined, so this
-    module imports alongside the other experiments)."""
+    module imports alongside the other experiments, whose --workdir is a global flag)."""
     from absl import flags
     fv = flags.FlagValues()
-    flags.DEFINE_string("pretrained", None, "Hugging Face GPT-2 directory or pretrain_lm workdir.",
-                        flag_values=fv)
+    flags.DEFINE_string("workdir", None, "The model: a pretrain_lm workdir or a Hugging Face "
+                        "GPT-2 directory.", flag_values=fv)
     flags.DEFINE_list("tasks", None, "Comma-separated lm_eval task names.", flag_values=fv)
+    flags.DEFINE_string("out", None, "Where results.json and results.md are written (default: "
+                        "WORKDIR/lm_eval for a pretrain_lm workdir).", flag_values=fv)
     flags.DEFINE_integer("num_fewshot", None, "Examples in each prompt (default: the task's).",
                          flag_values=fv)
     flags.DEFINE_string("include_path", None, "Directory of extra task YAMLs.", flag_values=fv)
@@ -329,23 +344,51 @@ def parse_flags(argv: list[str]):
                          flag_values=fv)
     flags.DEFINE_float("limit", None, "Documents per task (a fraction when below 1).",
                        flag_values=fv)
-    flags.DEFINE_string("workdir", None, "Where results.json and results.md are written.",
-                        flag_values=fv)
-    for name in ("pretrained", "tasks", "workdir"):
-        flags.mark_flag_as_required(name, flag_values=fv)
+    flags.DEFINE_string("pretrained", None, "Deprecated name of --workdir.", flag_values=fv)
+    flags.DEFINE_bool("help", False, "Show this help.", short_name="h", flag_values=fv)
     rest = fv(argv)
+    if fv.help:
+        print(f"{USAGE}\n\n{fv.get_help()}")
+        raise SystemExit(0)
     if len(rest) > 1:
         raise flags.Error(f"unexpected arguments: {rest[1:]}")
+    if not fv.tasks:
+        raise flags.Error("--tasks is required: the lm_eval tasks to run")
     return fv
+
+
+def model_and_out(f) -> tuple[pathlib.Path, pathlib.Path]:
+    """(the model to load, the results directory) named by the parsed flags."""
+    from absl import flags
+    model, out = f.workdir, f.out
+    if f.pretrained is not None:   # the former spelling: --pretrained=MODEL [--workdir=OUT]
+        if model is not None and out is not None:
+            raise flags.Error("--pretrained is --workdir's former name: give one of them")
+        tool_flags.deprecated("pretrained", "workdir" if model is None else
+                              "workdir=MODEL --out=RESULTS")
+        model, out = f.pretrained, out or model
+    if model is None:
+        raise flags.Error("--workdir is required: the pretrain_lm workdir or Hugging Face "
+                          "directory to evaluate")
+    model = pathlib.Path(model).expanduser()
+    if not model.is_dir():
+        raise flags.Error(f"--workdir {model}: no such directory")
+    if out is None:
+        if not (model / "checkpoints").is_dir():
+            raise flags.Error(f"--workdir {model} is not a pretrain_lm workdir (no checkpoints/): "
+                              "give --out=DIR for the results")
+        out = model / "lm_eval"
+    return model, pathlib.Path(out).expanduser()
 
 
 def main(argv: list[str]) -> dict:
     f = parse_flags(argv)
+    model, out = model_and_out(f)
     limit = None if f.limit is None else int(f.limit) if f.limit >= 1 else f.limit
-    results = evaluate(f.pretrained, f.tasks, f.workdir, num_fewshot=f.num_fewshot,
+    results = evaluate(str(model), f.tasks, out, num_fewshot=f.num_fewshot,
                        include_path=f.include_path, include_defaults=f.include_defaults,
                        batch_size=f.batch_size, limit=limit)
-    print((pathlib.Path(f.workdir) / "results.md").read_text())
+    print((out / "results.md").read_text())
     return results
 
 
@@ -355,6 +398,4 @@ if __name__ == "__main__":
     try:
         main(sys.argv)
     except flags.Error as e:
-        sys.exit(f"{e}\nusage: python -m experiments.evaluate_lm --pretrained=PATH "
-                 "--tasks=T1,T2 --workdir=DIR [--num_fewshot=K] [--include_path=DIR] "
-                 "[--batch_size=N] [--limit=N]")
+        sys.exit(f"error: {e} (--help lists the flags)")

@@ -1,6 +1,6 @@
 """Continue a prompt with a trained GPT, decoding with the key/value cache.
 
-    python -m experiments.generate --init_from=PATH --prompt=TEXT [--max_new_tokens=64 \
+    python -m experiments.generate --workdir=PATH --prompt=TEXT [--max_new_tokens=64 \
         --temperature=0.8 --top_k=40 --top_p=0.95 --seed=0 --stop=STRING --dtype=bfloat16]
 
 PATH is a pretrain_lm workdir (config.json + checkpoints/<step>/: its newest checkpoint; the
@@ -9,7 +9,9 @@ or trains) or a transformers GPT-2 directory (config.json with model_type gpt2,
 model.safetensors, vocab.json + merges.txt). Generation stops at <|endoftext|> and at the first
 --stop string. Prints the continuation, then the compile time and the tokens per second of the
 prefill (the prompt at once) and of the decoding (one token per step), each timed on its
-compiled program.
+compiled program. Settings the decoding cannot take (an empty prompt, --max_new_tokens < 1,
+--temperature < 0, --top_k < 0, --top_p outside (0, 1]) stop it before anything is loaded;
+--init_from, the former name of --workdir, works for one release.
 """
 
 import dataclasses
@@ -21,10 +23,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments.pretrain_lm import load_lm
+from experiments import launch, tool_flags  # noqa: F401  (launch defines --workdir)
+from experiments.pretrain_lm import check_sampling, load_lm
 from models import decode, gpt
 
-flags.DEFINE_string("init_from", None, "pretrain_lm workdir or transformers GPT-2 directory.")
+flags.declare_key_flag("workdir")   # listed by --help
+tool_flags.define_renamed("init_from", "workdir")
 flags.DEFINE_string("prompt", None, "Text to continue.")
 flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")
 flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 decodes greedily.")
@@ -85,10 +89,23 @@ def report(timings: dict) -> str:
             f"{t['new_tokens'] / t['decode_s']:.1f} tokens/s ({t['decode_s'] * 1e3:.1f} ms)")
 
 
+def check_flags() -> None:
+    if not FLAGS.prompt:
+        raise ValueError("--prompt is empty: generation continues a prompt of at least one token")
+    if FLAGS.max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens must be positive, got {FLAGS.max_new_tokens}")
+    check_sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, prefix="--")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cfg, params, tokenizer = load_model(FLAGS.init_from)
+    try:
+        check_flags()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    tool_flags.quiet_libraries()
+    cfg, params, tokenizer = load_model(FLAGS.workdir)
     if FLAGS.dtype:
         cfg = dataclasses.replace(cfg, dtype=FLAGS.dtype)
     prompt = tokenizer.encode(FLAGS.prompt)
@@ -100,5 +117,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["init_from", "prompt"])
+    flags.mark_flags_as_required(["workdir", "prompt"])
     app.run(main)

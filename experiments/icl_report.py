@@ -23,6 +23,7 @@ from absl import app, flags
 
 from experiments import launch  # noqa: F401  (--workdir, shared by the experiments: the sweep's)
 
+flags.declare_key_flag("workdir")   # listed by --help
 flags.DEFINE_string("figure", "docs/figures/icl.png", "Where the figure goes.")
 flags.DEFINE_string("axis", "size", "The swept column that names the models.")
 FLAGS = flags.FLAGS
@@ -122,6 +123,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     sweep = pathlib.Path(FLAGS.workdir)
+    if not (sweep / "results.csv").is_file():
+        sys.exit(f"error: {sweep} holds no results.csv: --workdir names the directory of a "
+                 "finished experiments.sweep")
     by_metric, parts = {}, []
     for metric in METRICS:
         ks, by_metric[metric] = read(sweep / "results.csv", FLAGS.axis, metric)

@@ -6,11 +6,13 @@ Default data: the Python standard library's source files, split by file, with a 
 trained on the train split; --config.data.source=hf --config.data.hf_dataset=NAME reads a
 dataset through Hugging Face `datasets` instead. The tokenizer is kept in DIR/tokenizer.json,
 so the checkpoints can be used anywhere. --config.init_from=DIR2 starts from another run's
-weights, or from a transformers GPT-2 / GPT-1 directory.
+weights, or from a transformers GPT-2 / GPT-1 directory. A run ends with a sample (config.sample)
+and its last validation and test loss and perplexity, a line each.
 """
 
 import dataclasses
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ from data import icl_tasks, text
 from experiments import launch
 from models import gpt, hf
 from train import checkpoint, objectives
+from train.logging import read_metrics
 from train.trainer import Throughput, fit, preflight
 
 
@@ -67,6 +70,27 @@ def check_fit(cfg: gpt.GPTConfig, config, tokenizer=None) -> None:
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size "
                          f"is {cfg.vocab_size}")
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float = 1.0,
+                   prefix: str = "sample.") -> None:
+    """Settings gpt.generate takes (else an error deep inside the compiled decoding)."""
+    if temperature < 0:
+        raise ValueError(f"{prefix}temperature must be >= 0 (0: greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"{prefix}top_k must be >= 0 (0: every token), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"{prefix}top_p must lie in (0, 1], got {top_p}")
+
+
+def check_sample(config) -> None:
+    """The sample drawn after training, checked before it."""
+    s = config.sample
+    if s.num_tokens > 0:
+        if not s.prompt:
+            raise ValueError("sample.prompt is empty: the sample continues a prompt of at least "
+                             "one token (sample.num_tokens=0 draws none)")
+        check_sampling(s.temperature, s.top_k)
 
 
 HF_IMPORTERS = {"gpt2": hf.gpt2_from_pretrained, "openai-gpt": hf.gpt1_from_pretrained}
@@ -186,6 +210,7 @@ def setup(config, workdir) -> dict:
 
 
 def main(config, workdir):
+    check_sample(config)
     preflight(config, workdir)
     run = setup(config, workdir)
     state = fit(config, workdir=workdir, **run)
@@ -199,7 +224,18 @@ def main(config, workdir):
         out = gpt.generate(dataclasses.replace(cfg, dtype="float32"), params, prompt,
                            config.sample.num_tokens, jax.random.key(config.seed),
                            config.sample.temperature, config.sample.top_k)
-        print("\n--- sample ---\n" + config.sample.prompt + tokenizer.decode(out))
+        print("\n--- sample ---\n" + config.sample.prompt + tokenizer.decode(out), flush=True)
+    if jax.process_index() == 0:
+        rows = read_metrics(workdir)
+        for split in ("val", "test"):
+            found = [r for r in rows if r["split"] == split]
+            if found:
+                print(final_line(split, found[-1]), file=sys.stderr)
+
+
+def final_line(split: str, row: dict) -> str:
+    shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("loss", "perplexity") if k in row)
+    return f"final {split} (step {row['step']}): {shown}"
 
 
 if __name__ == "__main__":

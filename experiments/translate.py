@@ -126,7 +126,28 @@ def setup(config, workdir) -> dict:
         artifacts={"tokenizer.json": tok.save})
 
 
+def check_decoding(config) -> None:
+    """The bleu evaluators' decoding settings, before anything is written (the evaluators
+    themselves are built once training starts, and the test one runs at its end)."""
+    vocab = config.model.vocab_size
+    for name, e in config.evals.items():
+        if e.type != "bleu":
+            continue
+        where = f"config.evals.{name}"
+        if e.beam_size < 1:
+            raise ValueError(f"{where}.beam_size must be >= 1 (1: greedy), got {e.beam_size}")
+        if 2 * e.beam_size > vocab:
+            raise ValueError(f"{where}.beam_size {e.beam_size} needs a vocabulary of at least "
+                             f"{2 * e.beam_size} tokens; model.vocab_size is {vocab}")
+        if e.alpha < 0:
+            raise ValueError(f"{where}.alpha, the length penalty, must be >= 0, got {e.alpha}")
+        if e.extra_len < 0:
+            raise ValueError(f"{where}.extra_len must be >= 0 (output tokens beyond the "
+                             f"source's length), got {e.extra_len}")
+
+
 def main(config, workdir):
+    check_decoding(config)
     preflight(config, workdir)
     fit(config, workdir=workdir, **setup(config, workdir))
     if jax.process_index() == 0:

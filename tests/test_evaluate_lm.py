@@ -283,9 +283,9 @@ def test_pretrain_workdir_scores_as_its_weights(lm, tmp_path):
 
 
 def test_command_line_writes_results(model_dir, task_dir, tmp_path, capsys):
-    evaluate_lm.main(["evaluate_lm", f"--pretrained={model_dir}", "--tasks=tiny_mc",
+    evaluate_lm.main(["evaluate_lm", f"--workdir={model_dir}", "--tasks=tiny_mc",
                       f"--include_path={task_dir}", "--noinclude_defaults", "--num_fewshot=0",
-                      "--batch_size=2", "--limit=3", f"--workdir={tmp_path}"])
+                      "--batch_size=2", "--limit=3", f"--out={tmp_path}"])
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["results"]["tiny_mc"]) >= {"acc,none", "acc_norm,none"}
     assert results["n-shot"]["tiny_mc"] == 0 and results["config"]["limit"] == 3
@@ -294,7 +294,56 @@ def test_command_line_writes_results(model_dir, task_dir, tmp_path, capsys):
     assert table in capsys.readouterr().out
 
 
-def test_command_line_requires_its_flags():
+def test_command_line_requires_its_flags(tmp_path):
     from absl import flags
-    with pytest.raises(flags.Error, match="tasks"):
-        evaluate_lm.parse_flags(["evaluate_lm", "--pretrained=x", "--workdir=y"])
+    with pytest.raises(flags.Error, match="--tasks is required"):
+        evaluate_lm.parse_flags(["evaluate_lm", "--workdir=x"])
+    with pytest.raises(flags.Error, match="--workdir is required"):
+        evaluate_lm.model_and_out(evaluate_lm.parse_flags(["evaluate_lm", "--tasks=t"]))
+    with pytest.raises(flags.Error, match="no such directory"):
+        evaluate_lm.model_and_out(evaluate_lm.parse_flags(
+            ["evaluate_lm", "--tasks=t", f"--workdir={tmp_path / 'missing'}"]))
+
+
+def test_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate_lm.parse_flags(["evaluate_lm", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m experiments.evaluate_lm --workdir=PATH --tasks=")
+    assert all(f"--{name}:" in out for name in ("workdir", "out", "tasks", "num_fewshot",
+                                                "include_path", "batch_size", "limit"))
+
+
+def where(*argv):
+    """(model, results directory) of a command line."""
+    return evaluate_lm.model_and_out(evaluate_lm.parse_flags(["evaluate_lm", "--tasks=t", *argv]))
+
+
+def test_results_go_to_the_run_or_to_out(model_dir, tmp_path, capsys):
+    """A run of ours keeps its results in WORKDIR/lm_eval unless --out says otherwise; a
+    Hugging Face directory is not written into: it needs --out."""
+    from absl import flags
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert where(f"--workdir={run}") == (run, run / "lm_eval")
+    assert where(f"--workdir={run}", f"--out={tmp_path / 'o'}") == (run, tmp_path / "o")
+    with pytest.raises(flags.Error, match="not a pretrain_lm workdir .* give --out=DIR"):
+        where(f"--workdir={model_dir}")
+    assert where(f"--workdir={model_dir}", f"--out={tmp_path / 'o'}") == (model_dir,
+                                                                           tmp_path / "o")
+    assert capsys.readouterr().err == ""
+
+
+def test_pretrained_keeps_its_former_meaning_for_one_release(model_dir, tmp_path, capsys):
+    """--pretrained=MODEL [--workdir=RESULTS], as before; each says once it is deprecated."""
+    from absl import flags
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert where(f"--pretrained={model_dir}", f"--workdir={tmp_path / 'o'}") == (
+        model_dir, tmp_path / "o")
+    assert where(f"--pretrained={run}") == (run, run / "lm_eval")
+    assert capsys.readouterr().err == ("--pretrained is deprecated; use --workdir=MODEL "
+                                       "--out=RESULTS\n--pretrained is deprecated; use --workdir\n")
+    with pytest.raises(flags.Error, match="former name"):
+        where(f"--pretrained={run}", f"--workdir={run}", f"--out={tmp_path / 'o'}")

@@ -249,7 +249,7 @@ def test_generate_experiment_reads_gpt2_directories_and_workdirs(tmp_path, capsy
     assert cfg2 == cfg and tok2.encode("def f(x):") == prompt
     assert jax.tree.all(jax.tree.map(np.array_equal, params2, params))
 
-    cli.FLAGS(["generate", f"--init_from={workdir}", "--prompt=def f(x):",
+    cli.FLAGS(["generate", f"--workdir={workdir}", "--prompt=def f(x):",
                "--max_new_tokens=5", "--temperature=0"])
     try:
         cli.main(["generate"])
