@@ -101,7 +101,8 @@ def define_flags(fv: flags.FlagValues, argv: list[str]):
                               flag_values=fv)
     flags.DEFINE_integer("seeds", None, "Seeds per setting: config.seed + 0..N-1 (default 1, "
                          "or the named sweep's).", lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("parallel", 1, "Runs at a time.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("parallel", 1, "Runs at a time; on GPUs each gets its own (N must "
+                         "divide their number).", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("name", "", "A named sweep of the config file's SWEEPS.", flag_values=fv)
     flags.DEFINE_string("metric", "", "The summary plot's metric, e.g. test/accuracy.",
                         flag_values=fv)

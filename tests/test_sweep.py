@@ -321,6 +321,22 @@ def test_results_name_the_config_keys_that_vary(fake, tmp_path):
     assert rows[-1][3:5] == ["0.01", str(out / "pretrain")]
 
 
+def test_report_scripts_read_results_csv_and_find_run_directories(fake, tmp_path):
+    from experiments import convnet_figures
+    out = tmp_path / "sweep"
+    assert run_sweep(fake, out, "--sweep=lr=0.1,0.2", "--sweep=label=x,y", "--seeds=2") == 0
+    rows = sweep.read_results(out)
+    assert sweep.read_results(out / "results.csv") == rows and len(rows) == 8
+    assert results.run_dir(out, rows[-1], ["lr", "label"]) == out / "lr=0.2,label=y,seed=1"
+    old_style = {k: v for k, v in rows[-1].items() if k != "run"}   # before the `run` column
+    assert results.run_dir(out, old_style, ["lr", "label"]) == out / "lr=0.2,label=y,seed=1"
+    assert results.mean_of(rows[:2], "test/accuracy") == pytest.approx(0.105)
+    for r in rows:
+        r.update(start="scratch", **{"data.per_class": r["label"]})
+    shots, table = convnet_figures.transfer_table(rows)
+    assert shots == ["x", "y"] and table["scratch"]["x"] == pytest.approx(0.155)
+
+
 def test_a_non_finite_last_value_is_left_empty(tmp_path):
     fake_run(tmp_path / "r", [{"step": 1, "split": "train", "loss": 2.0},
                               {"step": 2, "split": "train", "loss": None}])

@@ -21,7 +21,7 @@ import pathlib
 import re
 import statistics
 
-from experiments.sweeps.grid import Run, SweepError, flat, format_value
+from experiments.sweeps.grid import Run, SweepError, flat, format_value, run_name
 from train.metrics import read_finished, read_metrics
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -154,9 +154,11 @@ def write_results(path: pathlib.Path, table: Table) -> None:
     os.replace(tmp, path)
 
 
-def read_results(sweep_dir) -> list[dict]:
-    """The rows of a sweep's results.csv (text values, "" where empty)."""
-    path = pathlib.Path(sweep_dir) / "results.csv"
+def read_results(path) -> list[dict]:
+    """The rows of a sweep's results.csv (text values, "" where empty); `path` is the file or
+    the sweep directory."""
+    path = pathlib.Path(path)
+    path = path / "results.csv" if path.is_dir() else path
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run the sweep first")
     with path.open(newline="") as f:
@@ -172,8 +174,16 @@ def mean_std(values) -> tuple[float, float, int] | None:
 
 
 def mean_of(rows: list[dict], column: str) -> float | None:
+    """The mean of a column over rows (None when no row has a value)."""
     s = mean_std(r.get(column) for r in rows)
     return None if s is None else s[0]
+
+
+def run_dir(sweep_dir, row: dict, axes: list[str]) -> pathlib.Path:
+    """The directory of a results.csv row's run (named by its axes and seed in files written
+    before results.csv had a `run` column)."""
+    name = row.get("run") or run_name({**{a: row[a] for a in axes}, "seed": row["seed"]})
+    return pathlib.Path(sweep_dir) / name
 
 
 def group(rows: list[dict], axes: list[str]) -> dict[tuple, list[dict]]:
