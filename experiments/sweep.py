@@ -71,7 +71,6 @@ import pathlib
 import shlex
 import shutil
 import signal
-import subprocess  # noqa: F401  (tests stop launches through it)
 import sys
 
 from absl import flags

@@ -364,7 +364,7 @@ def test_sweep_runs_the_grid_then_a_rerun_does_nothing(fake, tmp_path, monkeypat
     assert (out / "summary.png").exists()
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.parent != out}
 
-    monkeypatch.setattr(sweep.subprocess, "Popen", no_launch)
+    monkeypatch.setattr(runner.subprocess, "Popen", no_launch)
     assert run_sweep(fake, out, *flags) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.parent != out} == mtimes
     assert read_csv(out / "results.csv") == (header, rows)
@@ -399,7 +399,7 @@ def test_a_failing_run_fails_the_sweep_and_the_others_finish(fake, tmp_path, cap
 def test_a_changed_sweep_does_not_reuse_old_runs(fake, tmp_path, monkeypatch, capsys):
     out = tmp_path / "sweep"
     assert run_sweep(fake, out, "--sweep=lr=0.1") == 0
-    monkeypatch.setattr(sweep.subprocess, "Popen", no_launch)
+    monkeypatch.setattr(runner.subprocess, "Popen", no_launch)
     assert run_sweep(fake, out, "--sweep=lr=0.1", "--config.init_from=elsewhere") == 2
     assert "lr=0.1,seed=0: init_from: '' -> 'elsewhere'" in capsys.readouterr().err
 
@@ -414,7 +414,7 @@ def test_named_sweep_runs_its_preliminary_run_once(fake, tmp_path, monkeypatch):
     header, rows = read_csv(out / "results.csv")
     assert header[:3] == ["setting", "label", "seed"] and len(rows) == 6
     assert "Main metric: val/loss" in (out / "summary.md").read_text()
-    monkeypatch.setattr(sweep.subprocess, "Popen", no_launch)
+    monkeypatch.setattr(runner.subprocess, "Popen", no_launch)
     assert run_sweep(fake, out, "--name=ablation") == 0
 
 
@@ -461,7 +461,7 @@ def test_a_changed_base_config_refuses_the_old_runs_or_reruns_them(fake, tmp_pat
     (out / "results.csv").write_text("kept\n")
     (out / "summary.md").write_text("kept\n")
     with monkeypatch.context() as m:
-        m.setattr(sweep.subprocess, "Popen", no_launch)
+        m.setattr(runner.subprocess, "Popen", no_launch)
         assert run_sweep(fake, out, "--sweep=lr=0.1,0.2") == 2
     err = capsys.readouterr().err
     assert "lr=0.1,seed=0: label: 'y' -> 'x'" in err and "--rerun_changed" in err
@@ -601,7 +601,7 @@ def test_pretrain_lm_sweep(tmp_path, monkeypatch):
     assert list(run.glob("events.out.tfevents.*"))
     assert json.loads((run / "finished.json").read_text())["step"] == 4
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sweep.subprocess, "Popen", no_launch)
+    monkeypatch.setattr(runner.subprocess, "Popen", no_launch)
     assert sweep.main(cmd[2:]) == 0   # all finished: nothing runs
 
 

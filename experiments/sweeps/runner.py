@@ -155,8 +155,10 @@ def accelerators() -> tuple[str, list[str]]:
 
 def device_slots(parallel: int) -> list[dict[str, str]]:
     """The environment of each of `parallel` run slots: its own GPUs, split evenly."""
+    if parallel == 1:
+        return [{}]
     kind, ids = accelerators()
-    if kind == "cpu" or parallel == 1:
+    if kind == "cpu":
         return [{} for _ in range(parallel)]
     if kind == "tpu":
         raise SweepError(f"--parallel={parallel}: the runs would share this machine's "
@@ -249,7 +251,7 @@ class Launcher:
             finally:
                 with self.lock:
                     self.procs.discard(proc)
-        if rc == 0 and not self.stopped:
+        if rc == 0 and not self.stopped and read_finished(run.workdir) is not None:
             write_marker(run.workdir, dict(marker, done=time.time()))
         return rc
 
