@@ -312,6 +312,26 @@ def test_summary_of_two_settings_by_three_seeds(fake, tmp_path):
     assert "mean ± standard deviation over the setting's n seeds (sample std)" in "\n".join(md)
 
 
+def test_the_plot_draws_std_error_bars_on_a_log_axis_for_learning_rates(tmp_path):
+    runs = grid(tmp_path, "1e-4,1e-3,1e-2", [0, 1])
+    for i, run in enumerate(runs):
+        fake_run(run.workdir, [{"step": 1, "split": "test", "time": 0.0, "loss": 1.0 + i}],
+                 finished={"step": 1, "time": 1.0})
+    table = sweep.results_table(runs, {r.name: sweep.run_result(r.workdir) for r in runs})
+    fig = results.summary_figure(table, "test/loss")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    (bars,) = ax.containers   # one line (one setting of the other axes), with error bars
+    assert list(bars.lines[0].get_ydata()) == [1.5, 3.5, 5.5]
+    segments = bars.lines[2][0].get_segments()
+    assert [s[1][1] - s[0][1] for s in segments] == pytest.approx([2 ** 0.5] * 3)  # ±1 sample std
+    lin = grid(tmp_path / "lin", "0.1,0.2", [0])
+    for run in lin:
+        fake_run(run.workdir, [{"step": 1, "split": "test", "loss": 1.0}], finished={"step": 1})
+    table = sweep.results_table(lin, {r.name: sweep.run_result(r.workdir) for r in lin})
+    assert results.summary_figure(table, "test/loss").axes[0].get_xscale() == "linear"
+
+
 def test_results_name_the_config_keys_that_vary(fake, tmp_path):
     out = tmp_path / "sweep"
     assert run_sweep(fake, out, "--name=ablation") == 0

@@ -264,6 +264,13 @@ def _numeric(labels: list[str]) -> list[float] | None:
 
 
 def plot_summary(path: pathlib.Path, table: Table, metric: str | None) -> None:
+    import matplotlib.pyplot as plt
+    fig = summary_figure(table, metric)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary_figure(table: Table, metric: str | None):
     """The metric (mean over seeds, std as error bars) against the first axis, on a log axis
     when its values span a decade or more; a line per setting of the other axes. With no axes,
     the metric per seed."""
@@ -304,5 +311,4 @@ def plot_summary(path: pathlib.Path, table: Table, metric: str | None) -> None:
     ax.set_title(f"mean ± std over {n} seeds" if n > 1 else "", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
