@@ -10,7 +10,8 @@ import sys
 def _load_metrics_reader() -> None:
     """train/metrics.py (jax-free) without train/__init__.py, which imports jax: a sweep runs
     for hours beside its runs and needs none of it. Registered under its own name, so a later
-    `import train` in this process finds the same module."""
+    `from train.metrics import ...` in this process finds the same module (the package's
+    attribute `train.metrics` stays unset: import the names, as everywhere here)."""
     if "train.metrics" in sys.modules or "train" in sys.modules:
         return
     path = pathlib.Path(__file__).resolve().parents[2] / "train" / "metrics.py"
