@@ -11,31 +11,17 @@ scaling: test top-1 against forward FLOPs per image (XLA's cost analysis, models
 Each prints a markdown table and writes it to DIR/transfer.md or DIR/compound_scaling.md.
 """
 
-import csv
 import json
 import pathlib
-import statistics
 import sys
 
 from absl import app, flags
 
+from experiments.sweeps.results import mean_of, read_results, run_dir
 from models import convnets
 
 FLAGS = flags.FLAGS
 STARTS = ("scratch", "fine-tune all", "freeze lower half", "freeze all but head")
-
-
-def read_rows(sweep_dir: pathlib.Path) -> list[dict]:
-    path = sweep_dir / "results.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run the sweep first")
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def mean_of(rows: list[dict], metric: str) -> float | None:
-    xs = [float(r[metric]) for r in rows if r.get(metric) not in ("", None)]
-    return statistics.fmean(xs) if xs else None
 
 
 def pct(x) -> str:
@@ -98,8 +84,7 @@ def scaling_rows(sweep_dir: pathlib.Path, rows: list[dict]) -> list[dict]:
     out = []
     for label in dict.fromkeys(r["scaling"] for r in rows):
         group = [r for r in rows if r["scaling"] == label]
-        run_dir = sweep_dir / f"scaling={label},seed={group[0]['seed']}"
-        flops, params, shape = run_flops(run_dir)
+        flops, params, shape = run_flops(run_dir(sweep_dir, group[0], ["scaling"]))
         out.append(dict(label=label, flops=flops, params=params, **shape,
                         top1=mean_of(group, "test/top1"), top5=mean_of(group, "test/top5"),
                         seeds=len(group)))
@@ -150,7 +135,7 @@ def main(argv):
     if len(argv) != 2 or argv[1] not in ("transfer", "scaling"):
         raise app.UsageError("usage: convnet_figures transfer|scaling --sweep_dir=DIR")
     sweep_dir = pathlib.Path(FLAGS.sweep_dir)
-    rows = read_rows(sweep_dir)
+    rows = read_results(sweep_dir)
     if argv[1] == "transfer":
         shots, table = transfer_table(rows)
         text = transfer_markdown(shots, table)

@@ -13,7 +13,6 @@ figure: both against K, a line per size, solid with the description and dashed w
 a panel per metric and group.
 """
 
-import csv
 import json
 import pathlib
 import re
@@ -22,6 +21,7 @@ import sys
 from absl import app, flags
 
 from experiments import launch  # noqa: F401  (--workdir, shared by the experiments: the sweep's)
+from experiments.sweeps.results import read_results, run_dir
 
 flags.declare_key_flag("workdir")   # listed by --help
 flags.DEFINE_string("figure", "docs/figures/icl.png", "Where the figure goes.")
@@ -36,12 +36,10 @@ METRICS = {"acc": "exact-match accuracy",
 
 def read(path: pathlib.Path, axis: str, metric: str = "acc") -> tuple[list[int], dict]:
     """(the K measured, {(model, described, group): {K: mean of `metric` over seeds}})."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_results(path)
     if not rows or axis not in rows[0]:
         raise ValueError(f"{path} has no rows with a column {axis!r}")
-    rows = [{**row, **rescored(path.parent / f"{axis}={row[axis]},seed={row['seed']}")}
-            for row in rows]
+    rows = [{**row, **rescored(run_dir(path.parent, row, [axis]))} for row in rows]
     pattern = re.compile(rf"test/fewshot/k(\d+)(/nodesc)?/(items|tasks)/{metric}$")
     curves: dict = {}
     for row in rows:

@@ -9,6 +9,9 @@ Resuming: `truncate_after(step)` drops the rows after the checkpoint from metric
 next events file starts with a purge marker at step + 1 (tensorboardX's `purge_step`), so
 TensorBoard hides the earlier file's points from that step on and draws the resumed run's
 instead. The old events files stay on disk; TensorBoard reads them all as one run.
+
+Reading rows back (`read_metrics`) and the finished record live in train/metrics.py, which does
+not import jax; `clear_finished` and `write_finished` are the trainer's side of that record.
 """
 
 import json
@@ -19,6 +22,8 @@ import pathlib
 import time
 
 import jax
+
+from train.metrics import FINISHED, parse_rows, read_metrics  # noqa: F401  (re-exported)
 
 RESERVED = ("step", "split", "time")
 
@@ -74,9 +79,10 @@ class MetricWriter:
             self._tb = None
         if not self.path.exists():
             return
-        rows = self.path.read_text().splitlines()
-        keep = [r for r in rows if r.strip() and json.loads(r)["step"] <= step]
-        self.path.write_text("".join(r + "\n" for r in keep))
+        # Rewritten even when nothing goes: a cut-short last line must not prefix the next row.
+        rows = parse_rows(self.path.read_text(), self.path)
+        keep = [r for r in rows if r["step"] <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def flush(self):
         if self._tb is not None:
@@ -98,9 +104,32 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def read_metrics(workdir) -> list[dict]:
-    path = pathlib.Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+# ----------------------------------------------------------------------------- finished record
+
+
+def clear_finished(workdir) -> None:
+    """A run that trains again is not finished until it reaches its end again."""
+    if jax.process_index() == 0:
+        (pathlib.Path(workdir) / FINISHED).unlink(missing_ok=True)
+
+
+def write_finished(workdir, state, steps: int) -> None:
+    """DIR/finished.json at the successful end of fit: the final step, the time, the parameter
+    count. Nothing for a state short of `steps` (a run stopped early is not finished); a record
+    of the same step is kept (its time is when the run really finished)."""
+    step = int(jax.device_get(state.step))
+    if jax.process_index() != 0 or step < steps:
+        return
+    path = pathlib.Path(workdir) / FINISHED
+    try:
+        if json.loads(path.read_text()).get("step") == step:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    params = sum(int(x.size) for x in jax.tree.leaves(state.params))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"step": step, "time": time.time(), "params": params}) + "\n")
+    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------- progress

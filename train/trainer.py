@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from train import evaluators, init_from, optim, sharding
 from train.checkpoint import Checkpointer, WorkdirLock, abstract_like
-from train.logging import MetricWriter, progress_line, quiet_library_logging
+from train.logging import (MetricWriter, clear_finished, progress_line, quiet_library_logging,
+                           write_finished)
 from train.perf import compiler_options, peak_flops
 
 
@@ -389,8 +390,10 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
         for name, write in (artifacts or {}).items():
             if jax.process_index() == 0 and not (workdir / name).exists():
                 write(workdir / name)
-        return _fit(config, workdir, program, train_data, data or {}, predict_fn,
-                    eval_fns or {}, start_from, throughput or Throughput())
+        state = _fit(config, workdir, program, train_data, data or {}, predict_fn,
+                     eval_fns or {}, start_from, throughput or Throughput())
+        write_finished(workdir, state, config.train.steps)   # it reached its end
+        return state
 
 
 def _fit(config, workdir, program, train_data, data, predict_fn, eval_fns, start_from,
@@ -427,6 +430,7 @@ def _fit(config, workdir, program, train_data, data, predict_fn, eval_fns, start
         if leader:
             print(f"resumed from {ckpt.directory}/{start}", file=sys.stderr)
 
+    clear_finished(workdir)   # it trains (or evaluates) again: not finished until it returns
     suite = evaluators.build(config, evaluators.Context(
         program=program, data=data, predict_fn=predict_fn, fns=eval_fns))
 
