@@ -1,5 +1,5 @@
 """The trainer and what it needs: optimiser, objectives, sharding, checkpoints, metrics."""
 
-from train import perf
+from train.hostmem import keep_host_memory
 
-perf.keep_host_memory()
+keep_host_memory()

@@ -1,13 +1,13 @@
 """Peak FLOP/s of the devices, for MFU = achieved model FLOP/s / peak; the host allocator; XLA
 options for host-CPU steps."""
 
-import ctypes
 import functools
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
+
+from train.hostmem import keep_host_memory  # noqa: F401  (the benchmark peers call it here)
 
 # Datasheet dense bf16 rates (no sparsity), FLOP/s per device.
 DATASHEET_BF16 = {
@@ -15,24 +15,6 @@ DATASHEET_BF16 = {
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
     "TPU v6 lite": 918e12, "TPU v6e": 918e12,
 }
-
-
-def keep_host_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the kernel.
-
-    XLA:CPU allocates every buffer of a step (the logits alone are 64 MB at batch 8 x 256 with
-    a 8192 vocabulary) from whichever malloc arena its worker thread holds. Allocations above
-    a thread arena's 64 MB heap are mmap'ed and unmapped on free, so each step page-faults all
-    of them in again: a quarter of the logits matmul's time went to zeroing fresh pages. One
-    arena (brk heap, no mmap, no trimming) keeps the pages mapped; the resident set stays at
-    the step's peak. Must run before JAX starts its thread pool (importing `train` does it).
-    Returns whether the settings were applied (glibc only)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)
-    m_trim_threshold, m_top_pad, m_mmap_max, m_arena_max = -1, -2, -4, -8
-    return all(libc.mallopt(option, value) == 1 for option, value in (
-        (m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 64 << 20)))
 
 
 # XLA options for steps compiled for an AVX-512 host CPU (jaxlib 0.10), each measured by an
