@@ -94,9 +94,9 @@ def load_lm(path) -> tuple[gpt.GPTConfig, dict, object]:
         saved, params = checkpoint.load_params(path)
         saved = ml_collections.ConfigDict(saved)
         return (gpt.GPTConfig(**saved.model.to_dict()), params,
-                text.workdir_tokenizer(saved.data, path))
+                text.load_tokenizer(path))
     cfg, params = hf_gpt(path)
-    return cfg, params, text.get_tokenizer(ml_collections.ConfigDict(dict(tokenizer=str(path))))
+    return cfg, params, text.load_tokenizer(path)
 
 
 def completer(cfg: gpt.GPTConfig, tokenizer, max_new_tokens: int, batch: int = 64):
