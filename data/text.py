@@ -139,7 +139,7 @@ def load_texts(data_cfg, split: str) -> list[str]:
                  else sources.local_files(_get(data_cfg, "files"), split))
         texts = _read_files(paths, data_cfg, limit)
     elif sources.registered(source):
-        texts = sources.registered(source)[0](data_cfg, split)[:limit]
+        texts = [t for t in sources.registered(source)[0](data_cfg, split) if t][:limit]
     elif source == "hf":
         ds, column = _hf_split(data_cfg, split), _get(data_cfg, "hf_text_column")
         if column not in ds.column_names:

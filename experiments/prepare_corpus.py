@@ -210,7 +210,7 @@ def main(config, workdir):
     (workdir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     m = stats["mixture"]
     print(f"corpus: {m['docs']} documents, {m['chars']} characters in {m['shards']} shards; "
-          f"shares {m['share']}; {stats['seconds']} s")
+          f"shares {m['share']}; epochs {m['epochs']}; {stats['seconds']} s")
     return stats
 
 

@@ -270,6 +270,22 @@ def test_too_short_errors():
         windows(n_tokens=31, batch=4)
 
 
+def test_a_registered_source_is_read_and_keyed_by_its_identity(tmp_path, monkeypatch):
+    """data/text.py reads sources that other modules register (data/icl_tasks.py: "icl")
+    without importing them."""
+    monkeypatch.setattr(sources, "_REGISTERED", {})
+    version = {"v": 1}
+    sources.register("letters", lambda c, split: [f"{split} a", "", f"{split} b"],
+                     lambda c, split: dict(version))
+    c = cfg(tmp_path, source="letters", max_docs=2)
+    assert text.load_texts(c, "val") == ["val a", "val b"]   # empty documents dropped
+    key = text._source_identity(c, "train")
+    version["v"] = 2
+    assert text._source_identity(c, "train") != key   # its identity keys the caches
+    with pytest.raises(ValueError, match=r"unknown data source 'nope'.*\['letters'\]"):
+        text.load_texts(cfg(tmp_path, source="nope"), "train")
+
+
 def test_explicit_split_files_and_the_hint_when_a_split_is_empty(tmp_path):
     for name in ("a.txt", "b.txt", "c.txt"):
         (tmp_path / name).write_text(f"contents of {name}\n")
