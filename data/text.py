@@ -92,10 +92,10 @@ def _read_files(paths, cfg, limit: int | None) -> list[str]:
     with contextlib.closing(sources.read_files(paths, _get(cfg, "encoding"),
                                                _get(cfg, "on_decode_error"))) as docs:
         for _, doc in docs:  # read lazily so a small max_docs stays cheap
-            if len(texts) == limit:
-                break
             if doc:
                 texts.append(doc)
+            if len(texts) == limit:
+                break
     return texts
 
 
@@ -211,14 +211,18 @@ def get_tokenizer(data_cfg) -> Tokenizer:
     return Tokenizer.load(path)
 
 
-def workdir_tokenizer(data_cfg, workdir) -> Tokenizer:
+def workdir_tokenizer(data_cfg, workdir, init_from="") -> Tokenizer:
     """Trains or loads, for a run that trains in `workdir`: its tokenizer.json when it has one
-    (a resumed run), else get_tokenizer's (the trainer then keeps a copy there:
+    (a resumed run), else `data_cfg.tokenizer` when set, else the tokenizer of the weights it
+    starts from (`init_from`: a workdir of ours or a transformers directory, loaded, never
+    trained), else get_tokenizer's (the trainer then keeps a copy in the workdir:
     save_tokenizer). A workdir that holds checkpoints but no tokenizer.json is an error naming
     the file: a new tokenizer would not match the weights."""
     workdir = pathlib.Path(workdir)
     if (workdir / "tokenizer.json").exists() or (workdir / "checkpoints").is_dir():
         return load_tokenizer(workdir)
+    if init_from and not _get(data_cfg, "tokenizer"):
+        return load_tokenizer(os.path.expanduser(init_from))
     return get_tokenizer(data_cfg)
 
 

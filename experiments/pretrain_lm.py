@@ -170,7 +170,7 @@ def setup(config, workdir) -> dict:
     """What fit() needs for this experiment (also used by experiments.evaluate)."""
     cfg = model_config(config)
     check_fit(cfg, config)                  # cheap checks before any data work
-    tokenizer = text.workdir_tokenizer(config.data, workdir)
+    tokenizer = text.workdir_tokenizer(config.data, workdir, config.get("init_from", ""))
     check_fit(cfg, config, tokenizer)
     train_data, data = lm_data(config, tokenizer)
     model = gpt.GPT(cfg)

@@ -83,3 +83,22 @@ def test_loading_only_refuses_to_train(tmp_path, monkeypatch):
         with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "tokenizer.json"))):
             tokenizer.train_bpe(["hello world"] * 5, 270)
     assert tokenizer.train_bpe(["hello world"] * 5, 270).vocab_size >= 257   # outside it: trains
+
+
+def test_a_run_started_from_another_takes_its_tokenizer(tmp_path, monkeypatch, no_training):
+    """pretrain_lm with init_from: the weights come with their tokenizer, loaded, never a new
+    one trained on config.data (which would not match their embedding)."""
+    from experiments import pretrain_lm
+    source = tmp_path / "source"
+    source.mkdir()
+    tok = train_bpe(["hello world"] * 5, 270)
+    tok.save(source / "tokenizer.json")
+    config = gpt_configs.get_config("tiny")
+    config.init_from = str(source)
+    monkeypatch.setattr(pretrain_lm, "lm_data", lambda config, tokenizer: (None, {}))
+    run = pretrain_lm.setup(config, tmp_path / "run")
+    run["artifacts"]["tokenizer.json"](tmp_path / "written.json")
+    assert (tmp_path / "written.json").read_text() == (source / "tokenizer.json").read_text()
+    (source / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(source / "tokenizer.json"))):
+        pretrain_lm.setup(config, tmp_path / "run")
