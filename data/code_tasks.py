@@ -1,8 +1,8 @@
 """Offline GPT-1 fine-tuning tasks from the Python standard library's own source code.
 
 Built deterministically from the library files that are NOT in the pretraining split
-(`data.text.stdlib_files("train")`): one task per input transformation (`TRANSFER_TASKS`, among
-`DEFAULT_TASKS`), with balanced labels and train/val/test splits by a hash of each function's
+(`data.sources.stdlib_files("train")`): one task per input transformation (`TRANSFER_TASKS`,
+among `DEFAULT_TASKS`), with balanced labels and train/val/test splits by a hash of each function's
 location. Records as data/gpt1_inputs.py describes them.
 """
 
@@ -20,7 +20,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 
 from data.gpt1_inputs import Task
-from data.text import stdlib_files, stdlib_root
+from data.sources import read_files, stdlib_files, stdlib_root
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,20 +68,16 @@ def _functions_in(tree: ast.Module, source_lines: list[str], path: str) -> list[
 
 
 def heldout_files() -> list[pathlib.Path]:
-    """Library files outside the pretraining split (data/text.py splits the library by file)."""
+    """Library files outside the pretraining split (data/sources.py splits the library by
+    file)."""
     return sorted(set(stdlib_files("val")) | set(stdlib_files("test")))
 
 
 def extract_functions(files: Sequence[str], root: str) -> list[Function]:
     """Functions of the files that parse, in a fixed order, without repeated texts."""
     funcs, seen = [], set()
-    for f in sorted(files, key=lambda p: os.path.relpath(p, root)):
+    for f, source in read_files(sorted(files, key=lambda p: os.path.relpath(p, root))):
         rel = os.path.relpath(f, root).replace(os.sep, "/")
-        try:
-            with open(f, encoding="utf-8") as fh:
-                source = fh.read()
-        except UnicodeDecodeError:
-            continue  # not UTF-8 (binary, another encoding): skipped, never half-read
         try:
             tree = ast.parse(source)
         except (SyntaxError, ValueError):

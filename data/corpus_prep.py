@@ -17,7 +17,6 @@ grows with the corpus is the deduplication index: one short signature per kept d
 from __future__ import annotations
 
 import ast
-import glob
 import hashlib
 import itertools
 import json
@@ -29,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from data import text as text_data
+from data import sources
 
 Doc = dict  # {"id": str, "source": str, "text": str}
 
@@ -39,15 +38,25 @@ Doc = dict  # {"id": str, "source": str, "text": str}
 
 def read_jsonl(paths: Iterable, text_field: str = "text", source: str = "",
                id_field: str = "id") -> Iterator[Doc]:
-    """Documents of JSONL files, one JSON object per line, read lazily."""
+    """Documents of JSONL files, one JSON object per line, read lazily. A line that is not
+    UTF-8, not JSON, not an object or without a string `text_field` is an error naming the
+    file and the line."""
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if not line.strip():
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f):
+                if not raw.strip():
                     continue
-                row = json.loads(line)
-                if text_field not in row:
-                    raise ValueError(f"{path} line {i + 1} has no field {text_field!r}")
+                try:
+                    row = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path} line {i + 1} is not UTF-8 text ({e.reason} at "
+                                     f"byte {e.start}): not a JSONL file?") from None
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {i + 1} is not JSON: {e.msg} at column "
+                                     f"{e.colno}") from None
+                if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+                    raise ValueError(f"{path} line {i + 1} is not a JSON object with a string "
+                                     f"field {text_field!r}")
                 yield {"id": str(row.get(id_field, f"{pathlib.Path(path).name}:{i}")),
                        "source": row.get("source", source), "text": row[text_field]}
 
@@ -79,17 +88,13 @@ def write_shards(docs: Iterable[Doc], directory, docs_per_shard: int = 1000,
 # ----------------------------------------------------------------------------- local corpora
 
 
-def _read(path: pathlib.Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
-
-
-def _stdlib(tests: bool) -> Iterator[pathlib.Path]:
-    root = text_data.stdlib_root()
-    for split in text_data.SPLITS:
-        for p in text_data.stdlib_files(split):
-            parts = p.relative_to(root).parts
-            if any(part in ("test", "tests", "idle_test") for part in parts) == tests:
-                yield p
+def _stdlib(tests: bool) -> Iterator[tuple[pathlib.Path, str]]:
+    """(path, source) of the standard library's modules (tests=False) or test modules."""
+    root = sources.stdlib_root()
+    paths = (p for split in sources.SPLITS for p in sources.stdlib_files(split)
+             if any(part in ("test", "tests", "idle_test")
+                    for part in p.relative_to(root).parts) == tests)
+    return sources.read_files(paths)
 
 
 def _module_docstring(source: str) -> str | None:
@@ -137,15 +142,6 @@ def _package_texts() -> Iterator[pathlib.Path]:
                     yield pathlib.Path(dirpath, name)
 
 
-def _glob(spec: str) -> list[pathlib.Path]:
-    """Files matched by comma-separated paths or glob patterns (** recurses), sorted."""
-    found = set()
-    for pattern in filter(None, (s.strip() for s in spec.split(","))):
-        found |= {pathlib.Path(m) for m in glob.glob(os.path.expanduser(pattern), recursive=True)
-                  if os.path.isfile(m)}
-    return sorted(found)
-
-
 def local_corpus(spec: str, source: str) -> Iterator[Doc]:
     """The documents of one offline corpus, lazily.
 
@@ -155,31 +151,34 @@ def local_corpus(spec: str, source: str) -> Iterator[Doc]:
       stdlib_module_docs  per module: its module docstring
       package_texts       text files inside the installed packages (README, LICENSE, ...)
       jsonl:A,B           JSONL files with a "text" field
-      files:GLOB,GLOB     local text files, one document each
+      files:GLOB,GLOB     local text files (paths, globs, directories), one document each
+
+    Text files that are not UTF-8 are skipped by data/sources.py's rule (one warning naming
+    them); a JSONL line that does not parse is an error naming the file and the line.
     """
-    root = text_data.stdlib_root()
+    root = sources.stdlib_root()
     if spec in ("stdlib_modules", "stdlib_tests"):
-        for p in _stdlib(tests=spec == "stdlib_tests"):
-            yield {"id": f"{source}:{p.relative_to(root)}", "source": source, "text": _read(p)}
+        for p, text in _stdlib(tests=spec == "stdlib_tests"):
+            yield {"id": f"{source}:{p.relative_to(root)}", "source": source, "text": text}
     elif spec in ("stdlib_docstrings", "stdlib_module_docs"):
-        for p in _stdlib(tests=False):
-            body = (_module_docstring(_read(p)) if spec == "stdlib_module_docs"
-                    else "\n\n".join(_docstrings_and_comments(_read(p))))
+        for p, text in _stdlib(tests=False):
+            body = (_module_docstring(text) if spec == "stdlib_module_docs"
+                    else "\n\n".join(_docstrings_and_comments(text)))
             if body:
                 yield {"id": f"{source}:{p.relative_to(root)}", "source": source, "text": body}
     elif spec == "package_texts":
-        for p in _package_texts():
-            yield {"id": f"{source}:{p}", "source": source, "text": _read(p)}
+        for p, text in sources.read_files(_package_texts()):
+            yield {"id": f"{source}:{p}", "source": source, "text": text}
     elif spec.startswith(("jsonl:", "files:")):
-        paths = _glob(spec[6:])
+        paths = sources.match_files(spec[6:])
         if not paths:
             raise FileNotFoundError(f"corpus {spec!r} matches no file")
         if spec.startswith("jsonl:"):
             for doc in read_jsonl(paths, source=source):
                 yield {**doc, "id": f"{source}:{doc['id']}", "source": source}
         else:
-            for p in paths:
-                yield {"id": f"{source}:{p}", "source": source, "text": _read(p)}
+            for p, text in sources.read_files(paths):
+                yield {"id": f"{source}:{p}", "source": source, "text": text}
     else:
         raise ValueError(f"unknown corpus {spec!r}: stdlib_modules, stdlib_tests, "
                          "stdlib_docstrings, stdlib_module_docs, package_texts, jsonl:PATHS, "
@@ -414,29 +413,62 @@ def split_long(docs: Iterable[Doc], max_chars: int) -> Iterator[Doc]:
             yield {**doc, "id": f"{doc['id']}#{k}", "text": piece}
 
 
-def mix(sources: dict[str, Callable[[], Iterable[Doc]]], weights: dict[str, float],
-        total: int, unit: str = "chars") -> Iterator[Doc]:
+def plan_mixture(sizes: dict[str, float], longest: dict[str, float],
+                 weights: dict[str, float], max_epochs: float, total: float = 0) -> dict:
+    """How much of each source a mixture takes, by GPT-3's rule: source n gives its
+    normalised weight w_n of a nominal size X, but never more than max_epochs times its size
+    S_n (Table 2.2: Wikipedia 3.4 epochs, Common Crawl 0.44).
+
+    X is `total` when given. Else it is the largest X at which no source needs more than
+    max_epochs, X = min_n max_epochs * S_n / w_n, taken over the sources that allow at least
+    the smallest mixture in which every source's share holds its longest document,
+    max_n longest_n / w_n: a source too small for that would shrink the mixture below one
+    document of the others, so it is capped instead. Returns {"nominal": X, "quota": {n: count},
+    "cap": {n: max_epochs * S_n}, "too_small": {n: epochs its weight would need}}."""
+    if max_epochs <= 0:
+        raise ValueError(f"mixture.max_epochs must be positive, not {max_epochs}")
+    norm = sum(weights.values())
+    share = {n: w / norm for n, w in weights.items() if w > 0}
+    cap = {n: max_epochs * sizes[n] for n in share}
+    if total > 0:
+        nominal = float(total)
+    else:
+        allows = {n: cap[n] / share[n] for n in share}
+        floor = max(longest[n] / share[n] for n in share)
+        nominal = min((a for a in allows.values() if a >= floor), default=floor)
+    quota = {n: min(share[n] * nominal, cap[n]) for n in share}
+    too_small = {n: share[n] * nominal / sizes[n] for n in share
+                 if share[n] * nominal > cap[n] * (1 + 1e-9)}
+    return {"nominal": nominal, "quota": quota, "cap": cap, "too_small": too_small}
+
+
+def mix(factories: dict[str, Callable[[], Iterable[Doc]]], weights: dict[str, float],
+        total: float, unit: str = "chars", caps: dict[str, float] | None = None
+        ) -> Iterator[Doc]:
     """Draws `total` characters (unit="chars", the paper's tokens) or documents (unit="docs")
-    from the sources so that each one's share follows its normalised weight.
+    from the sources (factories of one pass over each) so that each one's share follows its
+    normalised weight.
 
     Weighted fair queueing: each source holds its next document, and the one to go next is
     the one whose count after it, divided by its weight, is smallest, so shares stay within
     a document of their targets. A source that runs out starts again (another epoch), as
-    GPT-3's Wikipedia was seen 3.4 times and its Common Crawl 0.44 times."""
+    GPT-3's Wikipedia was seen 3.4 times and its Common Crawl 0.44 times. caps: the most a
+    source may give (max_epochs times its size); one whose next document would pass its cap
+    gives no more, and the mixture ends early when every source has stopped."""
     if unit not in ("chars", "docs"):
         raise ValueError(f"unknown mixture unit {unit!r}: 'chars' or 'docs'")
-    if set(weights) != set(sources):
-        raise ValueError(f"weights name {sorted(weights)}, sources are {sorted(sources)}")
+    if set(weights) != set(factories):
+        raise ValueError(f"weights name {sorted(weights)}, sources are {sorted(factories)}")
     if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ValueError(f"weights must be non-negative with a positive sum: {weights}")
     norm = sum(weights.values())
     share = {s: w / norm for s, w in weights.items() if w > 0}
-    streams = {s: iter(sources[s]()) for s in share}
+    streams = {s: iter(factories[s]()) for s in share}
 
     def pull(name: str) -> Doc:
         doc = next(streams[name], None)
         if doc is None:  # the end of an epoch
-            streams[name] = iter(sources[name]())
+            streams[name] = iter(factories[name]())
             doc = next(streams[name], None)
             if doc is None:
                 raise ValueError(f"source {name!r} has no documents to mix")
@@ -445,10 +477,14 @@ def mix(sources: dict[str, Callable[[], Iterable[Doc]]], weights: dict[str, floa
     size = (lambda d: len(d["text"])) if unit == "chars" else (lambda d: 1)
     head = {s: pull(s) for s in share}
     got = dict.fromkeys(share, 0)
+    active = list(share)
     done = 0
-    while done < total:
-        name = min(share, key=lambda s: (got[s] + size(head[s])) / share[s])
+    while done < total and active:
+        name = min(active, key=lambda s: (got[s] + size(head[s])) / share[s])
         doc = head[name]
+        if caps is not None and got[name] + size(doc) > caps[name]:
+            active.remove(name)
+            continue
         got[name] += size(doc)
         done += size(doc)
         yield doc

@@ -77,7 +77,7 @@ def hub_task(name: str, data_files: dict[str, str | list[str]] | None = None,
              max_examples: int | None = None) -> Task:
     """A hub task as records; `data_files` maps the hub's split names to local files with the
     hub's columns (json/jsonl/csv/parquet) to read instead of the hub, e.g. the parse of
-    "train=a.jsonl,validation=b.jsonl" by data.text.parse_data_files."""
+    "train=a.jsonl,validation=b.jsonl" by data.sources.parse_data_files."""
     import datasets
 
     if name not in HUB_TASKS:

@@ -13,7 +13,8 @@ some whole tasks are held out (never in pretraining, seen only in a prompt).
 The pretraining corpus (data.source="icl") is GPT-3's weighted mixture (data/corpus_prep.py:
 mix) of two sources: task lists (a description line, then many lines of one task) and ordinary
 text (the standard library's source files, cut into pieces at line ends). Everything is
-deterministic given data.icl.seed.
+deterministic given data.icl.seed. Importing this module registers that corpus as
+data.source="icl" (data/sources.py: register), which data/text.py tokenises.
 """
 
 from __future__ import annotations
@@ -23,18 +24,17 @@ import dataclasses
 import functools
 import hashlib
 import re
+import sys
 from collections.abc import Callable, Iterator
 
 import ml_collections
 import numpy as np
 
-from data import corpus_prep, prompts
-from data import text as text_data
+from data import corpus_prep, prompts, sources
 
 ARROW = " =>"           # between input and output; the output follows TARGET_DELIMITER
 TARGET_DELIMITER = " "
 FEWSHOT_DELIMITER = "\n"
-SPLITS = text_data.SPLITS
 
 
 def _words_of(n: int, lang: str) -> str:
@@ -139,9 +139,8 @@ def common_words(n: int) -> tuple[str, ...]:
     """The n most frequent lower-case words of 4 to 8 letters in the standard library's
     train-split source (ties broken alphabetically): ordinary words, offline everywhere."""
     counts = collections.Counter()
-    for path in text_data.stdlib_files("train")[:400]:
-        counts.update(re.findall(r"(?<![A-Za-z_])[a-z]{4,8}(?![A-Za-z_0-9])",
-                                 path.read_text(encoding="utf-8", errors="replace")))
+    for _, source in sources.read_files(sources.stdlib_files("train")[:400]):
+        counts.update(re.findall(r"(?<![A-Za-z_])[a-z]{4,8}(?![A-Za-z_0-9])", source))
     numberish = {_en(i) for i in range(100)}
     ranked = sorted((w for w in counts if w not in numberish), key=lambda w: (-counts[w], w))
     if len(ranked) < n:
@@ -228,10 +227,10 @@ def text_documents(cfg, split: str) -> Iterator[dict]:
     """Ordinary text: the split's standard-library files, in an order drawn from the seed,
     cut at line ends into pieces of at most text_chunk characters."""
     c = _cfg(cfg)
-    paths = text_data.stdlib_files(split)
+    paths = sources.stdlib_files(split)
     order = _rng("text", split, c["seed"]).permutation(len(paths))
-    docs = ({"id": f"text:{paths[i].name}", "source": "text",
-             "text": text_data.read_text(paths[i]) or ""} for i in order)
+    docs = ({"id": f"text:{path.name}", "source": "text", "text": text}
+            for path, text in sources.read_files(paths[i] for i in order))
     return corpus_prep.split_long(corpus_prep.non_empty(docs), c["text_chunk"])
 
 
@@ -253,14 +252,23 @@ def mixture(cfg, split: str) -> Iterator[dict]:
 
 def corpus_texts(cfg, split: str) -> list[str]:
     """The texts of mixture(cfg, split), for data/text.py's token streams."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    sources.check_split(split)
     return [d["text"] for d in mixture(cfg, split)]
 
 
 def identity(cfg) -> dict:
     """What the corpus depends on, for caches."""
     return dict(_cfg(cfg), tasks={n: t.description for n, t in TASKS.items()})
+
+
+def _source_identity(data_cfg, split: str) -> dict:
+    """What data.source="icl" depends on: data.icl and the standard library's files."""
+    return dict(icl=identity(getattr(data_cfg, "icl", None)), python=sys.version,
+                files=sources.file_stats(sources.stdlib_files(split)))
+
+
+sources.register("icl", lambda data_cfg, split: corpus_texts(getattr(data_cfg, "icl", None),
+                                                             split), _source_identity)
 
 
 # ----------------------------------------------------------------------------- few-shot

@@ -4,7 +4,8 @@ Sources (`data_cfg.source`):
   "stdlib"  the Python standard library's own .py files (ships with every Python), split by file;
   "files"   local text files (comma-separated paths/globs), split by file like the stdlib;
   "hf"      any Hugging Face `datasets` dataset (hub name or a local builder such as "json");
-  "icl"     GPT-3's mixture of in-context task lists and the stdlib (data/icl_tasks.py, with
+  NAME      a source registered in data/sources.py by the module that builds it, e.g. "icl":
+            GPT-3's mixture of in-context task lists and the stdlib (data/icl_tasks.py, with
             the fields of `data_cfg.icl`);
   "auto"    (default) hf when hf_dataset is set, files when files is set, else stdlib.
 
@@ -14,23 +15,21 @@ split is every document followed by `<|endoftext|>`, concatenated, as in GPT-2's
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import sys
-import sysconfig
 
 import ml_collections
 import numpy as np
-from absl import logging
 from filelock import FileLock
 
+from data import sources
 from data.iterators import EpochBatches
 from data.tokenizer import Tokenizer, from_gpt2_files, train_bpe
 
-SPLITS = ("train", "val", "test")
 _FORMAT = 1  # bump to invalidate every cached tokenizer / token stream
 _HF_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"),
                    "test": ("test",)}
@@ -47,7 +46,8 @@ _DEFAULTS = dict(
                               # 90/5/5 by a hash of each path; or explicit splits:
                               # "train=a/*.txt,val=b.txt,test=c.txt"
     encoding="utf-8",         # stdlib / files: how the files are decoded
-    on_decode_error="skip",   # a file that does not decode: "skip" (one warning) | "error"
+    on_decode_error="skip",   # a file that does not decode: "skip" (one warning naming the
+                              # files skipped) | "error" (data/sources.py: read_files)
     max_docs=0,               # first N non-empty documents of each split; 0 = all
     tokenizer="",             # tokenizer.json, or a directory with vocab.json + merges.txt
     vocab_size=8192,          # BPE trained on the train split when `tokenizer` is ""
@@ -82,125 +82,24 @@ def _digest(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-
-
-# ----------------------------------------------------------------------------- split by file
-
-
-def _split_of(rel_path: str) -> str:
-    """90/5/5 bucket from a hash of the relative path: stable across machines and runs."""
-    bucket = int(hashlib.sha1(rel_path.encode()).hexdigest()[:8], 16) % 100
-    return "train" if bucket < 90 else "val" if bucket < 95 else "test"
-
-
-def stdlib_root() -> pathlib.Path:
-    return pathlib.Path(sysconfig.get_paths()["stdlib"])
-
-
-def _stdlib_all() -> list[pathlib.Path]:
-    root, out = stdlib_root(), []
-    for dirpath, dirnames, filenames in os.walk(root):  # does not follow symlinked dirs
-        dirnames[:] = [d for d in dirnames
-                       if d not in ("site-packages", "dist-packages", "__pycache__")]
-        out += [pathlib.Path(dirpath, f) for f in filenames if f.endswith(".py")]
-    return sorted(p for p in out if p.is_file() and p.stat().st_size > 0)
-
-
-def stdlib_files(split: str) -> list[pathlib.Path]:
-    """Non-empty .py files of the standard library in `split`, sorted."""
-    _check_split(split)
-    root = stdlib_root()
-    return [p for p in _stdlib_all() if _split_of(p.relative_to(root).as_posix()) == split]
-
-
-def _local_all(spec: str) -> tuple[list[pathlib.Path], pathlib.Path]:
-    """Files matched by comma-separated paths/globs/directories, and their common parent."""
-    found = set()
-    for pattern in filter(None, (s.strip() for s in spec.split(","))):
-        for match in glob.glob(os.path.expanduser(pattern), recursive=True):
-            path = pathlib.Path(match).resolve()
-            if path.is_dir():  # every visible file below it
-                found |= {p for p in path.rglob("*") if p.is_file()
-                          and not any(part.startswith(".") for part in p.relative_to(path).parts)}
-            else:
-                found.add(path)
-    files = sorted(p for p in found if p.stat().st_size > 0)
-    root = pathlib.Path(os.path.commonpath([p.parent for p in files])) if files else None
-    return files, root
-
-
-def local_files(spec: str, split: str) -> list[pathlib.Path]:
-    """source="files": the matched non-empty files of `split`: those named for it
-    ("train=...,val=...,test=..."), or those its hash of the path relative to their common
-    parent puts in it."""
-    _check_split(split)
-    named = parse_data_files(spec)
-    if isinstance(named, dict):
-        unknown = set(named) - set(SPLITS)
-        if unknown:
-            raise ValueError(f"data.files names splits {sorted(unknown)}; use {SPLITS}")
-        return _local_all(",".join(named.get(split, [])))[0]
-    files, root = _local_all(spec)
-    return [p for p in files if _split_of(p.relative_to(root).as_posix()) == split]
-
-
-DECODE_ERROR_POLICIES = ("skip", "error")
-
-
-def read_text(path, encoding: str = "utf-8") -> str | None:
-    """The file decoded as `encoding`, or None if it does not decode (binary data, or text in
-    another encoding): no replacement characters slip into a corpus."""
-    try:
-        return pathlib.Path(path).read_bytes().decode(encoding)
-    except UnicodeDecodeError:
-        return None
+# ----------------------------------------------------------------------------- files
 
 
 def _read_files(paths, cfg, limit: int | None) -> list[str]:
-    """The non-empty documents of `paths` (the first `limit`); files that do not decode are
-    skipped with one warning, or stop the run (on_decode_error="error")."""
-    encoding, policy = _get(cfg, "encoding"), _get(cfg, "on_decode_error")
-    if policy not in DECODE_ERROR_POLICIES:
-        raise ValueError(f"data.on_decode_error {policy!r}; choose from {DECODE_ERROR_POLICIES}")
-    texts, undecodable = [], []
-    for p in paths:  # read lazily so a small max_docs stays cheap
-        if len(texts) == limit:
-            break
-        doc = read_text(p, encoding)
-        if doc is None:
-            undecodable.append(str(p))
-        elif doc:
-            texts.append(doc)
-    if undecodable:
-        named = ", ".join(undecodable[:3]) + (" ..." if len(undecodable) > 3 else "")
-        if policy == "error":
-            raise ValueError(f"{len(undecodable)} file(s) are not {encoding} (set data.encoding, "
-                             f"or data.on_decode_error=skip): {named}")
-        logging.warning("skipped %d file(s) that are not %s text: %s", len(undecodable),
-                        encoding, named)
+    """The non-empty documents of `paths` (the first `limit`), by data/sources.py's rule for
+    files that do not decode."""
+    texts = []
+    with contextlib.closing(sources.read_files(paths, _get(cfg, "encoding"),
+                                               _get(cfg, "on_decode_error"))) as docs:
+        for _, doc in docs:  # read lazily so a small max_docs stays cheap
+            if doc:
+                texts.append(doc)
+            if len(texts) == limit:
+                break
     return texts
 
 
 # ----------------------------------------------------------------------------- Hugging Face
-
-
-def parse_data_files(spec: str) -> list[str] | dict[str, list[str]] | None:
-    """"a,b" -> [a, b]; "train=a,test=b" -> {"train": [a], "test": [b]}; "" -> None.
-
-    The form of `data_files` that HF `datasets.load_dataset` takes, from a command-line string."""
-    items = [s.strip() for s in spec.split(",") if s.strip()]
-    if not items:
-        return None
-    if not all("=" in s for s in items):
-        return items
-    out: dict[str, list[str]] = {}
-    for item in items:
-        name, path = item.split("=", 1)
-        out.setdefault(name.strip(), []).append(path.strip())
-    return out
 
 
 def _hf_split(cfg, split: str) -> datasets.Dataset:
@@ -210,8 +109,8 @@ def _hf_split(cfg, split: str) -> datasets.Dataset:
         raise ValueError("source 'hf' needs data_cfg.hf_dataset (a hub name, or 'json'/'text'/"
                          "'parquet'/'csv' with hf_data_files)")
     dd = datasets.load_dataset(_get(cfg, "hf_dataset"), _get(cfg, "hf_config") or None,
-                               data_files=parse_data_files(_get(cfg, "hf_data_files")))
-    names = {s: next((n for n in _HF_SPLIT_NAMES[s] if n in dd), None) for s in SPLITS}
+                               data_files=sources.parse_data_files(_get(cfg, "hf_data_files")))
+    names = {s: next((n for n in _HF_SPLIT_NAMES[s] if n in dd), None) for s in sources.SPLITS}
     if names[split] is not None and (split != "train" or all(names.values())):
         return dd[names[split]]
     if names["train"] is None:
@@ -232,16 +131,15 @@ def _hf_split(cfg, split: str) -> datasets.Dataset:
 
 def load_texts(data_cfg, split: str) -> list[str]:
     """The non-empty documents of `split` (the first `max_docs` of them when max_docs > 0)."""
-    _check_split(split)
+    sources.check_split(split)
     source, max_docs = _source(data_cfg), int(_get(data_cfg, "max_docs"))
     limit = max_docs if max_docs > 0 else None
     if source in ("stdlib", "files"):
-        paths = (stdlib_files(split) if source == "stdlib"
-                 else local_files(_get(data_cfg, "files"), split))
+        paths = (sources.stdlib_files(split) if source == "stdlib"
+                 else sources.local_files(_get(data_cfg, "files"), split))
         texts = _read_files(paths, data_cfg, limit)
-    elif source == "icl":
-        from data import icl_tasks   # here: it builds on this module
-        texts = icl_tasks.corpus_texts(getattr(data_cfg, "icl", None), split)[:limit]
+    elif sources.registered(source):
+        texts = [t for t in sources.registered(source)[0](data_cfg, split) if t][:limit]
     elif source == "hf":
         ds, column = _hf_split(data_cfg, split), _get(data_cfg, "hf_text_column")
         if column not in ds.column_names:
@@ -251,7 +149,8 @@ def load_texts(data_cfg, split: str) -> list[str]:
         texts = [t for t in ds.with_format("arrow")[column].to_pylist() if t][:limit]
     else:
         raise ValueError(f"unknown data source {source!r}; expected 'stdlib', 'hf', 'files' or "
-                         "'icl'")
+                         f"a registered one {sources.registered_names()} ('icl' is registered "
+                         "by importing data.icl_tasks)")
     if not texts:
         hint = {"files": " Name each split's files: --config.data.files='train=a/*.txt,"
                          "val=b.txt,test=c.txt' (or give more files, so that the 90/5/5 split "
@@ -272,32 +171,25 @@ def _describe(cfg) -> str:
     return repr(source)
 
 
-def _file_stats(paths) -> str:
-    return _digest([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths])
-
-
 def _source_identity(cfg, split: str) -> dict:
     """What the documents of `split` depend on, cheap to compute (file stats, not contents)."""
     source = _source(cfg)
     ident = dict(source=source, split=split, max_docs=int(_get(cfg, "max_docs")), format=_FORMAT)
     if source in ("stdlib", "files"):  # how the files decode is part of what they hold
         ident.update(encoding=_get(cfg, "encoding"), on_decode_error=_get(cfg, "on_decode_error"))
-    if source in ("stdlib", "icl"):
-        ident.update(python=sys.version, files=_file_stats(stdlib_files(split)))
-    if source == "icl":
-        from data import icl_tasks
-        ident.update(icl=icl_tasks.identity(getattr(cfg, "icl", None)))
+    if source == "stdlib":
+        ident.update(python=sys.version, files=sources.file_stats(sources.stdlib_files(split)))
     elif source == "files":
-        ident.update(files=_file_stats(local_files(_get(cfg, "files"), split)))
+        ident.update(files=sources.file_stats(sources.local_files(_get(cfg, "files"), split)))
     elif source == "hf":
-        data_files = parse_data_files(_get(cfg, "hf_data_files")) or []
+        data_files = sources.parse_data_files(_get(cfg, "hf_data_files")) or []
         patterns = [p for v in (data_files.values() if isinstance(data_files, dict)
                                 else [data_files]) for p in v]
-        local = sorted(pathlib.Path(m) for p in patterns
-                       for m in glob.glob(os.path.expanduser(p), recursive=True))
         ident.update({k: _get(cfg, k) for k in ("hf_dataset", "hf_config", "hf_data_files",
                                                "hf_text_column")},
-                     files=_file_stats(p for p in local if p.is_file()))
+                     files=sources.file_stats(sources.match_files(",".join(patterns))))
+    elif sources.registered(source):
+        ident.update(sources.registered(source)[1](cfg, split))
     return ident
 
 
@@ -305,9 +197,10 @@ def _source_identity(cfg, split: str) -> dict:
 
 
 def get_tokenizer(data_cfg) -> Tokenizer:
-    """`data_cfg.tokenizer` if set, else a BPE of `vocab_size` trained on train, cached on disk."""
+    """Trains or loads: `data_cfg.tokenizer` if set, else a BPE of `vocab_size` trained on the
+    train split, cached on disk."""
     if path := _get(data_cfg, "tokenizer"):
-        return _load_tokenizer(pathlib.Path(os.path.expanduser(path)))
+        return load_tokenizer(os.path.expanduser(path))
     vocab_size = int(_get(data_cfg, "vocab_size"))
     key = _digest(dict(_source_identity(data_cfg, "train"), vocab_size=vocab_size))
     path = _cache_dir(data_cfg) / "tokenizers" / f"bpe{vocab_size}-{key}.json"
@@ -318,12 +211,19 @@ def get_tokenizer(data_cfg) -> Tokenizer:
     return Tokenizer.load(path)
 
 
-def workdir_tokenizer(data_cfg, workdir) -> Tokenizer:
-    """The tokenizer of a run: workdir/tokenizer.json when the run has one (it matches the
-    run's checkpoints, wherever they are used), else get_tokenizer's (the trainer then keeps a
-    copy in the workdir: save_tokenizer)."""
-    path = pathlib.Path(workdir) / "tokenizer.json"
-    return Tokenizer.load(path) if path.exists() else get_tokenizer(data_cfg)
+def workdir_tokenizer(data_cfg, workdir, init_from="") -> Tokenizer:
+    """Trains or loads, for a run that trains in `workdir`: its tokenizer.json when it has one
+    (a resumed run), else `data_cfg.tokenizer` when set, else the tokenizer of the weights it
+    starts from (`init_from`: a workdir of ours or a transformers directory, loaded, never
+    trained), else get_tokenizer's (the trainer then keeps a copy in the workdir:
+    save_tokenizer). A workdir that holds checkpoints but no tokenizer.json is an error naming
+    the file: a new tokenizer would not match the weights."""
+    workdir = pathlib.Path(workdir)
+    if (workdir / "tokenizer.json").exists() or (workdir / "checkpoints").is_dir():
+        return load_tokenizer(workdir)
+    if init_from and not _get(data_cfg, "tokenizer"):
+        return load_tokenizer(os.path.expanduser(init_from))
+    return get_tokenizer(data_cfg)
 
 
 def save_tokenizer(tokenizer: Tokenizer, path) -> None:
@@ -334,15 +234,22 @@ def save_tokenizer(tokenizer: Tokenizer, path) -> None:
     os.replace(tmp, path)
 
 
-def _load_tokenizer(path: pathlib.Path) -> Tokenizer:
-    """A tokenizer.json (the file, or in the directory), or GPT-2's vocab.json + merges.txt."""
+def load_tokenizer(path) -> Tokenizer:
+    """Loads, never trains: a tokenizer.json (the file, or in the directory, such as a run's
+    workdir), or GPT-2's vocab.json + merges.txt. A missing one is a FileNotFoundError naming
+    the file. What every path that loads a trained model uses."""
+    path = pathlib.Path(path)
     if path.is_file():
         return Tokenizer.load(path)
     if (path / "tokenizer.json").is_file():
         return Tokenizer.load(path / "tokenizer.json")
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         return from_gpt2_files(path / "vocab.json", path / "merges.txt")
-    raise FileNotFoundError(f"no tokenizer.json, nor vocab.json + merges.txt, at {path}")
+    if path.is_dir():
+        raise FileNotFoundError(f"{path / 'tokenizer.json'} not found (nor vocab.json + "
+                                "merges.txt): loading never trains a tokenizer, and a new one "
+                                "would not match the weights")
+    raise FileNotFoundError(f"tokenizer {path} not found")
 
 
 # ----------------------------------------------------------------------------- token stream

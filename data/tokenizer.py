@@ -7,6 +7,8 @@ decoding maps the characters back to bytes, so `decode(encode(s)) == s` for ever
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from collections.abc import Iterable, Sequence
 
@@ -14,6 +16,18 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 EOT = "<|endoftext|>"
+_LOADING = contextvars.ContextVar("tokenizer_loading", default=None)
+
+
+@contextlib.contextmanager
+def loading_only(missing):
+    """Within it, train_bpe is a FileNotFoundError naming `missing` (the loaded run's
+    tokenizer file): loading a run never trains a tokenizer, whatever the code it runs."""
+    token = _LOADING.set(str(missing))
+    try:
+        yield
+    finally:
+        _LOADING.reset(token)
 
 
 def _byte_level(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
@@ -105,6 +119,9 @@ class Tokenizer:
 def train_bpe(texts: Iterable[str], vocab_size: int,
               special_tokens: Sequence[str] = (EOT,)) -> Tokenizer:
     """Trains a GPT-2 style byte-level BPE with `vocab_size` entries, special tokens included."""
+    if (missing := _LOADING.get()) is not None:
+        raise FileNotFoundError(f"{missing} not found: loading a run never trains a tokenizer, "
+                                "and a new one would not match its weights")
     special_tokens = list(dict.fromkeys([*special_tokens, EOT]))
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet) + len(special_tokens):

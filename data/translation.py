@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from filelock import FileLock
 
-from data import text
+from data import sources, text
 from data.iterators import EpochBatches
 from data.tokenizer import Tokenizer, train_bpe
 
@@ -126,7 +126,7 @@ def load_corpus(data_cfg) -> dict[str, Pairs]:
             raise ValueError("data.source 'hf' needs data.hf_dataset (a hub name such as "
                              "'wmt14' with data.hf_config 'de-en', or 'json' / 'parquet' with "
                              "data.hf_data_files)")
-        corpus = {split: hf_pairs(d, split) for split in text.SPLITS}
+        corpus = {split: hf_pairs(d, split) for split in sources.SPLITS}
     else:
         raise ValueError(f"unknown data.source {d.source!r}; choose numbers or hf")
     for split, pairs in corpus.items():
@@ -147,10 +147,10 @@ def _identity(data_cfg, vocab: bool = True) -> dict:
     keys += ("vocab_size", "bpe_examples") if vocab else ()
     ident = {k: data_cfg[k] for k in ("source", "src_lang", "tgt_lang") + keys}
     if data_cfg.source == "hf":
-        files = text.parse_data_files(data_cfg.hf_data_files) or []
+        files = sources.parse_data_files(data_cfg.hf_data_files) or []
         paths = [pathlib.Path(os.path.expanduser(p)) for v in
                  (files.values() if isinstance(files, dict) else [files]) for p in v]
-        ident["files"] = text._file_stats(p for p in paths if p.is_file())
+        ident["files"] = sources.file_stats(p for p in paths if p.is_file())
     return dict(ident, format=_FORMAT)
 
 

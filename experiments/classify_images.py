@@ -21,7 +21,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from data import augment, images, text
+from data import augment, images, sources
 from data.iterators import ArrayBatches
 from experiments import launch
 from models import convnets, inception
@@ -52,7 +52,7 @@ def load_data(config) -> images.Classification:
         if d.hf_data_dir:
             kwargs["data_dir"] = d.hf_data_dir
         if d.hf_data_files:
-            kwargs["data_files"] = text.parse_data_files(d.hf_data_files)
+            kwargs["data_files"] = sources.parse_data_files(d.hf_data_files)
         return images.hf_classification(
             d.hf_dataset, d.image_size, d.image_column, d.label_column, d.val_split,
             d.test_split, d.channels, d.max_examples, seed=config.seed, **kwargs)

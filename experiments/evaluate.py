@@ -18,6 +18,7 @@ import jax
 import ml_collections
 from absl import app, flags
 
+from data.tokenizer import loading_only
 from experiments import launch, tool_flags  # noqa: F401  (launch defines --workdir)
 from train import evaluators, sharding
 from train.checkpoint import Checkpointer, abstract_like
@@ -42,7 +43,10 @@ def load_run(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, str]:
 def evaluate(workdir, split: str = "test") -> dict:
     workdir = pathlib.Path(workdir)
     config, experiment = load_run(workdir)
-    run = importlib.import_module(experiment).setup(config, workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{workdir}/checkpoints not found: the run has not been trained")
+    with loading_only(workdir / "tokenizer.json"):   # setup may not train what it should load
+        run = importlib.import_module(experiment).setup(config, workdir)
     mesh = sharding.make_mesh(config.mesh)
     program = build(config, init_fn=run["init_fn"], loss_fn=run["loss_fn"], mesh=mesh)
     ckpt = Checkpointer(workdir, keep=config.train.keep_ckpts)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from data import code_tasks, gpt1_inputs, hub_tasks, text
+from data import code_tasks, gpt1_inputs, hub_tasks, sources, text
 from data.iterators import ArrayBatches
 from experiments import launch
 from experiments.pretrain_lm import hf_gpt, load_lm
@@ -46,7 +46,7 @@ def load_task(config) -> gpt1_inputs.Task:
     check_task(config)
     if config.task in code_tasks.DEFAULT_TASKS:
         return code_tasks.default_task(config.task)
-    files = text.parse_data_files(config.hub_data_files)
+    files = sources.parse_data_files(config.hub_data_files)
     return hub_tasks.hub_task(config.task, data_files=files)
 
 
@@ -80,27 +80,29 @@ def task_loss_fn(model: gpt_tasks.GPTForTasks, lam: float):
     return loss_fn
 
 
-def decoder_and_tokenizer(config):
+def decoder_and_tokenizer(config, workdir):
     """The decoder's config and tokenizer: init_from's when it is set (a workdir of ours or a
-    transformers directory), else config.model's and config.data's."""
+    transformers directory), else config.model's and config.data's (trained only for a run
+    that has not started in workdir)."""
     source = pathlib.Path(config.init_from).expanduser() if config.init_from else None
     if source is None:
-        return gpt.GPTConfig(**config.model.to_dict()), text.get_tokenizer(config.data)
+        return gpt.GPTConfig(**config.model.to_dict()), text.workdir_tokenizer(config.data,
+                                                                               workdir)
     if not source.exists():
         raise FileNotFoundError(f"config.init_from: {source} does not exist")
     if (source / "checkpoints").is_dir():
         saved = ml_collections.ConfigDict(json.loads((source / "config.json").read_text()))
         return (gpt.GPTConfig(**saved.model.to_dict()),
-                text.workdir_tokenizer(saved.data, source))
+                text.load_tokenizer(source))
     cfg, _, tokenizer = load_lm(source)
     return cfg, tokenizer
 
 
 def setup(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
-    cfg, tokenizer = decoder_and_tokenizer(config)
+    cfg, tokenizer = decoder_and_tokenizer(config, workdir)
     if (workdir / "tokenizer.json").exists():    # a resumed run: exactly its own tokenizer
-        tokenizer = text.workdir_tokenizer(config.data, workdir)
+        tokenizer = text.load_tokenizer(workdir)
     task = load_task(config)
     arrays = encode_task(task, tokenizer, config)   # adds the task tokens
     if config.max_len > cfg.n_ctx:

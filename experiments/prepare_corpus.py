@@ -8,7 +8,9 @@
 2. Each dataset streams through the Pareto rule (filtered datasets only) and fuzzy
    deduplication (MinHash + LSH, one index across datasets, curated ones first so that the
    crawl's copies of them are the ones removed), into DIR/sources/NAME/shard-*.jsonl.
-3. The mixture draws from those shards by Table 2.2's weights into DIR/corpus/shard-*.jsonl.
+3. The mixture draws from those shards by Table 2.2's weights into DIR/corpus/shard-*.jsonl,
+   no source repeating more than mixture.max_epochs times; a source too small to give its
+   weight within that cap is named in one warning line and capped (corpus_prep.plan_mixture).
 
 DIR/stats.json records documents in and out of every step, the near-duplicates found (within
 and across datasets, with examples), the classifier's accuracy and keep rate per dataset, the
@@ -24,6 +26,7 @@ import platform
 import time
 
 import numpy as np
+from absl import logging
 
 from data import corpus_prep
 from experiments import launch
@@ -45,6 +48,7 @@ class SourceStats:
     bottom_scored: list = dataclasses.field(default_factory=list)
     docs_out: int = 0
     chars_out: int = 0
+    longest_out: int = 0
     seconds: float = 0.0
 
     def on_scored(self, doc, score: float, kept: bool) -> None:
@@ -180,6 +184,7 @@ def main(config, workdir):
             for doc in docs:
                 s.docs_out += 1
                 s.chars_out += len(doc["text"])
+                s.longest_out = max(s.longest_out, len(doc["text"]))
                 yield doc
 
         docs = counted_in(documents(config, name))
@@ -205,29 +210,35 @@ def main(config, workdir):
     (workdir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     m = stats["mixture"]
     print(f"corpus: {m['docs']} documents, {m['chars']} characters in {m['shards']} shards; "
-          f"shares {m['share']}; {stats['seconds']} s")
+          f"shares {m['share']}; epochs {m['epochs']}; {stats['seconds']} s")
     return stats
 
 
 def mixture(config, shards: dict, per_source: dict, workdir: pathlib.Path) -> dict:
     t = time.perf_counter()
-    unit = config.mixture.unit
+    unit, max_epochs = config.mixture.unit, config.mixture.max_epochs
     weights = {n: config.sources[n].weight for n in config.sources}
     empty = [n for n, w in weights.items() if w > 0 and not shards[n]]
     if empty:
         raise ValueError(f"sources {empty} have no documents left after filtering")
     size = lambda s: s.chars_out if unit == "chars" else s.docs_out  # noqa: E731
-    norm = sum(weights.values())
-    total = config.mixture.total or int(min(
-        size(per_source[n]) * config.mixture.max_epochs * norm / w
-        for n, w in weights.items() if w > 0))
     chunk = config.mixture.chunk_chars if unit == "chars" else 0
+    longest = {n: 1 if unit == "docs" else min(s.longest_out, chunk or s.longest_out)
+               for n, s in per_source.items()}
+    plan = corpus_prep.plan_mixture({n: size(s) for n, s in per_source.items()}, longest,
+                                    weights, max_epochs, config.mixture.total)
+    norm = sum(weights.values())
+    for name, needed in plan["too_small"].items():
+        logging.warning("mixture: source %s is too small: its weight %.3f of %d %s would need "
+                        "%.1f epochs of its %d, above mixture.max_epochs %g; capped at %g",
+                        name, weights[name] / norm, plan["nominal"], unit, needed,
+                        size(per_source[name]), max_epochs, max_epochs)
 
     def factory(name):
         docs = lambda: corpus_prep.read_jsonl(shards[name])  # noqa: E731
         return (lambda: corpus_prep.split_long(docs(), chunk)) if chunk else docs
 
-    factories = {n: factory(n) for n in weights}
+    factories = {n: factory(n) for n in plan["quota"]}
     counts = {n: {"docs": 0, "chars": 0} for n in weights}
 
     def counted(docs):
@@ -236,13 +247,17 @@ def mixture(config, shards: dict, per_source: dict, workdir: pathlib.Path) -> di
             counts[doc["source"]]["chars"] += len(doc["text"])
             yield doc
 
+    # Drawn by the planned quotas, so that a capped source is spread over the whole corpus.
+    total = sum(plan["quota"].values())
     _clear(workdir / "corpus")
-    paths = corpus_prep.write_shards(counted(corpus_prep.mix(factories, weights, total, unit)),
-                                     workdir / "corpus", config.docs_per_shard)
+    paths = corpus_prep.write_shards(
+        counted(corpus_prep.mix(factories, plan["quota"], total, unit, caps=plan["cap"])),
+        workdir / "corpus", config.docs_per_shard)
     got = {n: c[unit] for n, c in counts.items()}
     done = sum(got.values())
     return {
-        "unit": unit, "total": total, "shards": len(paths),
+        "unit": unit, "total": int(total), "nominal_total": int(plan["nominal"]),
+        "shards": len(paths),
         "docs": sum(c["docs"] for c in counts.values()),
         "chars": sum(c["chars"] for c in counts.values()),
         "counts": counts,
@@ -250,6 +265,8 @@ def mixture(config, shards: dict, per_source: dict, workdir: pathlib.Path) -> di
         "share": {n: round(g / max(done, 1), 4) for n, g in got.items()},
         "epochs": {n: round(got[n] / size(per_source[n]), 3) if size(per_source[n]) else 0.0
                    for n in weights},
+        "too_small": {n: {"epochs_needed": round(e, 1), "max_epochs": max_epochs}
+                      for n, e in plan["too_small"].items()},
         "seconds": round(time.perf_counter() - t, 2)}
 
 

@@ -118,9 +118,9 @@ def load_lm(path) -> tuple[gpt.GPTConfig, dict, object]:
         saved, params = checkpoint.load_params(path)
         saved = ml_collections.ConfigDict(saved)
         return (gpt.GPTConfig(**saved.model.to_dict()), params,
-                text.workdir_tokenizer(saved.data, path))
+                text.load_tokenizer(path))
     cfg, params = hf_gpt(path)
-    return cfg, params, text.get_tokenizer(ml_collections.ConfigDict(dict(tokenizer=str(path))))
+    return cfg, params, text.load_tokenizer(path)
 
 
 def completer(cfg: gpt.GPTConfig, tokenizer, max_new_tokens: int, batch: int = 64):
@@ -194,7 +194,7 @@ def setup(config, workdir) -> dict:
     """What fit() needs for this experiment (also used by experiments.evaluate)."""
     cfg = model_config(config)
     check_fit(cfg, config)                  # cheap checks before any data work
-    tokenizer = text.workdir_tokenizer(config.data, workdir)
+    tokenizer = text.workdir_tokenizer(config.data, workdir, config.get("init_from", ""))
     check_fit(cfg, config, tokenizer)
     train_data, data = lm_data(config, tokenizer)
     model = gpt.GPT(cfg)

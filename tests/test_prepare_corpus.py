@@ -2,6 +2,8 @@
 
 import itertools
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -167,6 +169,88 @@ def test_mixture_by_documents_and_bad_weights():
         list(corpus_prep.mix(factories, {"a": 1}, total=5))
     with pytest.raises(ValueError, match="no documents"):
         list(corpus_prep.mix({"a": lambda: iter([])}, {"a": 1}, total=5))
+
+
+def test_mixture_never_takes_a_source_past_its_cap():
+    pools = {"crawl": [doc(0, "x" * 50, "crawl")],
+             "books": [doc(i, "b" * 2000, "books") for i in range(10)]}
+    factories = {s: (lambda s=s: pools[s]) for s in pools}
+    caps = {"crawl": 3.4 * 50, "books": 3.4 * 20_000}
+    out = list(corpus_prep.mix(factories, {"crawl": 0.6, "books": 0.4}, 10 ** 6, caps=caps))
+    chars = {s: sum(len(d["text"]) for d in out if d["source"] == s) for s in pools}
+    assert chars == {"crawl": 150, "books": 68_000}   # 3 and 34 whole documents: the mixture
+    # ended when both sources had given what their caps allow, far short of 10**6
+
+
+def test_plan_caps_a_source_too_small_for_its_weight_and_says_what_it_would_need():
+    sizes, longest = {"crawl": 55, "books": 20_000, "wiki": 3000}, {"crawl": 55, "books": 2000,
+                                                                    "wiki": 300}
+    weights = {"crawl": 0.6, "books": 0.3, "wiki": 0.1}
+    plan = corpus_prep.plan_mixture(sizes, longest, weights, 3.4)
+    # Honouring the crawl at 3.4 epochs would leave 312 characters in all, less than one
+    # document of books at its weight (2000 / 0.3): the crawl is capped, wiki binds instead.
+    assert plan["nominal"] == pytest.approx(3.4 * 3000 / 0.1)
+    assert plan["quota"] == pytest.approx({"crawl": 3.4 * 55, "books": 0.3 * 102_000,
+                                           "wiki": 0.1 * 102_000})
+    assert plan["too_small"] == pytest.approx({"crawl": 0.6 * 102_000 / 55})
+    ample = {"crawl": 50_000, "books": 20_000, "wiki": 3000}
+    plan = corpus_prep.plan_mixture(ample, longest, weights, 3.4)
+    assert not plan["too_small"] and plan["quota"]["wiki"] == pytest.approx(3.4 * 3000)
+    assert all(plan["quota"][n] / plan["nominal"] == pytest.approx(w) for n, w in weights.items())
+    given = corpus_prep.plan_mixture(ample, longest, weights, 3.4, total=200_000)
+    assert given["too_small"] == pytest.approx({"wiki": 0.1 * 200_000 / 3000})
+
+
+def test_prepare_corpus_names_a_source_too_small_for_its_weight(tmp_path, caplog):
+    """GPT-3's weights with a crawl that filtering left nearly empty (the tiny preset's case):
+    before, the mixture was that one document, 6 times over, with no word said."""
+    from experiments import prepare_corpus
+    from experiments.configs import corpus
+    rng = np.random.default_rng(9)
+    rows = {"crawl": ["a short page of the crawl"],
+            "books": [prose(rng, 300) for _ in range(10)],
+            "wiki": [prose(rng, 40) for _ in range(20)]}
+    for name, texts in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    config = corpus.get_config("tiny")
+    config.sources = {name: corpus.source(w, f"jsonl:{tmp_path}/{name}.jsonl")
+                      for name, w in (("crawl", 0.6), ("books", 0.3), ("wiki", 0.1))}
+    with caplog.at_level(logging.WARNING):
+        stats = prepare_corpus.main(config, tmp_path / "out")
+    mix = stats["mixture"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    needed = mix["too_small"]["crawl"]["epochs_needed"]
+    assert re.search(rf"source crawl is too small.* {needed:.1f} epochs.*max_epochs 3\.4",
+                     warnings[0]), warnings[0]
+    assert list(mix["too_small"]) == ["crawl"] and needed > 100
+    assert max(mix["epochs"].values()) <= 3.4
+    assert mix["epochs"]["wiki"] == pytest.approx(3.4, abs=0.2)    # the source that binds
+    assert mix["share"]["books"] / mix["share"]["wiki"] == pytest.approx(3.0, rel=0.1)
+
+
+def test_binary_and_latin1_files_are_skipped_with_one_warning_naming_them(tmp_path, caplog):
+    (tmp_path / "page.txt").write_text("plain text\n", encoding="utf-8")
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "latin.txt").write_bytes("un café\n".encode("latin-1"))
+    with caplog.at_level(logging.WARNING):
+        docs = list(corpus_prep.local_corpus(f"files:{tmp_path}/*", "crawl"))
+    assert [d["text"] for d in docs] == ["plain text\n"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "blob.bin" in warnings[0] and "latin.txt" in warnings[0]
+
+
+def test_a_bad_jsonl_line_names_the_file_and_the_line(tmp_path):
+    cases = {"json": (b'{"text": "a"}\n\n{"text": "b"\n', 3, "is not JSON"),
+             "list": (b'{"text": "a"}\n["a"]\n', 2, "not a JSON object"),
+             "number": (b'{"text": 7}\n', 1, "string field 'text'"),
+             "binary": (b'{"text": "a"}\n' + bytes(range(128, 256)) + b"\n", 2, "not UTF-8")}
+    for name, (body, line, what) in cases.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes(body)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} line {line} .*{what}"):
+            list(corpus_prep.read_jsonl([path]))
 
 
 # ----------------------------------------------------------------------------- streaming

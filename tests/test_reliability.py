@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from data import code_tasks, text
+from data import code_tasks, sources, text
 from data.tokenizer import Tokenizer, train_bpe
 from models import clip, gpt, hf, vit
 
@@ -142,7 +142,7 @@ def test_clip_unexpected_tensors_are_all_named(transformers, tmp_path):
 def _train_name(stem: str, suffix: str) -> str:
     """A file name that data.text puts in the train split."""
     return next(f"{stem}{i}{suffix}" for i in range(1000)
-                if text._split_of(f"{stem}{i}{suffix}") == "train")
+                if sources.split_of(f"{stem}{i}{suffix}") == "train")
 
 
 @pytest.fixture
@@ -264,7 +264,7 @@ def test_corrupt_tokenizer_file_is_named(tmp_path):
     (gpt2_dir / "vocab.json").write_text("[1, 2")
     (gpt2_dir / "merges.txt").write_text("a b\n")
     with pytest.raises(ValueError, match="vocab.json.*not a tokenizer"):
-        text._load_tokenizer(gpt2_dir)
+        text.load_tokenizer(gpt2_dir)
     good = tmp_path / "good.json"
     train_bpe(["some text to learn from"], 300).save(good)
     assert Tokenizer.load(good).vocab_size >= 257

@@ -227,9 +227,9 @@ def test_splits_do_not_share_functions(fake_library):
 
 
 def test_real_tasks_use_only_files_outside_the_pretraining_split():
-    from data import text
+    from data import sources
     held = code_tasks.heldout_files()
-    train = set(text.stdlib_files("train"))
+    train = set(sources.stdlib_files("train"))
     assert held and not train & set(held)
     task = code_tasks.default_task("next_line", files=held)
     assert all(len(task.splits[s]) >= 100 for s in ("train", "val", "test"))

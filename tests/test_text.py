@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from data import text
+from data import sources, text
 from data.tokenizer import EOT, Tokenizer, train_bpe
 
 
@@ -36,9 +36,9 @@ def write_docs(d, n: int, suffix=".txt") -> list[str]:
 
 
 def test_stdlib_split_deterministic_disjoint_covering():
-    root = text.stdlib_root()
-    splits = {s: text.stdlib_files(s) for s in text.SPLITS}
-    assert splits["train"] == text.stdlib_files("train")
+    root = sources.stdlib_root()
+    splits = {s: sources.stdlib_files(s) for s in sources.SPLITS}
+    assert splits["train"] == sources.stdlib_files("train")
     sets = {s: set(f) for s, f in splits.items()}
     assert not (sets["train"] & sets["val"] or sets["train"] & sets["test"]
                 or sets["val"] & sets["test"])
@@ -55,15 +55,15 @@ def test_stdlib_split_deterministic_disjoint_covering():
 def test_split_depends_only_on_relative_path():
     # Pinned: a changed hash would move files between splits, leaking val/test into training.
     pinned = {"os.py": "train", "m0.py": "test", "m6.py": "val", "m14.py": "test"}
-    assert {p: text._split_of(p) for p in pinned} == pinned
-    buckets = [text._split_of(f"pkg/mod{i}.py") for i in range(2000)]
+    assert {p: sources.split_of(p) for p in pinned} == pinned
+    buckets = [sources.split_of(f"pkg/mod{i}.py") for i in range(2000)]
     assert abs(buckets.count("train") / 2000 - 0.9) < 0.03
 
 
 def test_stdlib_load_texts_max_docs(tmp_path):
     texts = text.load_texts(cfg(tmp_path, max_docs=3), "val")
     assert len(texts) == 3 and all(texts)
-    assert texts[0] == text.stdlib_files("val")[0].read_text(encoding="utf-8", errors="replace")
+    assert texts[0] == sources.stdlib_files("val")[0].read_text(encoding="utf-8", errors="replace")
 
 
 # --------------------------------------------------------------------------- local files / hf
@@ -72,7 +72,7 @@ def test_stdlib_load_texts_max_docs(tmp_path):
 def test_files_source_split_by_file(tmp_path):
     docs = write_docs(tmp_path / "corpus", 80)
     c = cfg(tmp_path, source="files", files=str(tmp_path / "corpus" / "*.txt"))
-    got = {s: text.load_texts(c, s) for s in text.SPLITS}
+    got = {s: text.load_texts(c, s) for s in sources.SPLITS}
     assert sorted(sum(got.values(), [])) == sorted(docs)
     assert len(got["train"]) > len(got["val"]) and got["val"] and got["test"]
     # A directory, or the same files under another root, split identically.
@@ -87,7 +87,7 @@ def test_empty_corpus_and_empty_split(tmp_path):
                         "train")
     write_docs(tmp_path / "one", 1)
     c = cfg(tmp_path, source="files", files=str(tmp_path / "one"))
-    empty = [s for s in text.SPLITS if s != text._split_of("doc000.txt")]
+    empty = [s for s in sources.SPLITS if s != sources.split_of("doc000.txt")]
     with pytest.raises(ValueError, match=f"split '{empty[0]}'"):
         text.load_texts(c, empty[0])
     with pytest.raises(ValueError, match="unknown split"):
@@ -100,10 +100,10 @@ def test_hf_json_carves_val_and_test(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     c = cfg(tmp_path, source="hf", hf_dataset="json", hf_data_files=str(path),
             hf_text_column="body")
-    got = {s: text.load_texts(c, s) for s in text.SPLITS}
+    got = {s: text.load_texts(c, s) for s in sources.SPLITS}
     assert len(got["val"]) == len(got["test"]) == 10 and len(got["train"]) == 180
     assert sorted(sum(got.values(), [])) == sorted(r["body"] for r in rows)
-    assert got == {s: text.load_texts(c, s) for s in text.SPLITS}  # deterministic
+    assert got == {s: text.load_texts(c, s) for s in sources.SPLITS}  # deterministic
     c.source = "auto"  # the default: naming hf_dataset is enough to select the hub path
     assert text.load_texts(c, "val") == got["val"]
     c.max_docs = 7
@@ -270,12 +270,28 @@ def test_too_short_errors():
         windows(n_tokens=31, batch=4)
 
 
+def test_a_registered_source_is_read_and_keyed_by_its_identity(tmp_path, monkeypatch):
+    """data/text.py reads sources that other modules register (data/icl_tasks.py: "icl")
+    without importing them."""
+    monkeypatch.setattr(sources, "_REGISTERED", {})
+    version = {"v": 1}
+    sources.register("letters", lambda c, split: [f"{split} a", "", f"{split} b"],
+                     lambda c, split: dict(version))
+    c = cfg(tmp_path, source="letters", max_docs=2)
+    assert text.load_texts(c, "val") == ["val a", "val b"]   # empty documents dropped
+    key = text._source_identity(c, "train")
+    version["v"] = 2
+    assert text._source_identity(c, "train") != key   # its identity keys the caches
+    with pytest.raises(ValueError, match=r"unknown data source 'nope'.*\['letters'\]"):
+        text.load_texts(cfg(tmp_path, source="nope"), "train")
+
+
 def test_explicit_split_files_and_the_hint_when_a_split_is_empty(tmp_path):
     for name in ("a.txt", "b.txt", "c.txt"):
         (tmp_path / name).write_text(f"contents of {name}\n")
     spec = f"train={tmp_path / 'a.txt'},val={tmp_path / 'b.txt'},test={tmp_path / 'c.txt'}"
     c = cfg(tmp_path, source="files", files=spec)
-    assert [text.load_texts(c, s) for s in text.SPLITS] == [
+    assert [text.load_texts(c, s) for s in sources.SPLITS] == [
         ["contents of a.txt\n"], ["contents of b.txt\n"], ["contents of c.txt\n"]]
     c = cfg(tmp_path, source="files", files=f"train={tmp_path / 'a.txt'}")
     with pytest.raises(ValueError, match="val=b.txt,test=c.txt"):

@@ -172,8 +172,8 @@ def test_mesh_that_does_not_divide_the_devices(tmp_path):
 
 def corpus_flags(tmp_path) -> list[str]:
     """A tiny GPT on a few standard-library files, so each run takes seconds."""
-    import data.text as text
-    root = text.stdlib_root()   # explicit splits: a hash split of so few files may leave one empty
+    from data import sources
+    root = sources.stdlib_root()   # explicit splits: a hash split of so few files may leave one empty
     files = f"train={root}/[a-b]*.py,val={root}/c[a-m]*.py,test={root}/c[n-z]*.py"
     return [f"--config.data.source=files", f"--config.data.files={files}",
             "--config.data.vocab_size=512", f"--config.data.cache_dir={tmp_path / 'cache'}",
