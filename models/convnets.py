@@ -9,7 +9,7 @@ Every model maps float32 NHWC images to logits:
 
 `variables` holds "params" and, for models with BatchNorm, "batch_stats" (running mean/var);
 `updates["batch_stats"]` is the new running statistics after a training step. In training,
-googlenet and googlenet_paper (with aux_logits=True, the default) return
+googlenet, googlenet_paper and googlenet_small (with aux_logits=True, the default) return
 {"logits", "aux1", "aux2"} (inception.training_loss weighs them 1, 0.3, 0.3); every other model,
 and every model in eval mode, returns the logits array. The input channel count is free
 (1 for digits); count_params and flops assume 3 (1 for lenet5) unless told.
@@ -18,7 +18,10 @@ torchvision's names (alexnet, vgg11..vgg19 and *_bn, resnet18..resnet152, google
 mobilenet_v2, efficientnet_b0..b7) are torchvision's architectures, number for number, and
 from_torchvision imports their state dicts. The others follow the papers (lenet5, alexnet_paper,
 googlenet_paper, the CIFAR ResNets resnet8..resnet110) or are CPU-sized variants for 32x32
-inputs (mobilenet_v2_tiny, efficientnet_tiny).
+inputs (alexnet_small, googlenet_small, mobilenet_v2_tiny, efficientnet_tiny). The papers'
+ablations are fields of the modules (create(name, **overrides)): ResNet's shortcut ("A", "B",
+"C", "none" for the plain network), AlexNet's act, lrn, overlap and dropout, GoogLeNet's
+aux_logits and bottleneck, MobileNetV2's linear_bottleneck and residual.
 """
 
 import dataclasses
@@ -59,9 +62,13 @@ def _registry() -> dict[str, Entry]:
         "lenet5": Entry(lenet.LeNet5, {}, 32, num_classes=10, in_channels=1),
         "alexnet": Entry(alexnet.AlexNet, dict(variant="torchvision"), 224, family="alexnet"),
         "alexnet_paper": Entry(alexnet.AlexNet, dict(variant="paper"), 227),
+        "alexnet_small": Entry(alexnet.AlexNet, dict(variant="small"), 32, num_classes=10),
         "googlenet": Entry(inception.GoogLeNet, dict(variant="torchvision"), 224,
                            family="googlenet"),
         "googlenet_paper": Entry(inception.GoogLeNet, dict(variant="paper", dropout=0.4), 224),
+        "googlenet_small": Entry(inception.GoogLeNet,
+                                 dict(variant="small", width_mult=0.25, dropout=0.4), 32,
+                                 num_classes=10),
         "mobilenet_v2": Entry(mobilenet.MobileNetV2, {}, 224, family="mobilenet_v2"),
         "mobilenet_v2_tiny": Entry(mobilenet.MobileNetV2, dict(width_mult=0.25, stem_stride=1),
                                    32, num_classes=10),

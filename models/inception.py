@@ -27,6 +27,19 @@ beta 0.75, k 1), 3x3/2 pooling, 5x5/3 auxiliary pooling, dropout 0.4. Pooling ro
 
 transform_input re-normalises images from torchvision's ImageNet mean/std to the [-1, 1] scale
 that the imported pretrained torchvision weights expect (torchvision sets it when it loads them).
+
+Ablations: bottleneck=False drops the 1x1 reductions before the 3x3 and 5x5 convolutions, which
+then filter the module's input directly as in the naive module of figure 2a; the pool projection
+stays, so every module keeps table 1's output width (the naive module's pooling branch passes
+its input's channels through, and the widths would grow from module to module: the blow-up
+section 4 describes). aux_logits=False removes the auxiliary classifiers. width_mult scales every
+width (table 1's, the stem's, the auxiliary heads' 128 and 1024).
+
+variant="small" is GoogLeNet for 32x32 inputs on CPUs: the stem becomes conv1 3x3/1, conv2 1x1,
+conv3 3x3 and one 3x3/2 max pooling (32 -> 16), so that 3a-3b run at 16x16, 4a-4e at 8x8 and
+5a-5b at 4x4 (table 1's 28, 14, 7); BatchNorm after every convolution as torchvision's, true 5x5
+filters, 3x3/2 pools. googlenet_small is it at width_mult 0.25 (table 1's widths are multiples of
+4, so every width is exactly a quarter) with the paper's dropout 0.4.
 """
 
 import functools
@@ -64,16 +77,18 @@ def training_loss(outputs, loss_fn: Callable):
 
 
 def _conv_bn(variant: str) -> Callable[..., ConvBN]:
-    if variant == "torchvision":
+    if variant != "paper":
         return functools.partial(ConvBN, bn=True, bn_eps=1e-3, kernel_init=TORCH_INIT)
     return functools.partial(ConvBN, bn=False, kernel_init=XAVIER)
 
 
 class Inception(nn.Module):
-    """Figure 2b: [1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 | 3x3 max pool -> 1x1], concatenated."""
+    """Figure 2b: [1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 | 3x3 max pool -> 1x1], concatenated;
+    bottleneck=False: the 3x3 and 5x5 without their 1x1 reductions (figure 2a's branches)."""
 
     widths: tuple[int, int, int, int, int, int]
     variant: str = "torchvision"
+    bottleneck: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -81,9 +96,9 @@ class Inception(nn.Module):
         cb = _conv_bn(self.variant)
         f5 = 3 if self.variant == "torchvision" else 5
         b1 = cb(c1, 1, name="conv_1x1")(x, train)
-        b2 = cb(c3_reduce, 1, name="conv_3x3_reduce")(x, train)
+        b2 = cb(c3_reduce, 1, name="conv_3x3_reduce")(x, train) if self.bottleneck else x
         b2 = cb(c3, 3, name="conv_3x3")(b2, train)
-        b3 = cb(c5_reduce, 1, name="conv_5x5_reduce")(x, train)
+        b3 = cb(c5_reduce, 1, name="conv_5x5_reduce")(x, train) if self.bottleneck else x
         b3 = cb(c5, f5, name="conv_5x5")(b3, train)
         b4 = max_pool(x, 3, 1, p=1, ceil_mode=True)
         b4 = cb(pool_proj, 1, name="pool_proj")(b4, train)
@@ -96,66 +111,79 @@ class AuxClassifier(nn.Module):
     num_classes: int
     variant: str = "torchvision"
     dropout: float = 0.7
+    widths: tuple[int, int] = (128, 1024)    # the 1x1 convolution's, the hidden fc's
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if self.variant == "torchvision":
+        if self.variant != "paper":
             x = adaptive_avg_pool(x, 4)
             init = TORCH_INIT
         else:
             x = avg_pool(x, 5, 3)
             init = XAVIER
-        x = flatten(_conv_bn(self.variant)(128, 1, name="conv")(x, train))
-        x = nn.relu(nn.Dense(1024, kernel_init=init, name="fc1")(x))
+        x = flatten(_conv_bn(self.variant)(self.widths[0], 1, name="conv")(x, train))
+        x = nn.relu(nn.Dense(self.widths[1], kernel_init=init, name="fc1")(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, kernel_init=init, name="fc2")(x)
 
 
 class GoogLeNet(nn.Module):
     num_classes: int = 1000
-    variant: Literal["paper", "torchvision"] = "torchvision"
+    variant: Literal["paper", "torchvision", "small"] = "torchvision"
     aux_logits: bool = True
     dropout: float = 0.2
     aux_dropout: float = 0.7
     transform_input: bool = False
+    bottleneck: bool = True      # False: no 1x1 reductions before the 3x3 and 5x5 (figure 2a)
+    width_mult: float = 1.0
 
     @nn.compact
     def __call__(self, images, train: bool = False):
         check_images(images, "GoogLeNet")
-        if self.variant not in ("paper", "torchvision"):
-            raise ValueError(f"GoogLeNet variant must be 'paper' or 'torchvision', "
+        if self.variant not in ("paper", "torchvision", "small"):
+            raise ValueError(f"GoogLeNet variant must be 'paper', 'torchvision' or 'small', "
                              f"got {self.variant!r}")
-        paper = self.variant == "paper"
+        paper, small = self.variant == "paper", self.variant == "small"
         x = self._transform(images) if self.transform_input else images
         cb = _conv_bn(self.variant)
         # LRN as Caffe computes it: alpha / n over the window, k = 1 (see the module docstring).
         lrn = functools.partial(local_response_norm, n=5, k=1.0, alpha=1e-4 / 5, beta=0.75)
+        w = self._width
 
-        x = cb(64, 7, 2, padding=3, name="conv1")(x, train)
-        x = max_pool(x, 3, 2, ceil_mode=True)
+        if small:  # 32x32: a 3x3/1 conv1 and no pooling before conv2
+            x = cb(w(64), 3, name="conv1")(x, train)
+        else:
+            x = cb(w(64), 7, 2, padding=3, name="conv1")(x, train)
+            x = max_pool(x, 3, 2, ceil_mode=True)
         if paper:
             x = lrn(x)
-        x = cb(64, 1, name="conv2")(x, train)
-        x = cb(192, 3, name="conv3")(x, train)
+        x = cb(w(64), 1, name="conv2")(x, train)
+        x = cb(w(192), 3, name="conv3")(x, train)
         if paper:
             x = lrn(x)
         x = max_pool(x, 3, 2, ceil_mode=True)
 
         def inception(x, name):
-            return Inception(INCEPTION[name], self.variant, name=f"inception{name}")(x, train)
+            widths = tuple(w(c) for c in INCEPTION[name])
+            return Inception(widths, self.variant, self.bottleneck,
+                             name=f"inception{name}")(x, train)
 
         x = inception(inception(x, "3a"), "3b")
         x = max_pool(x, 3, 2, ceil_mode=True)
         x = inception(x, "4a")
         # Built at init whatever `train` is, so that eval-initialised variables can train.
         with_aux = self.aux_logits and (train or self.is_initializing())
-        aux = AuxClassifier(self.num_classes, self.variant, self.aux_dropout, name="aux1")
+        aux_widths = (w(128), w(1024))
+        aux = AuxClassifier(self.num_classes, self.variant, self.aux_dropout, aux_widths,
+                            name="aux1")
         aux1 = aux(x, train) if with_aux else None
         x = inception(inception(inception(x, "4b"), "4c"), "4d")
-        aux = AuxClassifier(self.num_classes, self.variant, self.aux_dropout, name="aux2")
+        aux = AuxClassifier(self.num_classes, self.variant, self.aux_dropout, aux_widths,
+                            name="aux2")
         aux2 = aux(x, train) if with_aux else None
         x = inception(x, "4e")
-        x = max_pool(x, 3, 2, ceil_mode=True) if paper else max_pool(x, 2, 2, ceil_mode=True)
+        last_pool = 2 if self.variant == "torchvision" else 3
+        x = max_pool(x, last_pool, 2, ceil_mode=True)
         x = inception(inception(x, "5a"), "5b")
 
         x = flatten(adaptive_avg_pool(x, 1))
@@ -165,6 +193,9 @@ class GoogLeNet(nn.Module):
         if train and self.aux_logits:
             return {"logits": logits, "aux1": aux1, "aux2": aux2}
         return logits
+
+    def _width(self, c: int) -> int:
+        return max(1, round(c * self.width_mult))
 
     @staticmethod
     def _transform(x):

@@ -26,6 +26,12 @@ The CIFAR-10 networks of section 4.2 (stem="cifar", 6n+2 layers: a 3x3 convoluti
 filters, three stages of n basic blocks with 16, 32, 64 filters, no max pooling) use the
 parameter-free shortcut of option A, the identity with the resolution subsampled and the new
 channels zero-padded: resnet20 has 0.27M parameters as in table 6.
+
+Shortcut options (section 3.3, table 3): "A" zero-pads where the shape changes, "B" projects
+there (W_s, a 1x1 convolution + BatchNorm), "C" projects on every block; "none" removes every
+shortcut, giving the plain networks of figures 4 and 6 (y = relu(F(x))): exactly the residual
+network's stacked layers, so plain and option-A residual networks have the same parameters and
+option B adds only its projections.
 """
 
 from typing import Literal
@@ -37,6 +43,7 @@ from models.conv import (TORCH_LINEAR, BatchNorm, adaptive_avg_pool, check_image
                          flatten, max_pool)
 
 EXPANSION = {"basic": 1, "bottleneck": 4}
+SHORTCUTS = ("A", "B", "C", "none")
 
 
 def zero_pad_shortcut(x, n_c: int, s: int):
@@ -51,7 +58,7 @@ class ResidualBlock(nn.Module):
     planes: int
     s: int = 1
     kind: Literal["basic", "bottleneck"] = "basic"
-    shortcut: Literal["A", "B"] = "B"
+    shortcut: Literal["A", "B", "C", "none"] = "B"
     zero_init_residual: bool = False
     dtype: str = "float32"
 
@@ -72,11 +79,13 @@ class ResidualBlock(nn.Module):
                           name=f"bn{i}")(y, train)
             if not last:
                 y = nn.relu(y)
-        if self.s == 1 and x.shape[-1] == n_out:
+        if self.shortcut == "none":  # a plain block: the same layers, no shortcut
+            return nn.relu(y)
+        if self.shortcut != "C" and self.s == 1 and x.shape[-1] == n_out:
             identity = x
         elif self.shortcut == "A":
             identity = zero_pad_shortcut(x, n_out, self.s)
-        else:  # W_s x: a 1x1 projection with the block's stride
+        else:  # W_s x: a 1x1 projection with the block's stride (B: where shapes change; C: all)
             identity = conv(n_out, 1, self.s, padding=0, bias=False, name="proj_conv",
                             dtype=self.dtype)(x)
             identity = BatchNorm(name="proj_bn")(identity, train)
@@ -89,7 +98,7 @@ class ResNet(nn.Module):
     layers: tuple[int, ...] = (2, 2, 2, 2)
     widths: tuple[int, ...] = (64, 128, 256, 512)
     stem: Literal["imagenet", "cifar"] = "imagenet"
-    shortcut: Literal["A", "B"] = "B"
+    shortcut: Literal["A", "B", "C", "none"] = "B"   # "none": the plain network
     zero_init_residual: bool = False
     dtype: str = "float32"       # compute dtype: float32 | bfloat16
 
@@ -101,6 +110,11 @@ class ResNet(nn.Module):
         if len(self.layers) != len(self.widths):
             raise ValueError(f"ResNet needs one width per stage: layers {self.layers}, widths "
                              f"{self.widths}")
+        if self.shortcut not in SHORTCUTS:
+            raise ValueError(f"ResNet shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+        if self.zero_init_residual and self.shortcut == "none":
+            raise ValueError("zero_init_residual needs shortcuts: a plain network would start "
+                             "with every block's output at zero")
         if self.stem == "imagenet":  # conv1: 7x7/2, then 3x3/2 max pooling
             x = conv(self.widths[0], 7, 2, padding=3, bias=False, name="conv1",
                      dtype=self.dtype)(images)
