@@ -19,9 +19,13 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
         optimizer="adamw",           # adamw | adam | sgd
         lr=6e-4,
         schedule="cosine",           # constant | cosine | linear | step | rsqrt | noam
-        warmup_steps=100,
+        warmup_steps=100,            # linear warmup from 0 to lr, in steps
+        warmup_fraction=0.0,         # > 0: the warmup as this fraction of steps (then
+                                     # warmup_steps must be 0); follows a train.steps override
         min_lr_ratio=0.1,            # cosine / linear: final lr = lr * min_lr_ratio
         step_boundaries=(),          # step: steps at which lr is multiplied by step_factor
+        step_fractions=(),           # step: the same as fractions of steps (0.5, 0.75): they
+                                     # follow a train.steps override; one of the two is empty
         step_factor=0.1,
         noam_width=0,                # noam: d_model of Vaswani et al. eq. (3)
         b1=0.9, b2=0.95, eps=1e-8,   # adam / adamw

@@ -146,11 +146,12 @@ def classify_config(model, data, train, seed: int = 0) -> ml_collections.ConfigD
 
 
 def sgd_step(steps: int, lr: float = 0.1, batch_size: int = 64, **overrides):
-    """The ConvNet papers' optimiser: SGD with momentum 0.9, lr / 10 at 50% and 75%."""
+    """The ConvNet papers' optimiser: SGD with momentum 0.9, lr / 10 at 50% and 75% of
+    train.steps (after 5% of warmup), as fractions so that they follow --config.train.steps."""
     return train_config(**{**dict(
         steps=steps, batch_size=batch_size, optimizer="sgd", momentum=0.9, lr=lr,
-        schedule="step", step_boundaries=(steps // 2, 3 * steps // 4), step_factor=0.1,
-        warmup_steps=steps // 20, weight_decay=1e-4, grad_clip=0.0, log_every=25,
+        schedule="step", step_fractions=(0.5, 0.75), step_factor=0.1,
+        warmup_steps=0, warmup_fraction=0.05, weight_decay=1e-4, grad_clip=0.0, log_every=25,
         eval_every=100, eval_steps=0, ckpt_every=1000), **overrides})
 
 

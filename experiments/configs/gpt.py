@@ -132,14 +132,15 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         config.mesh = mesh_config(data=1, fsdp=-1)
     elif arg in GPT3_TRAIN:
         # GPT-3 section 2.3 / appendix B: Adam(0.9, 0.95, 1e-8), clip 1.0, weight decay 0.1,
-        # 375M-token warmup, cosine to 10% over 260B tokens.
+        # 375M-token warmup, cosine to 10% over 260B tokens. The warmup is kept as its share
+        # of the 300B-token run, so that it follows a train.steps override.
         model = gpt.preset(arg)
         lr, batch_tokens = GPT3_TRAIN[arg]
         batch = int(batch_tokens // model.n_ctx)
         config.data.vocab_size, config.data.seq_len = 50257, model.n_ctx
         config.train = train_config(
             steps=int(300e9 // batch_tokens), batch_size=batch, lr=lr,
-            warmup_steps=int(375e6 // batch_tokens), min_lr_ratio=0.1,
+            warmup_steps=0, warmup_fraction=375e6 / 300e9, min_lr_ratio=0.1,
             eval_every=1000, ckpt_every=1000)
         config.mesh = mesh_config(data=1, fsdp=-1)
     else:

@@ -1,0 +1,55 @@
+"""The command line's config side: schedules that follow train.steps, --help listing every key,
+one-line errors for bad config input, configs that import nothing heavy, MFU at most 100%."""
+
+import importlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "experiments" / "configs"
+
+
+def parse(spec: str, *overrides: str):
+    """The ConfigDict an experiment's flags give for `--config=spec` and `overrides`."""
+    argv = ["x", f"--config={CONFIGS / spec}", *overrides]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True,
+                                    sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+
+def test_step_schedule_follows_a_steps_override():
+    """The default ConvNet command with --config.train.steps=300: lr divided by 10 at 50% and
+    75% of those 300 steps, so lr / peak is 0.1 at 62% and 0.01 at 90% (the trainer logs
+    schedule(step - 1) as `lr`)."""
+    import jax.numpy as jnp
+    from train import optim
+    config = parse("convnets.py", "--config.train.steps=300")
+    _, schedule = optim.make_optimizer(config.train, {"w": jnp.zeros((2, 2))})
+    lr = lambda step: float(schedule(step - 1)) / config.train.lr   # noqa: E731
+    assert lr(round(0.62 * 300)) == pytest.approx(0.1)
+    assert lr(round(0.90 * 300)) == pytest.approx(0.01)
+    assert lr(round(0.45 * 300)) == pytest.approx(1.0)
+    assert lr(8) == pytest.approx(7 / 15) and lr(16) == pytest.approx(1.0)   # 5% warmup
+
+
+def test_warmup_fraction_and_clamped_warmup(capsys):
+    from train import optim
+    from experiments.configs import common
+    t = common.train_config(steps=1000, warmup_steps=0, warmup_fraction=0.1, lr=1.0,
+                            schedule="constant")
+    assert optim.warmup_steps(t) == 100
+    t.steps = 50
+    assert optim.warmup_steps(t) == 5
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        optim.make_schedule(common.train_config(warmup_steps=10, warmup_fraction=0.1))
+    schedule = optim.make_schedule(common.train_config(steps=4, warmup_steps=50, lr=1.0))
+    assert "cut to 3" in capsys.readouterr().err
+    assert float(schedule(3)) == pytest.approx(1.0)
