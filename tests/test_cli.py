@@ -53,3 +53,14 @@ def test_warmup_fraction_and_clamped_warmup(capsys):
     schedule = optim.make_schedule(common.train_config(steps=4, warmup_steps=50, lr=1.0))
     assert "cut to 3" in capsys.readouterr().err
     assert float(schedule(3)) == pytest.approx(1.0)
+
+
+def test_mfu_is_at_most_one_and_says_when_the_peak_was_measured_low():
+    from train import perf
+    from train.logging import progress_line
+    assert perf.mfu(40.0, 100.0) == {"mfu": 0.4}
+    over = perf.mfu(102.7, 100.0)
+    assert over == {"mfu": 1.0, "mfu_over_peak": 1.0}
+    line = progress_line(5, 10, {"loss": 1.0, **over}, None, 1.0)
+    assert "mfu >100% of measured peak" in line and "102" not in line
+    assert "mfu 40.0%" in progress_line(5, 10, {"loss": 1.0, "mfu": 0.4}, None, 1.0)
