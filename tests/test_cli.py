@@ -64,3 +64,68 @@ def test_mfu_is_at_most_one_and_says_when_the_peak_was_measured_low():
     line = progress_line(5, 10, {"loss": 1.0, **over}, None, 1.0)
     assert "mfu >100% of measured peak" in line and "102" not in line
     assert "mfu 40.0%" in progress_line(5, 10, {"loss": 1.0, "mfu": 0.4}, None, 1.0)
+
+
+def test_config_defaults_mirror_models_and_data():
+    """experiments/configs/defaults.py copies the presets and defaults the configs start from
+    (so that a config imports no jax): each copy equals its source."""
+    import dataclasses
+    from data import code_tasks, icl_tasks, text
+    from experiments.configs import defaults
+    from models import clip, efficientnet, gpt, transformer
+    for module, build in ((gpt, defaults.gpt), (transformer, defaults.transformer),
+                          (clip, defaults.clip)):
+        assert build().to_dict() == dataclasses.asdict(type(next(iter(
+            module.PRESETS.values())))()), module.__name__
+        assert set(module.PRESETS) == set(getattr(defaults, f"{build.__name__.upper()}_PRESETS"))
+        for name in module.PRESETS:
+            assert build(name).to_dict() == dataclasses.asdict(module.preset(name)), name
+    assert defaults.compound_scaling(0.8) == pytest.approx(efficientnet.compound_scaling(0.8))
+    assert defaults.TEXT == text.default_config().to_dict()
+    assert defaults.ICL == icl_tasks.default_config().to_dict()
+    assert defaults.TRANSFER_TASKS == tuple(code_tasks.TRANSFER_TASKS)
+
+
+def test_eval_spec_table_mirrors_the_evaluators():
+    from experiments.configs import common
+    from train import evaluators
+    assert common.EVAL_FIELDS == evaluators.FIELDS
+    assert common.EVAL_TYPE_FIELDS == {k: dict(c.defaults) for k, c in evaluators.REGISTRY.items()}
+    for kind in evaluators.REGISTRY:
+        assert common.eval_spec(type=kind) == evaluators.spec(type=kind)
+
+
+CONFIG_FILES = ("clip", "convnets", "corpus", "gpt", "gpt1", "transformer")
+
+
+def test_configs_import_nothing_heavy():
+    """Every preset of every config file loads without jax, flax, train, data or models."""
+    code = (
+        "import importlib, sys\n"
+        f"for name in {CONFIG_FILES!r}:\n"
+        "    module = importlib.import_module('experiments.configs.' + name)\n"
+        "    assert module.PRESETS, name\n"
+        "    for preset in module.PRESETS:\n"
+        "        module.get_config(preset).to_json_best_effort()\n"
+        "heavy = sorted(m for m in sys.modules\n"
+        "               if m.split('.')[0] in ('jax', 'flax', 'train', 'data', 'models'))\n"
+        "print(heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_values_derived_from_the_model_follow_its_override():
+    """data.seq_len, data.vocab_size, train.noam_width and max_len follow the model field they
+    come from, and can still be set on their own."""
+    c = parse("gpt.py:tiny", "--config.model.n_ctx=64", "--config.model.vocab_size=300")
+    assert (c.data.seq_len, c.data.vocab_size) == (64, 300)
+    c = parse("gpt.py:tiny", "--config.data.seq_len=32")
+    assert (c.data.seq_len, c.model.n_ctx) == (32, 128)
+    c = parse("transformer.py:tiny", "--config.model.d_model=32")
+    assert c.train.noam_width == 32
+    c = parse("clip.py:tiny", "--config.model.text.vocab_size=256")
+    assert c.data.vocab_size == 256
+    c = parse("gpt1.py:finetune-gpt1", "--config.model.n_ctx=256")
+    assert (c.max_len, c.data.seq_len) == (256, 256)

@@ -10,7 +10,12 @@
 
 import ml_collections
 
-from train import evaluators
+
+def check_preset(preset: str, presets) -> None:
+    """Each config file names its presets in PRESETS; any other name is an error that lists
+    them."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
@@ -58,4 +63,31 @@ def base_config(seed: int = 0) -> ml_collections.ConfigDict:
     return config
 
 
-eval_spec = evaluators.spec
+# Every evaluator's fields (train/evaluators/__init__.py), then each type's own, with their
+# defaults: a plain table, so that loading a config imports no train/ (tests/test_cli.py checks
+# it against the evaluators' `defaults`).
+EVAL_FIELDS = dict(type="loss", split="val", every=-1, data="", steps=-1)
+EVAL_TYPE_FIELDS = {
+    "loss": {},
+    "perplexity": {},
+    "accuracy": dict(topk=(1,), crops=1, crop_size=0),
+    "zeroshot": dict(images=500, batch_size=512, seed=1234),
+    "linear_probe": dict(images=1000, batch_size=512, seed=1234, train_images=3000,
+                         val_images=500, Cs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+                         iters=100),
+    "fewshot": dict(shots=(0, 1, 2, 4, 8, 16), queries=16, per_task=True),
+    "bleu": dict(beam_size=4, alpha=0.6, extra_len=50, show=3, key="bleu"),
+}
+
+
+def eval_spec(**fields) -> ml_collections.ConfigDict:
+    """One evaluator's config with every common field and the type's own fields present, so
+    that each can be overridden from the command line (--config.evals.NAME.FIELD=v)."""
+    kind = fields.get("type", EVAL_FIELDS["type"])
+    if kind not in EVAL_TYPE_FIELDS:
+        raise ValueError(f"unknown evaluator type {kind!r}; choose from {sorted(EVAL_TYPE_FIELDS)}")
+    extra = EVAL_TYPE_FIELDS[kind]
+    unknown = set(fields) - set(EVAL_FIELDS) - set(extra)
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)} for evaluator {kind!r}")
+    return ml_collections.ConfigDict({**EVAL_FIELDS, **extra, **fields})

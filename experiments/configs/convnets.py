@@ -26,8 +26,8 @@ is logged where there are more than 5 classes.
 
 import ml_collections
 
-from experiments.configs.common import base_config, eval_spec, train_config
-from models import efficientnet
+from experiments.configs import defaults
+from experiments.configs.common import base_config, check_preset, eval_spec, train_config
 
 EXPERIMENT = "classify_images"
 
@@ -66,7 +66,7 @@ SINGLE_SCALINGS = {"depth": (2.2, 1.0, 1.0), "width": (1.0, 1.64, 1.0),
 
 def scaling_points() -> list[dict]:
     points = [{"label": "base", "data.image_size": SCALING_BASE["resolution"]}]
-    scalings = {**SINGLE_SCALINGS, "compound": efficientnet.compound_scaling(SCALING_PHI)}
+    scalings = {**SINGLE_SCALINGS, "compound": defaults.compound_scaling(SCALING_PHI)}
     for label, (d, w, r) in scalings.items():
         points.append({"label": label,
                        "model.overrides.depth_mult": SCALING_BASE["depth"] * d,
@@ -155,7 +155,12 @@ def sgd_step(steps: int, lr: float = 0.1, batch_size: int = 64, **overrides):
         eval_every=100, eval_steps=0, ckpt_every=1000), **overrides})
 
 
+PRESETS = ("resnet-digits", "lenet5", "resnet-photos", "resnet20-hf", "bench-cpu", "bench-gpu",
+           "transfer-digits", "ensemble-photos", "scaling-photos")
+
+
 def get_config(preset: str = "resnet-digits") -> ml_collections.ConfigDict:
+    check_preset(preset, PRESETS)
     if preset == "resnet-digits":
         return classify_config(model_config("resnet8"), data_config(source="digits"),
                                sgd_step(200))
@@ -205,6 +210,3 @@ def get_config(preset: str = "resnet-digits") -> ml_collections.ConfigDict:
             train_config(steps=150, batch_size=32, optimizer="adamw", lr=2e-3,
                          schedule="cosine", warmup_steps=10, weight_decay=1e-4,
                          log_every=25, eval_every=150, eval_steps=0, ckpt_every=1000))
-    raise ValueError(f"unknown preset {preset!r}; choose resnet-digits, lenet5, resnet-photos, "
-                     f"resnet20-hf, bench-cpu, bench-gpu, transfer-digits, ensemble-photos or "
-                     f"scaling-photos")
