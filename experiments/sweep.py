@@ -751,6 +751,7 @@ def plan(argv: list[str]) -> Plan:
 
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        importlib.import_module("experiments.launch").print_config_help(argv)
         fv = flags.FlagValues()
         define_flags(fv, argv[:1])
         print(__doc__ + "\nflags:\n" + fv.get_help())

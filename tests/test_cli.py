@@ -129,3 +129,88 @@ def test_values_derived_from_the_model_follow_its_override():
     assert c.data.vocab_size == 256
     c = parse("gpt1.py:finetune-gpt1", "--config.model.n_ctx=256")
     assert (c.max_len, c.data.seq_len) == (256, 256)
+
+
+COMMANDS = {"pretrain_lm": [], "classify_images": [], "translate": [], "clip": [],
+            "finetune_gpt": [], "benchmark": [],
+            "sweep": ["--config=experiments/configs/gpt.py:tiny"]}
+
+
+def run(*args, env=None, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_lists_every_config_key(command):
+    """--help of each command lists its config's keys, train.steps and train.lr with their
+    defaults."""
+    out = run("-m", f"experiments.{command}", *COMMANDS[command], "--help")
+    assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr[-2000:]
+    spec = (COMMANDS[command] or [None])[0]
+    from experiments import launch
+    module, config = launch.load_config(spec.split("=", 1)[1] if spec else str(
+        launch.CONFIGS / DEFAULTS[command]))
+    assert f"  train.steps = {config.train.steps!r}" in out.stdout
+    assert f"  train.lr = {config.train.lr!r}    # peak learning rate" in out.stdout
+    for key in ("train.batch_size", "mesh.data", "seed"):
+        assert f"{key} = " in out.stdout
+
+
+DEFAULTS = {"pretrain_lm": "gpt.py:tiny", "classify_images": "convnets.py:resnet-digits",
+            "translate": "transformer.py:tiny", "clip": "clip.py:tiny",
+            "finetune_gpt": "gpt1.py:finetune", "benchmark": "gpt.py:bench-cpu"}
+
+
+def test_config_help_imports_no_jax():
+    code = ("import sys\nfrom experiments import launch\n"
+            "text = launch.config_help(['x'], 'gpt.py:tiny')\n"
+            "assert 'train.steps = 1000' in text and 'model.n_layer = 4' in text, text\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')))\n")
+    out = run("-c", code)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+EXPERIMENTS = {"gpt.py:tiny": "pretrain_lm", "convnets.py:resnet-digits": "classify_images",
+               "convnets.py:lenet5": "classify_images"}
+
+
+@pytest.mark.parametrize("argv, default, expected", [
+    (["--config.train.step=30"], "gpt.py:tiny", "train has no key 'step'; did you mean "
+                                                "train.steps?"),
+    (["--config=experiments/configs/gpt.py:tinyy"], "gpt.py:tiny",
+     "unknown preset 'tinyy'; choose from tiny, tiny-4k, micro"),
+    (["--config=experiments/configs/convnets.py:lenet5"], "gpt.py:tiny",
+     "is a config of experiments.classify_images, not of experiments.pretrain_lm"),
+    (["--config.model.overrides.widht=3"], "convnets.py:resnet-digits",
+     "model.overrides has no keys in this preset; set it whole"),
+    (["--config.data.sourc=x"], "convnets.py:resnet-digits",
+     "data has no key 'sourc'; did you mean data.source? data has: augment, channels"),
+    (["--config.model.overrides.act=relu", "--config.model.overrides.ac=1"],
+     "convnets.py:lenet5", "model.overrides has no key 'ac'; did you mean model.overrides.act?"),
+    (["--config.train.steps.x=1"], "gpt.py:tiny", "train.steps is a value, not a section"),
+])
+def test_bad_config_input_is_named(argv, default, expected):
+    from experiments import launch
+    with pytest.raises(launch.ConfigError) as e:
+        launch.checked_config(["x", *argv], default, experiment=EXPERIMENTS[default])
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_config_input_is_one_line_and_creates_nothing(tmp_path):
+    for args in (["--config.train.step=30"], ["--config=experiments/configs/gpt.py:tinyy"],
+                 ["--config=experiments/configs/convnets.py:lenet5"]):
+        out = run("-m", "experiments.pretrain_lm", f"--workdir={tmp_path / 'run'}", *args)
+        assert out.returncode == 2 and out.stdout == ""
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert out.stderr.startswith("error: --config")
+        assert not (tmp_path / "run").exists()
+
+
+def test_workdir_expands_home(tmp_path):
+    code = ("import sys\nsys.argv = ['x', '--workdir=~/runs/a']\nfrom experiments import launch\n"
+            "launch.run(lambda config, workdir: print(workdir), 'gpt.py:micro')\n")
+    out = run("-c", code, env={"HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(tmp_path / "runs" / "a")

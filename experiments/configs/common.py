@@ -8,6 +8,9 @@
     evals             NAME -> evaluator (train/evaluators/)
 """
 
+import pathlib
+import re
+
 import ml_collections
 
 
@@ -91,3 +94,114 @@ def eval_spec(**fields) -> ml_collections.ConfigDict:
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)} for evaluator {kind!r}")
     return ml_collections.ConfigDict({**EVAL_FIELDS, **extra, **fields})
+
+
+# ----------------------------------------------------------------------------- --help
+
+# Keys whose meaning no comment in the config files gives; "*" stands for any evaluator's name.
+DESCRIPTIONS = {
+    "seed": "the model's initialisation, dropout and data order",
+    "init_from": "start from these weights: \"\" | a workdir of ours | an imported directory",
+    "init_from_regex": "which parameters init_from loads (full match on '/'-joined paths)",
+    "mesh.data": "devices along the data axis (-1: the rest)",
+    "mesh.fsdp": "devices the parameters are sharded over (-1: the rest)",
+    "mesh.tensor": "devices each matmul is split over (-1: the rest)",
+    "train.steps": "optimiser updates in the run",
+    "train.batch_size": "examples per update (all devices together)",
+    "train.grad_accum": "micro-batches accumulated into each update",
+    "train.lr": "peak learning rate",
+    "train.b1": "adam / adamw: first-moment decay",
+    "train.b2": "adam / adamw: second-moment decay",
+    "train.eps": "adam / adamw: epsilon",
+    "train.momentum": "sgd: momentum",
+    "train.nesterov": "sgd: Nesterov momentum",
+    "train.step_factor": "step: lr multiplier at each boundary",
+    "train.weight_decay": "decay coefficient (multiplied by the lr)",
+    "train.grad_clip": "clip the global gradient norm at this (0: no clipping)",
+    "train.log_every": "steps between train rows in metrics.jsonl",
+    "train.eval_every": "steps between evaluations (evaluators with every=-1)",
+    "train.eval_steps": "batches per evaluation (evaluators with steps=-1; 0: all)",
+    "train.ckpt_every": "steps between checkpoints",
+    "train.keep_ckpts": "checkpoints kept",
+    "train.max_nonfinite": "non-finite updates in a row that stop the run",
+    "evals.*.type": "the evaluator (loss, accuracy, perplexity, bleu, zeroshot, ...)",
+    "evals.*.split": "the metrics.jsonl split its numbers are logged under (val | test)",
+    "evals.*.every": "cadence in steps (-1: train.eval_every; 0: only at the end)",
+    "evals.*.data": "the data it reads (\"\": its split)",
+    "evals.*.steps": "batches per evaluation (-1: train.eval_steps; 0: all)",
+    "evals.*.topk": "accuracy: the top-k accuracies logged",
+    "evals.*.crops": "accuracy: crops per image (10: AlexNet's ten patches)",
+    "evals.*.crop_size": "accuracy: side of each crop",
+    "evals.*.images": "zeroshot / linear_probe: images scored",
+    "evals.*.shots": "fewshot: the numbers of examples K in the prompt",
+    "evals.*.queries": "fewshot: episodes per task",
+    "evals.*.beam_size": "bleu: beam width (1: greedy)",
+    "evals.*.alpha": "bleu: length penalty of the beam search",
+    "evals.*.show": "bleu: translations printed",
+    "data.seq_len": "tokens per training sequence (at most model.n_ctx)",
+    "sample.prompt": "the text sampled from after training",
+    "sample.num_tokens": "tokens sampled after training (0: no sample)",
+    "sample.temperature": "sampling temperature",
+    "sample.top_k": "sample from the k most likely tokens",
+}
+
+HERE = pathlib.Path(__file__).resolve().parent
+FIELD = re.compile(r"""(?:^|[(,\s])(?:(\w+)=(?!=)|"(\w+)":)""")
+
+
+def field_comments(path) -> list[dict[str, str]]:
+    """{field: comment} per top-level statement of a config source: the comments written after
+    `name=value,` or `"name": value,` (continued on the comment-only lines below)."""
+    lines = pathlib.Path(path).read_text().splitlines()
+    blocks, block, last, indent = [], {}, None, 0
+    for line in lines:
+        code, _, comment = line.partition("  #")
+        depth = len(line) - len(line.lstrip())
+        if line and not depth and not line.startswith((")", "}", "]")):
+            blocks.append(block := {})
+            last = None
+        names = [a or b for a, b in FIELD.findall(code.split("#")[0])]
+        if names and comment:
+            for name in names:
+                block[name] = comment.strip()
+            last, indent = names, depth
+        elif not code.strip() and comment and last and depth > indent + 4:
+            for name in last:   # a comment continued under the one above
+                block[name] += " " + comment.strip()
+        else:
+            last = None
+            for name in names:
+                block.setdefault(name, "")
+    return blocks
+
+
+def _section_comments(keys, blocks) -> dict[str, str]:
+    """The comments of the source block whose fields best match a section's keys."""
+    best = max(blocks, key=lambda b: len(set(keys) & set(b)), default={})
+    return best if set(keys) & set(best) else {}
+
+
+def describe(config, sources=()) -> str:
+    """Every key of `config` with its value and a short description, grouped by section:
+    --help's list. Descriptions come from DESCRIPTIONS and the comments of `sources` (the
+    config file), common.py and defaults.py."""
+    blocks = [b for path in (*sources, HERE / "common.py", HERE / "defaults.py")
+              for b in field_comments(path) if b]
+    out = []
+
+    def walk(node, prefix, depth):
+        leaves = [(k, v) for k, v in node.items() if not hasattr(v, "items")]
+        comments = _section_comments([k for k, _ in leaves], blocks)
+        for key, value in leaves:
+            path = prefix + key
+            generic = re.sub(r"^evals\.\w+\.", "evals.*.", path)
+            text = (DESCRIPTIONS.get(path) or DESCRIPTIONS.get(generic) or comments.get(key)
+                    or "")
+            out.append(f"{'  ' * depth}{path} = {value!r}" + (f"    # {text}" if text else ""))
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                out.append(f"{'  ' * depth}{prefix}{key}:")
+                walk(value, f"{prefix}{key}.", depth + 1)
+
+    walk(config, "", 0)
+    return "\n".join(out)

@@ -29,6 +29,8 @@ def source(weight: float, corpus: str, filter: bool = False, max_docs: int = 0):
                                           max_docs=max_docs))
 
 
+EXPERIMENT = "prepare_corpus"
+
 PRESETS = ("offline", "tiny")
 
 

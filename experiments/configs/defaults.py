@@ -12,24 +12,24 @@ import ml_collections
 # ----------------------------------------------------------------------------- GPT
 
 GPT = dict(                      # models/gpt.py: GPTConfig
-    vocab_size=50257,
+    vocab_size=50257,            # tokens of the BPE (input and tied output embedding)
     n_ctx=1024,                  # context length in tokens
-    n_layer=12,
-    n_head=12,
-    d_model=768,
+    n_layer=12,                  # blocks
+    n_head=12,                   # attention heads
+    d_model=768,                 # residual stream width
     head_dim=0,                  # 0 = d_model // n_head; GPT-3's table sets it on its own
     d_ff=0,                      # 0 = 4 * d_model
     norm="pre",                  # pre (GPT-2/3) | post (GPT-1)
-    act="gelu_tanh",
-    ln_eps=1e-5,
+    act="gelu_tanh",             # the FFN's activation
+    ln_eps=1e-5,                 # LayerNorm epsilon
     dropout=0.1,                 # residual and embedding dropout
     attn_dropout=0.1,            # on the attention probabilities
-    init_std=0.02,
+    init_std=0.02,               # std of the normal initialisation
     scale_residual_init=True,    # GPT-2's 1/sqrt(2 n_layer) on residual projections
     local_window=0,              # > 0: every odd layer attends only to the last local_window tokens
     attention_impl="auto",       # auto | xla | xla_custom | cudnn
     dtype="float32",             # compute dtype: float32 | bfloat16
-    param_dtype="float32",
+    param_dtype="float32",       # the parameters' dtype
     remat="none",                # none | full | dots: what jax.checkpoint keeps per block
 )
 
@@ -204,7 +204,7 @@ TEXT = dict(                     # data/text.py: the text corpora's fields
     hf_dataset="",               # e.g. "wikitext", or a builder such as "json" / "text"
     hf_config="",                # e.g. "wikitext-103-raw-v1"; "" = none
     hf_data_files="",            # "a.jsonl,b.jsonl" or "train=a.jsonl,test=b.jsonl"; "" = none
-    hf_text_column="text",
+    hf_text_column="text",       # hf: the column holding the text
     files="",                    # source=files: comma-separated paths/globs/directories, split
                                  # 90/5/5 by a hash of each path; or "train=a/*.txt,val=b.txt"
     encoding="utf-8",            # stdlib / files: how the files are decoded
@@ -212,7 +212,7 @@ TEXT = dict(                     # data/text.py: the text corpora's fields
     max_docs=0,                  # first N non-empty documents of each split; 0 = all
     tokenizer="",                # tokenizer.json, or a directory with vocab.json + merges.txt
     vocab_size=8192,             # BPE trained on the train split when `tokenizer` is ""
-    cache_dir="~/.cache/flaxpapers",
+    cache_dir="~/.cache/flaxpapers",  # trained tokenizers and tokenized splits
 )
 
 ICL = dict(                      # data/icl_tasks.py: the in-context-learning mixture
