@@ -13,6 +13,11 @@
 
 Ablations are flags: --config.model.learn_temperature=False keeps t at log(1/0.07);
 --config.model.vision.act=gelu --config.model.text.act=gelu swaps QuickGELU for GELU.
+
+Named sweeps (SWEEPS below), on tiny: `temperature` (t learned or fixed, 2 seeds each) and
+`image_encoder` (the tiny ViT or the tiny modified ResNet, 2 seeds each), 4 runs each: about
+28 min each on 2 CPU cores, an estimate from the per-run time above (the README has no
+measured time for CLIP runs).
 """
 
 import ml_collections

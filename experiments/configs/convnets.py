@@ -15,10 +15,20 @@
                     momentum 0.9 and weight decay 1e-4
     bench-gpu       the same at 224x224, batch 128, bfloat16 compute on float32 parameters
 
-Named sweeps (SWEEPS below): `zoo`, three zoo models on the digits and on the colour task;
-`augment`, training with and without augmentation (data.augment) on both tasks, the `val`
-evaluators pointed at the training examples as they are (never augmented), so val/ is the
-training set and val - test the generalisation gap.
+Named sweeps (SWEEPS below), with their time on 2 CPU cores. None is measured as a whole in
+the README; each is an estimate from per-run times: the README's 3 min for one run of the
+default command (resnet-digits, 200 steps of 64), times the number of runs.
+    zoo         three zoo models on the digits and on the colour task, resnet-digits' recipe:
+                6 runs, about 18 min
+    augment     lenet5 with and without augmentation (data.augment) on both tasks, the `val`
+                evaluators pointed at the training examples as they are (never augmented), so
+                val/ is the training set and val - test the generalisation gap: 4 runs of a
+                smaller model than ResNet-8, under 12 min
+    transfer    (on transfer-digits) 1 pretraining run and 12 LeNet-5 runs of 150 steps: 13
+                runs, each shorter than the 3 min, under 39 min
+    ensemble    (on ensemble-photos) 5 seeds of ResNet-8, 150 steps of 32: under 15 min
+    scaling     (on scaling-photos) 5 EfficientNet runs of 150 steps of 32; the README has no
+                per-run time for this model, so no estimate is given
 
 Evaluators: `val` (loss, top-1, top-5) during training and `test` (the same) at the end; top-5
 is logged where there are more than 5 classes.

@@ -9,6 +9,10 @@
                       tokens per sequence, 400 scored
     transfer-micro    the same pipeline in seconds (tests; pretraining gpt.py:micro)
 
+Named sweeps (SWEEPS below): `transfer`, 1 pretraining run and 12 fine-tuning runs: 15 min on
+2 quiet CPU cores (measured, README, as `python -m experiments.gpt1_transfer`, which runs it);
+`transfer-micro`, the same on 1 task with micro sizes, for tests (no measured time).
+
 A finetune config reads its model and tokenizer from `init_from` (a pretrain_lm workdir, or a
 transformers GPT directory) when it is set, and from `model` / `data` when it is empty (training
 from a random initialisation).
