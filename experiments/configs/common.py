@@ -5,7 +5,19 @@
     init_from_regex   which parameters init_from loads (full match on '/'-joined paths)
     mesh              data / fsdp / tensor sizes; -1 takes the rest of the devices
     train             optimiser, schedule, freezing, cadences (train/optim.py, train/trainer.py)
-    evals             NAME -> evaluator (train/evaluators/)
+    evals             NAME -> evaluator (train/evaluators/), built by eval_spec
+
+Lengths that should follow the run are fractions of train.steps, resolved when the schedule is
+built: train.warmup_fraction (instead of warmup_steps, which must then be 0) and
+train.step_fractions (the step schedule's boundaries, instead of step_boundaries, which must
+then be empty). So `--config.train.steps=2000` on a ConvNet preset still divides the lr by 10
+at 50% and 75% of the 2000 steps. Values derived from the model (data.seq_len and
+data.vocab_size, train.noam_width) follow a --config.model.* override the same way, through
+ml_collections references, unless set themselves.
+
+Loading a config imports nothing heavy (no jax, train, data or models): the evaluators' fields
+are the plain table below, the model presets and data defaults experiments/configs/defaults.py.
+`describe(config)` is --help's list of every key with its default and description.
 """
 
 import pathlib
