@@ -117,8 +117,8 @@ def test_configs_import_nothing_heavy():
 
 
 def test_values_derived_from_the_model_follow_its_override():
-    """data.seq_len, data.vocab_size, train.noam_width and max_len follow the model field they
-    come from, and can still be set on their own."""
+    """data.seq_len, data.vocab_size and train.noam_width follow the model field they come
+    from, and can still be set on their own."""
     c = parse("gpt.py:tiny", "--config.model.n_ctx=64", "--config.model.vocab_size=300")
     assert (c.data.seq_len, c.data.vocab_size) == (64, 300)
     c = parse("gpt.py:tiny", "--config.data.seq_len=32")
@@ -127,8 +127,6 @@ def test_values_derived_from_the_model_follow_its_override():
     assert c.train.noam_width == 32
     c = parse("clip.py:tiny", "--config.model.text.vocab_size=256")
     assert c.data.vocab_size == 256
-    c = parse("gpt1.py:finetune-gpt1", "--config.model.n_ctx=256")
-    assert (c.max_len, c.data.seq_len) == (256, 256)
 
 
 COMMANDS = {"pretrain_lm": [], "classify_images": [], "translate": [], "clip": [],

@@ -13,7 +13,8 @@ train.step_fractions (the step schedule's boundaries, instead of step_boundaries
 then be empty). So `--config.train.steps=2000` on a ConvNet preset still divides the lr by 10
 at 50% and 75% of the 2000 steps. Values derived from the model (data.seq_len and
 data.vocab_size, train.noam_width) follow a --config.model.* override the same way, through
-ml_collections references, unless set themselves.
+ml_collections references, unless set themselves (not in gpt1.py, whose model is replaced by
+init_from's at run time).
 
 Loading a config imports nothing heavy (no jax, train, data or models): the evaluators' fields
 are the plain table below, the model presets and data defaults experiments/configs/defaults.py.

@@ -22,7 +22,7 @@ import ml_collections
 
 from experiments.configs import defaults
 from experiments.configs.common import base_config, check_preset, eval_spec, train_config
-from experiments.configs.gpt import MICRO_MODEL, follow_model
+from experiments.configs.gpt import MICRO_MODEL
 
 EXPERIMENT = "finetune_gpt"
 
@@ -74,7 +74,9 @@ def finetune_config(model: ml_collections.ConfigDict, data: ml_collections.Confi
     config.init_from_regex = "(?!head/).*"
     config.data = data
     config.model = model
-    follow_model(config.data, config.model)
+    # Plain values, not references to the model: finetune_gpt replaces the model's fields with
+    # init_from's, and the data's must not change with them.
+    config.data.update(vocab_size=model.vocab_size, seq_len=model.n_ctx)
     config.train = train
     # Accuracy over the whole of each split, at the end (evals.val.every=N: also during).
     config.evals.val = eval_spec(type="accuracy", split="val", every=0, steps=0)
@@ -83,7 +85,7 @@ def finetune_config(model: ml_collections.ConfigDict, data: ml_collections.Confi
 
 
 def tiny_data() -> ml_collections.ConfigDict:
-    """The text fields; vocab_size and seq_len follow the model (finetune_config)."""
+    """The text fields; vocab_size and seq_len are the model's (finetune_config)."""
     return defaults.text_data(seq_len=0)
 
 
@@ -110,9 +112,8 @@ def get_config(arg: str = "finetune") -> ml_collections.ConfigDict:
         train = train_config(steps=1000, batch_size=32, lr=6.25e-5, warmup_steps=2,
                              min_lr_ratio=0.0, b2=0.999, weight_decay=0.01, eval_every=500,
                              ckpt_every=500)
-        config = finetune_config(model, data, train, epochs=3.0, warmup_fraction=0.002)
-        config.max_len = config.model.get_ref("n_ctx").identity()   # follows model.n_ctx
-        return config
+        return finetune_config(model, data, train, epochs=3.0, warmup_fraction=0.002,
+                               max_len=model.n_ctx)
     if arg in ("transfer", "transfer-micro"):
         model = tiny_model() if arg == "transfer" else defaults.gpt(**MICRO_MODEL)
         config = finetune_config(model, tiny_data(), tiny_finetune_train(), lam=0.5,
