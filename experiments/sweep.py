@@ -216,6 +216,7 @@ def refuse_changed(p: Plan) -> None:
 
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        importlib.import_module("experiments.launch").print_config_help(argv)
         fv = flags.FlagValues()
         define_flags(fv, argv[:1])
         print(__doc__ + "\nflags:\n" + fv.get_help())

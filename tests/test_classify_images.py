@@ -22,7 +22,7 @@ def tiny(preset="resnet-digits", steps=3, batch_size=16, **train):
     """A preset cut down to seconds: ResNet-8 four channels wide, short evaluations."""
     config = configs.get_config(preset)
     config.train.update(steps=steps, batch_size=batch_size, log_every=1, eval_every=1000,
-                        step_boundaries=(), warmup_steps=0, **train)
+                        step_fractions=(), warmup_fraction=0.0, **train)
     for name in ("val", "val_loss"):
         config.evals[name].steps = 1
     if config.model.name == "resnet8":
@@ -38,7 +38,7 @@ def rows(workdir, split):
 def test_default_command_writes_test_top1(tmp_path):
     cmd = [sys.executable, "-m", "experiments.classify_images", f"--workdir={tmp_path}",
            "--config.train.steps=2", "--config.train.batch_size=8",
-           "--config.train.step_boundaries=()", "--config.train.warmup_steps=0",
+           "--config.train.step_fractions=()", "--config.train.warmup_fraction=0.0",
            "--config.evals.val.steps=1", "--config.evals.val_loss.steps=1",
            "--config.evals.test.steps=2", "--config.evals.test_loss.steps=2"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -144,7 +144,7 @@ def test_ten_crop_evaluator_and_ensemble_command_agree(tmp_path):
     config = configs.get_config("ensemble-photos")
     config.model.name = "lenet5"
     config.data.eval_crops = 4
-    config.train.update(steps=2, batch_size=16, warmup_steps=0, step_boundaries=(), log_every=1)
+    config.train.update(steps=2, batch_size=16, warmup_fraction=0.0, step_fractions=(), log_every=1)
     workdir = tmp_path / "run"
     classify_images.fit(config, workdir=workdir, **classify_images.setup(config, workdir))
     (test,) = [r for r in map(json.loads,

@@ -168,7 +168,9 @@ def progress_line(step: int, total: int, row: dict, val_row: dict | None, elapse
         parts.append(f"tokens/s {tps:,.0f}")
     elif (eps := row.get("examples_per_sec")) is not None:
         parts.append(f"examples/s {eps:,.1f}")
-    if (mfu := row.get("mfu")) is not None:
+    if row.get("mfu_over_peak"):
+        parts.append("mfu >100% of measured peak")
+    elif (mfu := row.get("mfu")) is not None:
         parts.append(f"mfu {100 * mfu:.1f}%")
     done = step - start
     if done > 0 and elapsed_s > 0 and step < total:

@@ -7,7 +7,11 @@ all from `config.train`.
     schedule    constant | cosine | linear | step (lr * factor^k after the k-th boundary: the
                 ConvNet papers' divide-by-10) | rsqrt (linear warmup to lr, then lr *
                 sqrt(warmup / step)) | noam (Vaswani et al. eq. 3, the rsqrt schedule whose peak is
-                lr * noam_width^-0.5 * warmup^-0.5); each with `warmup_steps` of linear warmup
+                lr * noam_width^-0.5 * warmup^-0.5); each with linear warmup
+    warmup      `warmup_steps`, or `warmup_fraction` of train.steps (one of the two, not both);
+                longer than the run it is cut to steps - 1, with a line saying so
+    boundaries  step: `step_boundaries` in steps, or `step_fractions` of train.steps (one of
+                the two): fractions follow a --config.train.steps override
     wd_mults    ((regex, multiplier), ...): the first regex that fully matches a parameter's
                 path ('h_0/attn/qkv/kernel') sets its decay multiplier; unmatched parameters are
                 decayed when they are matrices, kernels or embeddings (two or more dimensions,
@@ -23,6 +27,7 @@ state, the gradient norm and the non-finite guard cover only what trains.
 
 import math
 import re
+import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -172,9 +177,44 @@ def _with_warmup(t, after: optax.Schedule, warmup: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, t.lr, warmup), after], [warmup])
 
 
+def warmup_steps(t) -> int:
+    """The warmup in steps: warmup_steps, or warmup_fraction of the run."""
+    if t.get("warmup_fraction", 0.0) and t.warmup_steps:
+        raise ValueError(f"train.warmup_steps ({t.warmup_steps}) and train.warmup_fraction "
+                         f"({t.warmup_fraction}) both set; set one of them to 0")
+    fraction = t.get("warmup_fraction", 0.0)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"train.warmup_fraction must lie in [0, 1), got {fraction}")
+    return int(round(fraction * t.steps)) if fraction else int(t.warmup_steps)
+
+
+def step_boundaries(t) -> list[int]:
+    """The step schedule's boundaries in steps: step_boundaries, or step_fractions of the run."""
+    fractions = tuple(t.get("step_fractions", ()))
+    if fractions and t.step_boundaries:
+        raise ValueError(f"train.step_boundaries {tuple(t.step_boundaries)} and "
+                         f"train.step_fractions {fractions} both set; empty one of them")
+    if any(not 0.0 < f < 1.0 for f in fractions):
+        raise ValueError(f"train.step_fractions {fractions} must lie in (0, 1)")
+    return [int(round(f * t.steps)) for f in fractions] or [int(b) for b in t.step_boundaries]
+
+
+def _clamped_warmup(t) -> int:
+    """Warmup longer than the run would never reach the peak: cut to steps - 1, and say so."""
+    warmup = warmup_steps(t)
+    cut = min(warmup, max(int(t.steps) - 1, 0))
+    if cut < warmup and jax.process_index() == 0:
+        print(f"train: warmup of {warmup} steps is longer than the run's {t.steps} steps; "
+              f"cut to {cut}", file=sys.stderr)
+    return cut
+
+
 def make_schedule(t) -> optax.Schedule:
     kind = t.schedule
-    warmup = min(int(t.warmup_steps), max(int(t.steps) - 1, 0))
+    if kind in ("rsqrt", "noam"):   # no end: the warmup sets the peak and may outlast the run
+        warmup = warmup_steps(t)
+    else:
+        warmup = _clamped_warmup(t)
     rest = max(int(t.steps) - warmup, 1)
     end = t.lr * t.min_lr_ratio
     if kind == "constant":
@@ -185,20 +225,22 @@ def make_schedule(t) -> optax.Schedule:
     if kind == "linear":
         return _with_warmup(t, optax.linear_schedule(t.lr, end, rest), warmup)
     if kind == "step":
-        bounds = [int(b) for b in t.step_boundaries]
+        bounds = step_boundaries(t)
         if sorted(bounds) != bounds or any(b <= warmup for b in bounds):
             raise ValueError(f"train.step_boundaries {tuple(bounds)} must increase and lie "
                              f"after the {warmup} warmup steps")
-        after = optax.piecewise_constant_schedule(
-            t.lr, {b - warmup: t.step_factor for b in bounds})
+        scales: dict[int, float] = {}
+        for b in bounds:   # fractions of a short run may round onto the same step
+            scales[b - warmup] = scales.get(b - warmup, 1.0) * t.step_factor
+        after = optax.piecewise_constant_schedule(t.lr, scales)
         return _with_warmup(t, after, warmup)
     if kind == "rsqrt":
-        return rsqrt_schedule(t.lr, t.warmup_steps)
+        return rsqrt_schedule(t.lr, warmup)
     if kind == "noam":
         if t.noam_width <= 0:
             raise ValueError("the noam schedule needs train.noam_width, the model width "
                              "d_model of Vaswani et al. eq. (3)")
-        return noam_schedule(t.noam_width, t.warmup_steps, scale=t.lr)
+        return noam_schedule(t.noam_width, warmup, scale=t.lr)
     raise ValueError(f"unknown train.schedule {kind!r}; choose from {SCHEDULES}")
 
 

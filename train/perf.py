@@ -102,6 +102,14 @@ def measured_matmul_flops() -> float:
     return measure_matmul_flops()
 
 
+def mfu(model_flops_per_sec: float, peak: float) -> dict:
+    """{"mfu": achieved / peak}, never above 1. A CPU's peak is measured (once, at the start of
+    the run), and other work on the host can make that measurement low; a rate above it says
+    so with "mfu_over_peak" (1.0) instead of an MFU above 100%."""
+    ratio = model_flops_per_sec / peak
+    return {"mfu": 1.0, "mfu_over_peak": 1.0} if ratio > 1.0 else {"mfu": ratio}
+
+
 def peak_flops(devices=None) -> float | None:
     """Peak of all `devices` together; None when the accelerator is unknown."""
     devices = jax.devices() if devices is None else devices

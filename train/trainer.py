@@ -34,7 +34,7 @@ from train import evaluators, init_from, optim, sharding
 from train.checkpoint import Checkpointer, WorkdirLock, abstract_like
 from train.logging import (MetricWriter, clear_finished, progress_line, quiet_library_logging,
                            write_finished)
-from train.perf import compiler_options, peak_flops
+from train.perf import compiler_options, mfu, peak_flops
 
 
 @flax.struct.dataclass
@@ -535,6 +535,6 @@ def _log_train(writer, step, window, window_steps, window_start, throughput, pea
         elif throughput.tokens_per_example:
             row["tokens_per_sec"] = examples_per_sec * throughput.tokens_per_example
         if throughput.flops_per_example and peak:
-            row["mfu"] = examples_per_sec * throughput.flops_per_example / peak
+            row.update(mfu(examples_per_sec * throughput.flops_per_example, peak))
     writer.write(step, "train", **row)
     return row

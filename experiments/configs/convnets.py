@@ -15,10 +15,20 @@
                     momentum 0.9 and weight decay 1e-4
     bench-gpu       the same at 224x224, batch 128, bfloat16 compute on float32 parameters
 
-Named sweeps (SWEEPS below): `zoo`, three zoo models on the digits and on the colour task;
-`augment`, training with and without augmentation (data.augment) on both tasks, the `val`
-evaluators pointed at the training examples as they are (never augmented), so val/ is the
-training set and val - test the generalisation gap.
+Named sweeps (SWEEPS below), with their time on 2 CPU cores. None is measured as a whole in
+the README; each is an estimate from per-run times: the README's 3 min for one run of the
+default command (resnet-digits, 200 steps of 64), times the number of runs.
+    zoo         three zoo models on the digits and on the colour task, resnet-digits' recipe:
+                6 runs, about 18 min
+    augment     lenet5 with and without augmentation (data.augment) on both tasks, the `val`
+                evaluators pointed at the training examples as they are (never augmented), so
+                val/ is the training set and val - test the generalisation gap: 4 runs of a
+                smaller model than ResNet-8, under 12 min
+    transfer    (on transfer-digits) 1 pretraining run and 12 LeNet-5 runs of 150 steps: 13
+                runs, each shorter than the 3 min, under 39 min
+    ensemble    (on ensemble-photos) 5 seeds of ResNet-8, 150 steps of 32: under 15 min
+    scaling     (on scaling-photos) 5 EfficientNet runs of 150 steps of 32; the README has no
+                per-run time for this model, so no estimate is given
 
 Evaluators: `val` (loss, top-1, top-5) during training and `test` (the same) at the end; top-5
 is logged where there are more than 5 classes.
@@ -26,8 +36,8 @@ is logged where there are more than 5 classes.
 
 import ml_collections
 
-from experiments.configs.common import base_config, eval_spec, train_config
-from models import efficientnet
+from experiments.configs import defaults
+from experiments.configs.common import base_config, check_preset, eval_spec, train_config
 
 EXPERIMENT = "classify_images"
 
@@ -66,7 +76,7 @@ SINGLE_SCALINGS = {"depth": (2.2, 1.0, 1.0), "width": (1.0, 1.64, 1.0),
 
 def scaling_points() -> list[dict]:
     points = [{"label": "base", "data.image_size": SCALING_BASE["resolution"]}]
-    scalings = {**SINGLE_SCALINGS, "compound": efficientnet.compound_scaling(SCALING_PHI)}
+    scalings = {**SINGLE_SCALINGS, "compound": defaults.compound_scaling(SCALING_PHI)}
     for label, (d, w, r) in scalings.items():
         points.append({"label": label,
                        "model.overrides.depth_mult": SCALING_BASE["depth"] * d,
@@ -146,15 +156,21 @@ def classify_config(model, data, train, seed: int = 0) -> ml_collections.ConfigD
 
 
 def sgd_step(steps: int, lr: float = 0.1, batch_size: int = 64, **overrides):
-    """The ConvNet papers' optimiser: SGD with momentum 0.9, lr / 10 at 50% and 75%."""
+    """The ConvNet papers' optimiser: SGD with momentum 0.9, lr / 10 at 50% and 75% of
+    train.steps (after 5% of warmup), as fractions so that they follow --config.train.steps."""
     return train_config(**{**dict(
         steps=steps, batch_size=batch_size, optimizer="sgd", momentum=0.9, lr=lr,
-        schedule="step", step_boundaries=(steps // 2, 3 * steps // 4), step_factor=0.1,
-        warmup_steps=steps // 20, weight_decay=1e-4, grad_clip=0.0, log_every=25,
+        schedule="step", step_fractions=(0.5, 0.75), step_factor=0.1,
+        warmup_steps=0, warmup_fraction=0.05, weight_decay=1e-4, grad_clip=0.0, log_every=25,
         eval_every=100, eval_steps=0, ckpt_every=1000), **overrides})
 
 
+PRESETS = ("resnet-digits", "lenet5", "resnet-photos", "resnet20-hf", "bench-cpu", "bench-gpu",
+           "transfer-digits", "ensemble-photos", "scaling-photos")
+
+
 def get_config(preset: str = "resnet-digits") -> ml_collections.ConfigDict:
+    check_preset(preset, PRESETS)
     if preset == "resnet-digits":
         return classify_config(model_config("resnet8"), data_config(source="digits"),
                                sgd_step(200))
@@ -204,6 +220,3 @@ def get_config(preset: str = "resnet-digits") -> ml_collections.ConfigDict:
             train_config(steps=150, batch_size=32, optimizer="adamw", lr=2e-3,
                          schedule="cosine", warmup_steps=10, weight_decay=1e-4,
                          log_every=25, eval_every=150, eval_steps=0, ckpt_every=1000))
-    raise ValueError(f"unknown preset {preset!r}; choose resnet-digits, lenet5, resnet-photos, "
-                     f"resnet20-hf, bench-cpu, bench-gpu, transfer-digits, ensemble-photos or "
-                     f"scaling-photos")

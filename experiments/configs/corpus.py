@@ -14,6 +14,8 @@ real crawls and curated sets plug in by command line, e.g.
 
 import ml_collections
 
+from experiments.configs.common import check_preset
+
 # GPT-3 Table 2.2: weight in the training mix (the paper's percentages add up to 101).
 TABLE_2_2 = {"common_crawl": 0.60, "webtext2": 0.22, "books1": 0.08, "books2": 0.08,
              "wikipedia": 0.03}
@@ -27,9 +29,13 @@ def source(weight: float, corpus: str, filter: bool = False, max_docs: int = 0):
                                           max_docs=max_docs))
 
 
+EXPERIMENT = "prepare_corpus"
+
+PRESETS = ("offline", "tiny")
+
+
 def get_config(arg: str = "offline") -> ml_collections.ConfigDict:
-    if arg not in ("offline", "tiny"):
-        raise ValueError(f"unknown preset {arg!r}; see experiments/configs/corpus.py")
+    check_preset(arg, PRESETS)
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.docs_per_shard = 1000

@@ -19,16 +19,15 @@
                 each pretrains in minutes on 2 loaded CPU cores
 
 Named sweep `icl` (SWEEPS below): the three ICL sizes, each pretrained and evaluated few-shot;
-experiments/icl_report.py then writes the table and docs/figures/icl.png.
+experiments/icl_report.py then writes the table and docs/figures/icl.png. 33 min on 2 CPU cores
+(measured, README).
 """
-
-import dataclasses
 
 import ml_collections
 
-from data import icl_tasks, text
-from experiments.configs.common import base_config, eval_spec, mesh_config, train_config
-from models import gpt
+from experiments.configs import defaults
+from experiments.configs.common import (base_config, check_preset, eval_spec, mesh_config,
+                                        train_config)
 
 EXPERIMENT = "pretrain_lm"
 
@@ -46,14 +45,25 @@ SWEEPS = {"icl": {
               "model.d_model": d_model} for name, (n_layer, n_head, d_model) in ICL_SIZES.items()],
     "metric": "test/fewshot/k4/acc"}}
 
-MICRO_MODEL = gpt.GPTConfig(vocab_size=512, n_ctx=64, n_layer=1, n_head=2, d_model=32,
-                            dropout=0.0, attn_dropout=0.0)
+MICRO_MODEL = dict(vocab_size=512, n_ctx=64, n_layer=1, n_head=2, d_model=32, dropout=0.0,
+                   attn_dropout=0.0)   # fields of defaults.gpt()
+
+
+def follow_model(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict) -> None:
+    """data.vocab_size and data.seq_len follow a --config.model.vocab_size / n_ctx override
+    (each can still be set on its own)."""
+    data.vocab_size = model.get_ref("vocab_size").identity()
+    data.seq_len = model.get_ref("n_ctx").identity()
+
+
+PRESETS = ("tiny", "tiny-4k", "micro", *ICL_SIZES, "bench-cpu", "bench-gpu", "bench-decode",
+           "gpt1", "gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1.5b", *GPT3_TRAIN)
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    check_preset(arg, PRESETS)
     config = base_config()
-    config.data = text.default_config()
-    config.data.seq_len = 128
+    config.data = defaults.text_data(seq_len=128)
     # Validation loss during training; test loss once, at the end.
     config.evals.val = eval_spec(type="loss", split="val")
     config.evals.test = eval_spec(type="loss", split="test", every=0)
@@ -61,16 +71,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                                                    temperature=0.8, top_k=40))
     if arg == "tiny":
         # A 512-token BPE: on 2 CPU cores the small vocabulary buys more steps per minute.
-        model = gpt.preset("tiny", vocab_size=512)
-        config.data.vocab_size = model.vocab_size
-        config.data.seq_len = model.n_ctx
+        model = defaults.gpt("tiny", vocab_size=512)
         config.train = train_config(steps=1000, batch_size=16, lr=3e-3, warmup_steps=50,
                                     eval_every=100, eval_steps=8, ckpt_every=200, log_every=10)
     elif arg in ("tiny-4k", "micro"):
         # The tasks' texts stay short in a 4096-token BPE, which keeps the twelve fine-tuning
         # runs of the transfer table cheap; about 1M tokens of pretraining.
-        model = gpt.preset("tiny") if arg == "tiny-4k" else MICRO_MODEL
-        config.data.vocab_size, config.data.seq_len = model.vocab_size, model.n_ctx
+        model = defaults.gpt("tiny") if arg == "tiny-4k" else defaults.gpt(**MICRO_MODEL)
         config.train = train_config(steps=500, batch_size=16, lr=3e-3, warmup_steps=50,
                                     eval_every=100, eval_steps=4, ckpt_every=500, log_every=10)
         config.sample.num_tokens = 0
@@ -83,10 +90,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         # description line, then "input => output" lines of one task) and ordinary text. A
         # 256-token context holds 16 examples of the longest task (checked before training).
         n_layer, n_head, d_model = ICL_SIZES[arg]
-        model = gpt.GPTConfig(vocab_size=512, n_ctx=256, n_layer=n_layer, n_head=n_head,
-                              d_model=d_model, dropout=0.0, attn_dropout=0.0)
-        config.data.update(source="icl", vocab_size=model.vocab_size, seq_len=model.n_ctx)
-        config.data.icl = icl_tasks.default_config()
+        model = defaults.gpt(vocab_size=512, n_ctx=256, n_layer=n_layer, n_head=n_head,
+                             d_model=d_model, dropout=0.0, attn_dropout=0.0)
+        config.data.source = "icl"
+        config.data.icl = defaults.icl_data()
         config.data.icl.task_weight, config.data.icl.text_weight = 0.75, 0.25
         config.train = train_config(steps=200, batch_size=8, lr=5e-3, warmup_steps=20,
                                     eval_every=100, eval_steps=4, ckpt_every=100, log_every=20)
@@ -95,22 +102,19 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     elif arg == "bench-cpu":
         # The CPU benchmark target (experiments/benchmark.py); attention in head-major layout
         # with a hand-derived backward is the faster XLA attention on CPUs.
-        model = gpt.GPTConfig(vocab_size=8192, n_ctx=256, n_layer=6, n_head=6, d_model=384,
-                              dropout=0.0, attn_dropout=0.0, attention_impl="xla_custom")
-        config.data.vocab_size, config.data.seq_len = 8192, 256
+        model = defaults.gpt(vocab_size=8192, n_ctx=256, n_layer=6, n_head=6, d_model=384,
+                             dropout=0.0, attn_dropout=0.0, attention_impl="xla_custom")
         config.train = train_config(steps=50, batch_size=8, lr=6e-4, warmup_steps=10,
                                     eval_every=1000, ckpt_every=1000)
     elif arg == "bench-gpu":
         # GPT-2 small on one GPU: bfloat16 compute on float32 parameters, cuDNN attention.
-        model = gpt.preset("gpt2-124m", dropout=0.0, attn_dropout=0.0, dtype="bfloat16")
-        config.data.vocab_size, config.data.seq_len = 50257, 1024
+        model = defaults.gpt("gpt2-124m", dropout=0.0, attn_dropout=0.0, dtype="bfloat16")
         config.train = train_config(steps=50, batch_size=16, lr=6e-4, warmup_steps=10,
                                     eval_every=1000, ckpt_every=1000)
     elif arg == "bench-decode":
         # experiments/benchmark.py times generation, not training: config.bench picks its
         # decode workload and the shapes; the model is GPT-2 small with random weights.
-        model = gpt.preset("gpt2-124m", dropout=0.0, attn_dropout=0.0)
-        config.data.vocab_size, config.data.seq_len = 50257, 1024
+        model = defaults.gpt("gpt2-124m", dropout=0.0, attn_dropout=0.0)
         config.train = train_config(steps=1, batch_size=8, lr=6e-4, warmup_steps=0,
                                     eval_every=1000, ckpt_every=1000)
         config.bench = ml_collections.ConfigDict(dict(workload="decode", prompt_len=32,
@@ -118,31 +122,28 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     elif arg == "gpt1":
         # GPT-1 section 4.1: Adam max lr 2.5e-4, linear warmup 2000 updates then cosine to 0,
         # 100 epochs of minibatches of 64 sequences of 512 tokens, L2 weight decay 0.01.
-        model = gpt.preset("gpt1")
-        config.data.vocab_size, config.data.seq_len = 40478, 512
+        model = defaults.gpt("gpt1")
         config.train = train_config(steps=100_000, batch_size=64, lr=2.5e-4, warmup_steps=2000,
                                     min_lr_ratio=0.0, b2=0.999, weight_decay=0.01,
                                     eval_every=1000, ckpt_every=1000)
     elif arg.startswith("gpt2-"):
         # GPT-2 section 2.3: context 1024, batch 512; lr tuned per size (2.5e-4 as GPT-1).
-        model = gpt.preset(arg)
-        config.data.vocab_size, config.data.seq_len = 50257, 1024
+        model = defaults.gpt(arg)
         config.train = train_config(steps=100_000, batch_size=512, lr=2.5e-4, warmup_steps=2000,
                                     eval_every=1000, ckpt_every=1000)
         config.mesh = mesh_config(data=1, fsdp=-1)
     elif arg in GPT3_TRAIN:
         # GPT-3 section 2.3 / appendix B: Adam(0.9, 0.95, 1e-8), clip 1.0, weight decay 0.1,
-        # 375M-token warmup, cosine to 10% over 260B tokens.
-        model = gpt.preset(arg)
+        # 375M-token warmup, cosine to 10% over 260B tokens. The warmup is kept as its share
+        # of the 300B-token run, so that it follows a train.steps override.
+        model = defaults.gpt(arg)
         lr, batch_tokens = GPT3_TRAIN[arg]
         batch = int(batch_tokens // model.n_ctx)
-        config.data.vocab_size, config.data.seq_len = 50257, model.n_ctx
         config.train = train_config(
             steps=int(300e9 // batch_tokens), batch_size=batch, lr=lr,
-            warmup_steps=int(375e6 // batch_tokens), min_lr_ratio=0.1,
+            warmup_steps=0, warmup_fraction=375e6 / 300e9, min_lr_ratio=0.1,
             eval_every=1000, ckpt_every=1000)
         config.mesh = mesh_config(data=1, fsdp=-1)
-    else:
-        raise ValueError(f"unknown preset {arg!r}; see experiments/configs/gpt.py")
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(model))
+    config.model = model
+    follow_model(config.data, config.model)
     return config

@@ -9,25 +9,26 @@
                       tokens per sequence, 400 scored
     transfer-micro    the same pipeline in seconds (tests; pretraining gpt.py:micro)
 
+Named sweeps (SWEEPS below): `transfer`, 1 pretraining run and 12 fine-tuning runs: 15 min on
+2 quiet CPU cores (measured, README, as `python -m experiments.gpt1_transfer`, which runs it);
+`transfer-micro`, the same on 1 task with micro sizes, for tests (no measured time).
+
 A finetune config reads its model and tokenizer from `init_from` (a pretrain_lm workdir, or a
 transformers GPT directory) when it is set, and from `model` / `data` when it is empty (training
 from a random initialisation).
 """
 
-import dataclasses
-
 import ml_collections
 
-from data import code_tasks, text
-from experiments.configs import gpt as gpt_configs
-from experiments.configs.common import base_config, eval_spec, train_config
-from models import gpt
+from experiments.configs import defaults
+from experiments.configs.common import base_config, check_preset, eval_spec, train_config
+from experiments.configs.gpt import MICRO_MODEL
 
 EXPERIMENT = "finetune_gpt"
 
 # GPT-1's transfer table (experiments.gpt1_transfer): each offline task x three settings, the
 # same architecture, tokenizer, data, steps and seed; pretraining runs first, in DIR/pretrain.
-TRANSFER_TASKS = list(code_tasks.TRANSFER_TASKS)   # one task per input transformation
+TRANSFER_TASKS = list(defaults.TRANSFER_TASKS)   # one task per input transformation
 SETTINGS = [
     {"label": "scratch_l2", "init_from": "", "lam": 0.0,
      "data.tokenizer": "{sweep_dir}/pretrain/tokenizer.json"},
@@ -60,11 +61,11 @@ def finetune_fields(**overrides) -> ml_collections.ConfigDict:
     return f
 
 
-def tiny_model() -> gpt.GPTConfig:
-    return gpt.preset("tiny")
+def tiny_model() -> ml_collections.ConfigDict:
+    return defaults.gpt("tiny")
 
 
-def finetune_config(model: gpt.GPTConfig, data: ml_collections.ConfigDict,
+def finetune_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDict,
                     train: ml_collections.ConfigDict, seed: int = 0,
                     **fields) -> ml_collections.ConfigDict:
     config = base_config(seed)
@@ -72,7 +73,10 @@ def finetune_config(model: gpt.GPTConfig, data: ml_collections.ConfigDict,
     # Everything but the new task head comes from init_from.
     config.init_from_regex = "(?!head/).*"
     config.data = data
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(model))
+    config.model = model
+    # Plain values, not references to the model: finetune_gpt replaces the model's fields with
+    # init_from's, and the data's must not change with them.
+    config.data.update(vocab_size=model.vocab_size, seq_len=model.n_ctx)
     config.train = train
     # Accuracy over the whole of each split, at the end (evals.val.every=N: also during).
     config.evals.val = eval_spec(type="accuracy", split="val", every=0, steps=0)
@@ -80,11 +84,9 @@ def finetune_config(model: gpt.GPTConfig, data: ml_collections.ConfigDict,
     return config
 
 
-def tiny_data(model: gpt.GPTConfig) -> ml_collections.ConfigDict:
-    data = text.default_config()
-    data.vocab_size = model.vocab_size
-    data.seq_len = model.n_ctx
-    return data
+def tiny_data() -> ml_collections.ConfigDict:
+    """The text fields; vocab_size and seq_len are the model's (finetune_config)."""
+    return defaults.text_data(seq_len=0)
 
 
 def tiny_finetune_train(**overrides) -> ml_collections.ConfigDict:
@@ -94,31 +96,30 @@ def tiny_finetune_train(**overrides) -> ml_collections.ConfigDict:
     return train_config(**t)
 
 
+PRESETS = ("finetune", "finetune-gpt1", "transfer", "transfer-micro")
+
+
 def get_config(arg: str = "finetune") -> ml_collections.ConfigDict:
+    check_preset(arg, PRESETS)
     if arg == "finetune":
         model = tiny_model()
-        return finetune_config(model, tiny_data(model), tiny_finetune_train())
+        return finetune_config(model, tiny_data(), tiny_finetune_train())
     if arg == "finetune-gpt1":
         # Section 4.1: lr 6.25e-5, batch 32, 3 epochs, linear warmup over 0.2% of training,
         # lambda 0.5, classifier dropout 0.1 (steps are set from the epochs).
-        model = gpt.preset("gpt1")
-        data = text.default_config()
-        data.vocab_size, data.seq_len = model.vocab_size, model.n_ctx
+        model = defaults.gpt("gpt1")
+        data = tiny_data()
         train = train_config(steps=1000, batch_size=32, lr=6.25e-5, warmup_steps=2,
                              min_lr_ratio=0.0, b2=0.999, weight_decay=0.01, eval_every=500,
                              ckpt_every=500)
         return finetune_config(model, data, train, epochs=3.0, warmup_fraction=0.002,
                                max_len=model.n_ctx)
     if arg in ("transfer", "transfer-micro"):
-        model = tiny_model() if arg == "transfer" else MICRO_MODEL
-        config = finetune_config(model, tiny_data(model), tiny_finetune_train(), lam=0.5,
+        model = tiny_model() if arg == "transfer" else defaults.gpt(**MICRO_MODEL)
+        config = finetune_config(model, tiny_data(), tiny_finetune_train(), lam=0.5,
                                  max_len=64, max_eval_examples=400)
         if arg == "transfer-micro":
             config.data.max_docs = 40
             config.update(max_train_examples=32, max_eval_examples=16)
             config.train.update(steps=3, batch_size=4, warmup_steps=1, log_every=1)
         return config
-    raise ValueError(f"unknown preset {arg!r}; see experiments/configs/gpt1.py")
-
-
-MICRO_MODEL = gpt_configs.MICRO_MODEL

@@ -18,15 +18,17 @@ Benchmark presets (experiments/benchmark.py; BENCH_PRESETS below):
                   --peer: MarianMTModel.generate
 
 A base config is built first; each preset then overrides model, data and train fields.
-Named sweeps (SWEEPS below): the paper's Table 3 ablations in miniature, one command each.
+Named sweeps (SWEEPS below): the paper's Table 3 ablations in miniature, one command each, on
+tiny. Times on 2 CPU cores are estimates from the README's 3 min for one run of the default
+command, times the number of runs: label_smoothing and positions 2 runs, about 6 min each;
+heads 4 runs, about 12 min; beam 1 training run (3 min) and two evaluation-only runs of the
+test split.
 """
-
-import dataclasses
 
 import ml_collections
 
-from experiments.configs.common import base_config, eval_spec, train_config
-from models import transformer
+from experiments.configs import defaults
+from experiments.configs.common import base_config, check_preset, eval_spec, train_config
 
 EXPERIMENT = "translate"
 
@@ -93,15 +95,28 @@ def evals_config(beam_size: int = 4, alpha: float = 0.6) -> ml_collections.Confi
                             alpha=alpha)))          # steps 0: the whole test split
 
 
-def transformer_train_config(d_model: int, **overrides) -> ml_collections.ConfigDict:
+def transformer_train_config(**overrides) -> ml_collections.ConfigDict:
     """Section 5.3: Adam (beta1 0.9, beta2 0.98, eps 1e-9), lr = d_model^-0.5 *
-    min(step^-0.5, step * warmup^-1.5), no weight decay, no gradient clipping."""
-    return train_config(**{**dict(optimizer="adam", schedule="noam", lr=1.0, noam_width=d_model,
-                                  warmup_steps=4000, b1=0.9, b2=0.98, eps=1e-9,
-                                  weight_decay=0.0, grad_clip=0.0), **overrides})
+    min(step^-0.5, step * warmup^-1.5), no weight decay, no gradient clipping (noam_width:
+    d_model, set by follow_model)."""
+    return train_config(**{**dict(optimizer="adam", schedule="noam", lr=1.0, warmup_steps=4000,
+                                  b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0, grad_clip=0.0),
+                           **overrides})
+
+
+def follow_model(config: ml_collections.ConfigDict) -> None:
+    """train.noam_width and data.vocab_size follow a --config.model.d_model / vocab_size
+    override (each can still be set on its own)."""
+    config.train.noam_width = config.model.get_ref("d_model").identity()
+    config.data.vocab_size = config.model.get_ref("vocab_size").identity()
+
+
+BENCH_PRESETS = ("bench-cpu", "bench-decode")
+PRESETS = ("tiny", "base", "big", *BENCH_PRESETS)
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    check_preset(arg, PRESETS)
     if arg in BENCH_PRESETS:
         return bench_config(arg)
     config = base_config()
@@ -109,45 +124,40 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.label_smoothing = 0.1     # section 5.4: eps_ls
     config.evals = evals_config()
     if arg == "tiny":
-        model = transformer.preset("tiny", d_model=64, n_head=4, n_layer=2, d_ff=256,
-                                   max_len=32)
-        config.data.update(vocab_size=model.vocab_size, tokens_per_batch=1024,
-                           eval_tokens_per_batch=4096)
+        model = defaults.transformer("tiny", d_model=64, n_head=4, n_layer=2, d_ff=256,
+                                     max_len=32)
+        config.data.update(tokens_per_batch=1024, eval_tokens_per_batch=4096)
         config.evals.val_bleu.steps = 2
         # lr scale 0.3 (peak 2.7e-3 at d_model 64): at the paper's scale 1 (peak 8.8e-3) the
         # encoder's output collapsed to one vector and the decoder learned French numbers
         # without their source (test BLEU 3.3 after 1,500 steps); at 0.3 val BLEU was 96 at
         # step 500 and 100 at step 1,000.
         config.train = transformer_train_config(
-            model.d_model, steps=1000, batch_size=64, lr=0.3, warmup_steps=200,
+            steps=1000, batch_size=64, lr=0.3, warmup_steps=200,
             eval_every=500, eval_steps=4, ckpt_every=500, log_every=50)
     elif arg in ("base", "big"):
-        model = transformer.preset(arg)
+        model = defaults.transformer(arg)
         config.data.update(source="hf", hf_dataset="wmt14", hf_config="de-en", src_lang="en",
-                           tgt_lang="de", vocab_size=model.vocab_size)
+                           tgt_lang="de")
         config.train = transformer_train_config(
-            model.d_model, steps=100_000 if arg == "base" else 300_000, batch_size=512,
+            steps=100_000 if arg == "base" else 300_000, batch_size=512,
             eval_every=5000, eval_steps=20, ckpt_every=5000, log_every=100)
-    else:
-        raise ValueError(f"unknown preset {arg!r}; see experiments/configs/transformer.py")
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(model))
+    config.model = model
+    follow_model(config)
     return config
 
 
 # ------------------------------------------------------------------------ benchmark presets
-
-BENCH_PRESETS = ("bench-cpu", "bench-decode")
-
 
 def bench_config(arg: str) -> ml_collections.ConfigDict:
     """The base model with random weights and random sentence pairs (config.bench: their
     lengths; bench.workload "translate_decode" times decoding instead of training). No dropout,
     as the GPT and ConvNet benchmarks, so that both sides compute the same function."""
     config = get_config("base")
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(transformer.preset(
-        "base", dropout=0.0, attention_impl="xla_custom")))
-    config.train = transformer_train_config(512, steps=50, batch_size=16, eval_every=1000,
+    config.model = defaults.transformer("base", dropout=0.0, attention_impl="xla_custom")
+    config.train = transformer_train_config(steps=50, batch_size=16, eval_every=1000,
                                             ckpt_every=1000)
+    follow_model(config)
     if arg == "bench-cpu":
         config.bench = ml_collections.ConfigDict(dict(workload="translate", src_len=32,
                                                       tgt_len=32))
