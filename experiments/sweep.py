@@ -216,7 +216,8 @@ def refuse_changed(p: Plan) -> None:
 
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        importlib.import_module("experiments.launch").print_config_help(argv)
+        from experiments import launch   # here: it defines the experiments' absl flags
+        launch.print_config_help(argv)
         fv = flags.FlagValues()
         define_flags(fv, argv[:1])
         print(__doc__ + "\nflags:\n" + fv.get_help())
