@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import classify_images
-from train import checkpoint
+from train import checkpoint, objectives
 from train.evaluators.classification import average_probabilities, ten_crops
 
 FLAGS = flags.FLAGS
@@ -119,7 +119,8 @@ def predict(fn, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def top1(probs, labels) -> float:
-    return float(np.mean(np.argmax(probs, axis=-1) == labels))
+    """Ties and non-finite probabilities count as wrong (objectives.true_class_rank)."""
+    return float(objectives.accuracy(probs, np.asarray(labels)))
 
 
 def ensemble_table(probs: np.ndarray, labels: np.ndarray) -> dict:
