@@ -596,3 +596,48 @@ def test_a_workdir_of_another_family_is_named(tmp_path, tool):
     with pytest.raises(ValueError, match=r"workdir of experiments\.classify_images "
                                          r"\(model 'lenet5'\), not a GPT language model"):
         load_model(tmp_path)
+
+
+# --------------------------------------------------------------------------- smaller cases
+
+def test_init_from_regex_matching_nothing_is_named_before_the_workdir_exists(tmp_path):
+    from test_platform import Net, config_of, task
+    from train.trainer import fit
+    fit(config_of(steps=1), workdir=tmp_path / "src", **task(Net()))
+    config = config_of(steps=1)
+    config.init_from, config.init_from_regex = str(tmp_path / "src"), "encoder/.*"
+    with pytest.raises(ValueError, match=r"init_from_regex 'encoder/\.\*' matches no parameter "
+                                         r".*such as bn/bias, bn/scale, body/bias"):
+        fit(config, workdir=tmp_path / "dst", **task(Net()))
+    assert not (tmp_path / "dst").exists()
+
+
+def _corrupt_folder(root, captions=False):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    names = [f"{label}/{i}.png" for label in ("a", "b") for i in range(3)]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / name)
+    bad = root / "b" / "1.png"     # cut in half: PIL's own error would not name the file
+    bad.write_bytes(bad.read_bytes()[:len(bad.read_bytes()) // 2])
+    if captions:
+        (root / "metadata.jsonl").write_text("".join(
+            json.dumps({"file_name": n, "caption": f"photo {i}"}) + "\n"
+            for i, n in enumerate(names)))
+    return root / "b" / "1.png"
+
+
+def test_a_corrupt_image_is_named_by_its_path(tmp_path):
+    from data import images
+    bad = _corrupt_folder(tmp_path / "classes")
+    with pytest.raises(ValueError, match=rf"image {bad} cannot be read"):
+        images.hf_classification("imagefolder", image_size=8, data_dir=str(tmp_path / "classes"),
+                                 cache_dir=str(tmp_path / "hf"))
+    bad = _corrupt_folder(tmp_path / "pairs", captions=True)
+    ds = images.load_image_captions("imagefolder", data_dir=str(tmp_path / "pairs"),
+                                    cache_dir=str(tmp_path / "hf"))
+    it = images.HubBatches(ds, lambda c: np.zeros((len(c), 4), np.int32), 6, resize=10, crop=8,
+                           mean=images.CLIP_MEAN, std=images.CLIP_STD, seed=0)
+    with pytest.raises(ValueError, match=rf"image {bad} cannot be read"):
+        next(it)
