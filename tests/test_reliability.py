@@ -641,3 +641,71 @@ def test_a_corrupt_image_is_named_by_its_path(tmp_path):
                            mean=images.CLIP_MEAN, std=images.CLIP_STD, seed=0)
     with pytest.raises(ValueError, match=rf"image {bad} cannot be read"):
         next(it)
+
+
+# --------------------------------------------------------------------------- translation data
+
+def _translation_files(tmp_path, train_rows):
+    from test_translate import hf_cfg, write_jsonl
+    files = {"train": str(tmp_path / "train.jsonl"),
+             "validation": write_jsonl(tmp_path / "val.jsonl", [("one", "eins")]),
+             "test": write_jsonl(tmp_path / "test.jsonl", [("two", "zwei")])}
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
+    return hf_cfg(tmp_path, files)
+
+
+@pytest.mark.parametrize("bad,named", [
+    ({"translation": {"en": "three"}}, r"train\.jsonl, row 1: no language 'de' text "
+                                       r"\(has \['en'\]\)"),
+    ({"translation": None}, r"train\.jsonl, row 1: column 'translation' holds NoneType"),
+])
+def test_translation_rows_without_a_language_are_named_by_file_and_row(tmp_path, bad, named):
+    from data import translation
+    cfg = _translation_files(tmp_path, [{"translation": {"en": "one", "de": "eins"}}, bad])
+    with pytest.raises(ValueError, match=named):
+        translation.load_corpus(cfg)
+
+
+def test_a_column_of_strings_is_named_not_spelled_out(tmp_path):
+    from data import translation
+    cfg = _translation_files(tmp_path, [{"translation": "one = eins"}])
+    with pytest.raises(ValueError, match=r"train\.jsonl, row 0: column 'translation' holds str "
+                                         r"'one = eins', not \{language: text\}"):
+        translation.load_corpus(cfg)
+
+
+def test_empty_and_blank_pairs_are_dropped_and_counted(tmp_path):
+    from data import translation
+    rows = [{"translation": {"en": e, "de": d}} for e, d in
+            (("one", "eins"), ("two", ""), ("three", "   \t"), (" ", "vier"), ("five", "fünf"))]
+    corpus = translation.load_corpus(_translation_files(tmp_path, rows))
+    assert corpus["train"].tgt == ["eins", "fünf"]
+    assert corpus["train"].dropped == {"empty target": 2, "empty source": 1}
+
+
+def test_translation_reports_every_dropped_and_cut_pair_per_split(tmp_path, capsys):
+    """Pairs longer than model.max_len: dropped from train, cut in val and test (BLEU scores
+    the cut sources); each count is one line per split and the workdir's data_report.json."""
+    from test_translate import tiny_config
+    config = tiny_config(tmp_path)
+    config.model.max_len = 12
+    out = translate_setup(config, tmp_path / "run")
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith(("train:", "val:", "test:"))]
+    assert len(lines) == 3
+    (tmp_path / "run").mkdir()
+    out["artifacts"]["data_report.json"](tmp_path / "run" / "data_report.json")
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    for split, n in (("train", 400), ("val", 12), ("test", 12)):
+        r = report[split]
+        assert r["pairs"] + sum(r["dropped"].values()) == n
+    assert report["train"]["dropped"]["longer than max_len 12"] > 0 and \
+        report["train"]["cut"] == 0
+    assert report["val"]["cut"] > 0 and report["val"]["pairs"] == 12
+    assert f"val: 12 sentence pairs; 0 dropped; {report['val']['cut']} cut to max_len 12" in \
+        lines[1]
+
+
+def translate_setup(config, workdir):
+    from experiments import translate
+    return translate.setup(config, str(workdir))
