@@ -83,16 +83,7 @@ def shared_data_config(configs: list[ml_collections.ConfigDict]) -> ml_collectio
 
 def load_variables(workdir: pathlib.Path) -> dict:
     """{"params", *model_state} of the newest intact checkpoint, as host arrays."""
-    directory = workdir / "checkpoints"
-    step = checkpoint.newest_intact_step(directory)
-    if step is None:
-        raise FileNotFoundError(f"{directory} holds no intact checkpoint")
-    shapes = checkpoint.saved_shapes(directory, step)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    wanted = {k: shapes[k] for k in ("params", "model_state") if shapes.get(k)}
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                          wanted)
-    got = jax.device_get(checkpoint.restore_subtree(directory, step, target))
+    got = checkpoint.read_newest(workdir / "checkpoints", ("params", "model_state"))
     return {"params": got["params"], **(got.get("model_state") or {})}
 
 

@@ -201,15 +201,6 @@ def newest_readable(directory: pathlib.Path, read, on_damaged=None):
     return None
 
 
-def newest_intact_step(directory: pathlib.Path) -> int | None:
-    """The newest step under a checkpoints directory whose files match their manifest (or that
-    has none), without opening a CheckpointManager."""
-    for step in _step_dirs(directory):
-        if verify(directory / str(step)) in (None, "unverified"):
-            return step
-    return None
-
-
 def restore_subtree(directory: pathlib.Path, step: int, target: dict) -> dict:
     """Only the leaves of `target` (a nested dict of ShapeDtypeStructs with shardings, a subset
     of the saved train state, e.g. {"params": ...}) from a step: for init_from."""
@@ -285,15 +276,21 @@ def load_params(workdir) -> tuple[dict, dict]:
     workdir = pathlib.Path(workdir).expanduser()
     if not (workdir / "config.json").exists():
         raise FileNotFoundError(f"{workdir} holds no config.json: not a workdir of ours")
-    directory = workdir / "checkpoints"
+    params = read_newest(workdir / "checkpoints")["params"]
+    return json.loads((workdir / "config.json").read_text()), params
+
+
+def read_newest(directory: pathlib.Path, keys=("params",)) -> dict:
+    """{key: host arrays} for those of `keys` the saved train state has ("params",
+    "model_state", ...), from the step newest_readable chooses."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def read(step):
-        shapes = saved_shapes(directory, step)["params"]
-        target = {"params": jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)}
-        return jax.device_get(restore_subtree(directory, step, target)["params"])
+        shapes = saved_shapes(directory, step)
+        target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                              {k: shapes[k] for k in keys if shapes.get(k)})
+        return jax.device_get(restore_subtree(directory, step, target))
     found = newest_readable(directory, read)
     if found is None:
         raise FileNotFoundError(f"{directory} holds no intact checkpoint")
-    return json.loads((workdir / "config.json").read_text()), found[1]
+    return found[1]
