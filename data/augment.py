@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import abc
 import ast
+import cmath
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -469,7 +470,16 @@ def _call(part: str) -> tuple[str, list, dict]:
         raise ValueError(f"augmentation op {part!r}: arguments must be literal numbers") from None
     if None in kwargs:
         raise ValueError(f"augmentation op {part!r}: ** arguments are not allowed")
+    if not all(_finite(v) for v in [*args, *kwargs.values()]):
+        raise ValueError(f"augmentation op {part!r}: arguments must be finite numbers "
+                         f"(1e400 reads as infinity)")
     return node.func.id, args, kwargs
+
+
+def _finite(value) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_finite(v) for v in value)
+    return not isinstance(value, (float, complex)) or cmath.isfinite(value)
 
 
 def parse(spec: str, *, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),

@@ -11,6 +11,7 @@ Pure numpy (plus HF `datasets`/PIL for hub data); nothing here imports models/ o
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 from collections.abc import Sequence
 
@@ -281,6 +282,33 @@ def resize_square(image, size: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
 
 
+def undecoded(ds, column: str):
+    """`ds` with its image column left as {"path", "bytes"} (datasets' Image(decode=False)), so
+    that open_image decodes each image and names a file it cannot read."""
+    import datasets
+
+    if isinstance(ds.features.get(column), datasets.Image):
+        return ds.cast_column(column, datasets.Image(decode=False))
+    return ds
+
+
+def open_image(value, where: str):
+    """An image of an `undecoded` column -> a PIL image; a corrupt file is one error naming its
+    path (`where`, the row, when it has none). Other values (arrays) pass through."""
+    from PIL import Image
+
+    if not isinstance(value, dict):
+        return value
+    path = value.get("path")
+    try:
+        image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else path)
+        image.load()
+    except (OSError, ValueError, SyntaxError) as e:   # PIL's UnidentifiedImageError: OSError
+        raise ValueError(f"image {path or where} cannot be read: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    return image
+
+
 def load_image_captions(path: str, split: str = "train", image_column: str = "image",
                         caption_column: str = "caption", **load_kwargs):
     """An image-caption dataset through HF `datasets` (a hub name, or a builder such as
@@ -304,7 +332,7 @@ class HubBatches(EpochBatches):
     def __init__(self, ds, encode, batch_size: int, resize: int, crop: int, mean, std, *,
                  seed: int, image_column: str = "image", caption_column: str = "caption",
                  process_index: int = 0, process_count: int = 1, prefetch: int = 2):
-        self.ds, self.encode = ds, encode
+        self.ds, self.encode = undecoded(ds, image_column), encode
         self.resize, self.crop, self.mean, self.std = resize, crop, mean, std
         self.columns = (image_column, caption_column)
         super().__init__(len(ds), batch_size, seed=seed, process_index=process_index,
@@ -312,7 +340,8 @@ class HubBatches(EpochBatches):
 
     def make_batch(self, indices, rngs):
         rows = self.ds[indices.tolist()]
-        images = np.stack([resize_square(im, self.resize) for im in rows[self.columns[0]]])
+        images = np.stack([resize_square(open_image(im, f"row {i}"), self.resize)
+                           for i, im in zip(indices, rows[self.columns[0]])])
         return {"images": normalize(_crop_each(images, self.crop, rngs), self.mean, self.std),
                 "tokens": self.encode([str(c) for c in rows[self.columns[1]]])}
 
@@ -605,20 +634,22 @@ def hf_classification(path: str, image_size: int = 32, image_column: str = "imag
     classes = class_names(dsd["train"], label_column)
     mean, std = (MNIST_MEAN, MNIST_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
 
-    def arrays(ds):
+    def arrays(ds, split):
         ds = ds.select(range(min(len(ds), max_examples))) if max_examples else ds
-        images = np.stack([resize_square(im, image_size) for im in ds[image_column]])
+        images = np.stack([resize_square(open_image(im, f"row {i} of split {split!r}"),
+                                         image_size)
+                           for i, im in enumerate(undecoded(ds, image_column)[image_column])])
         if channels == 1:
             images = np.round(images.astype(np.float32) @ [0.299, 0.587, 0.114]).astype(np.uint8)
         return {"images": normalize(images, mean, std),
                 "labels": np.asarray(ds[label_column], np.int32)}
 
-    splits = {"train": arrays(dsd["train"])}
+    splits = {"train": arrays(dsd["train"], "train")}
     carve = split_indices(len(splits["train"]["labels"]), seed=seed)
     kept = [carve["train"]]
     for ours, theirs in (("val", val_split), ("test", test_split)):
         if theirs in dsd:
-            splits[ours] = arrays(dsd[theirs])
+            splits[ours] = arrays(dsd[theirs], theirs)
             kept.append(carve[ours])
         else:
             splits[ours] = {k: v[carve[ours]] for k, v in splits["train"].items()}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from filelock import FileLock
@@ -34,9 +34,11 @@ _FORMAT = 1  # bump to invalidate cached tokenizers
 
 @dataclass
 class Pairs:
-    """One split: source and target sentences, index-aligned."""
+    """One split: source and target sentences, index-aligned; `dropped` counts the rows left
+    out by reason ("empty source", "empty target": nothing but whitespace)."""
     src: list[str]
     tgt: list[str]
+    dropped: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.src)
@@ -105,13 +107,46 @@ def hf_pairs(data_cfg, split: str) -> Pairs:
     if data_cfg.max_examples > 0:
         ds = ds.select(range(min(int(data_cfg.max_examples), len(ds))))
     rows = ds.with_format("arrow")[column].to_pylist()
-    src, tgt = data_cfg.src_lang, data_cfg.tgt_lang
-    for lang in (src, tgt):
-        if rows and lang not in rows[0]:
-            raise ValueError(f"hf dataset {name}, column {column!r} has no language {lang!r} "
-                             f"(has {sorted(rows[0])}); set data.src_lang / data.tgt_lang")
-    keep = [r for r in rows if r.get(src) and r.get(tgt)]
-    return Pairs([r[src] for r in keep], [r[tgt] for r in keep])
+    if type(ds.features[column]).__name__ == "Json":   # rows of unlike keys: JSON strings
+        rows = [json.loads(r) if isinstance(r, str) else r for r in rows]
+    out, where = Pairs([], []), _where(data_cfg, split)
+    for i, row in enumerate(rows):
+        texts = _pair_of(row, data_cfg, f"{where}, row {i}")
+        empty = [side for side, t in zip(("source", "target"), texts) if not t.strip()]
+        if empty:
+            reason = f"empty {empty[0]}"
+            out.dropped[reason] = out.dropped.get(reason, 0) + 1
+            continue
+        out.src.append(texts[0])
+        out.tgt.append(texts[1])
+    return out
+
+
+def _where(data_cfg, split: str) -> str:
+    """The file(s) a split of an HF translation dataset comes from, for error messages."""
+    files = text.parse_data_files(data_cfg.hf_data_files)
+    if isinstance(files, dict):
+        files = next((files[n] for n in text._HF_SPLIT_NAMES[split] if n in files), None) \
+            or [f"the {split} split carved from {', '.join(files.get('train', []))}"]
+    return ", ".join(files) if files else f"the {split} split of {data_cfg.hf_dataset!r}"
+
+
+def _pair_of(row, data_cfg, where: str) -> tuple[str, str]:
+    """(source, target) of one row of the translation column; a row of another shape, or
+    without one of the languages, is named."""
+    column = data_cfg.translation_column
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: column {column!r} holds {type(row).__name__} "
+                         f"{str(row)[:60]!r}, not {{language: text}}")
+    out = []
+    for lang in (data_cfg.src_lang, data_cfg.tgt_lang):
+        value = row.get(lang)
+        if not isinstance(value, str):
+            has = sorted(k for k, v in row.items() if v is not None)
+            raise ValueError(f"{where}: no language {lang!r} text (has {has}); every row needs "
+                             f"both data.src_lang and data.tgt_lang")
+        out.append(value)
+    return out[0], out[1]
 
 
 def load_corpus(data_cfg) -> dict[str, Pairs]:
@@ -217,6 +252,36 @@ def encode(tok: Tokenizer, pairs: Pairs) -> Encoded:
     def ids(texts, prefix):
         return [np.asarray(prefix + t + [2], np.int32) for t in tok.encode_batch(texts)]
     return Encoded(ids(pairs.src, []), ids(pairs.tgt, [1]))
+
+
+def encode_splits(tok: Tokenizer, corpus: dict[str, Pairs], max_len: int
+                  ) -> tuple[dict[str, Encoded], dict[str, dict]]:
+    """Every split encoded and fitted to max_len (fit_length: training pairs too long are
+    dropped, val and test ones cut, so BLEU scores those from a cut source). Returns the
+    splits and the data report: {split: {"pairs": kept, "dropped": {reason: n}, "cut": n}}."""
+    encoded, report = {}, {}
+    for split, pairs in sorted(corpus.items(), key=lambda kv: text.SPLITS.index(kv[0])):
+        train = split == "train"
+        encoded[split], long = fit_length(encode(tok, pairs), max_len, drop=train)
+        dropped = dict(pairs.dropped)
+        if train and long:
+            dropped[f"longer than max_len {max_len}"] = long
+        report[split] = {"pairs": len(encoded[split]), "dropped": dropped,
+                         "cut": 0 if train else long}
+    return encoded, report
+
+
+def report_lines(report: dict[str, dict], max_len: int) -> list[str]:
+    """One line per split of encode_splits' report."""
+    lines = []
+    for split, r in report.items():
+        dropped = sum(r["dropped"].values())
+        reasons = ", ".join(f"{n} {why}" for why, n in r["dropped"].items())
+        lines.append(f"{split}: {r['pairs']} sentence pairs; {dropped} dropped"
+                     + (f" ({reasons})" if dropped else "")
+                     + (f"; {r['cut']} cut to max_len {max_len} (scored on their cut source)"
+                        if r["cut"] else ""))
+    return lines
 
 
 def fit_length(enc: Encoded, max_len: int, drop: bool) -> tuple[Encoded, int]:

@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import classify_images, tool_flags
-from train import checkpoint
+from train import checkpoint, objectives
 from train.evaluators.classification import average_probabilities, ten_crops
 
 FLAGS = flags.FLAGS
@@ -89,16 +89,7 @@ def shared_data_config(configs: list[ml_collections.ConfigDict]) -> ml_collectio
 
 def load_variables(workdir: pathlib.Path) -> dict:
     """{"params", *model_state} of the newest intact checkpoint, as host arrays."""
-    directory = workdir / "checkpoints"
-    step = checkpoint.newest_intact_step(directory)
-    if step is None:
-        raise FileNotFoundError(f"{directory} holds no intact checkpoint")
-    shapes = checkpoint.saved_shapes(directory, step)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    wanted = {k: shapes[k] for k in ("params", "model_state") if shapes.get(k)}
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                          wanted)
-    got = jax.device_get(checkpoint.restore_subtree(directory, step, target))
+    got = checkpoint.read_newest(workdir / "checkpoints", ("params", "model_state"))
     return {"params": got["params"], **(got.get("model_state") or {})}
 
 
@@ -125,7 +116,8 @@ def predict(fn, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def top1(probs, labels) -> float:
-    return float(np.mean(np.argmax(probs, axis=-1) == labels))
+    """Ties and non-finite probabilities count as wrong (objectives.true_class_rank)."""
+    return float(objectives.accuracy(probs, np.asarray(labels)))
 
 
 def ensemble_table(probs: np.ndarray, labels: np.ndarray) -> dict:

@@ -11,6 +11,7 @@ and its last validation and test loss and perplexity, a line each.
 """
 
 import dataclasses
+import json
 import pathlib
 import sys
 
@@ -115,12 +116,27 @@ def load_lm(path) -> tuple[gpt.GPTConfig, dict, object]:
     (its vocab.json + merges.txt or tokenizer.json)."""
     path = pathlib.Path(path).expanduser()
     if (path / "checkpoints").is_dir():
+        check_lm_workdir(path)
         saved, params = checkpoint.load_params(path)
         saved = ml_collections.ConfigDict(saved)
         return (gpt.GPTConfig(**saved.model.to_dict()), params,
                 text.load_tokenizer(path))
     cfg, params = hf_gpt(path)
     return cfg, params, text.load_tokenizer(path)
+
+
+def check_lm_workdir(path: pathlib.Path) -> None:
+    """A workdir of another family (a ConvNet, CLIP, a translation model) is named by the
+    experiment its config.json's provenance records, before any checkpoint is read."""
+    saved = json.loads((path / "config.json").read_text())
+    model = saved.get("model") or {}
+    fields = {f.name for f in dataclasses.fields(gpt.GPTConfig)}
+    if model and set(model) <= fields:
+        return
+    experiment = (saved.get("provenance") or {}).get("experiment") or "another experiment"
+    name = f" (model {model['name']!r})" if isinstance(model.get("name"), str) else ""
+    raise ValueError(f"{path} is a workdir of {experiment}{name}, not a GPT language model "
+                     f"(model settings {sorted(set(model) - fields)[:4]} are not GPT's)")
 
 
 def completer(cfg: gpt.GPTConfig, tokenizer, max_new_tokens: int, batch: int = 64):

@@ -16,6 +16,7 @@ training and on test at the end; BLEU of greedy decoding on val during training 
 search (beam 4, alpha 0.6) on test at the end (train/evaluators/translation.py).
 """
 
+import json
 import pathlib
 import sys
 
@@ -97,18 +98,16 @@ def setup(config, workdir) -> dict:
     if tok.vocab_size > cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but model.vocab_size is "
                          f"{cfg.vocab_size}")
-    train_enc, dropped = translation.fit_length(translation.encode(tok, corpus["train"]),
-                                                cfg.max_len, drop=True)
-    if dropped and jax.process_index() == 0:
-        print(f"dropped {dropped} training pairs longer than model.max_len {cfg.max_len}",
-              file=sys.stderr)
+    encoded, report = translation.encode_splits(tok, corpus, cfg.max_len)
+    if jax.process_index() == 0:
+        print("\n".join(translation.report_lines(report, cfg.max_len)), file=sys.stderr)
+    train_enc = encoded["train"]
     dp = sharding.data_parallel_size(sharding.make_mesh(config.mesh))
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
     train_data = translation.LengthBatches(
         train_enc, d.tokens_per_batch, rows=t.batch_size, row_multiple=dp * t.grad_accum,
         pad_step=d.pad_step, max_len=cfg.max_len, seed=config.seed, **kw)
-    evals = {split: translation.fit_length(translation.encode(tok, corpus[split]), cfg.max_len,
-                                           drop=False)[0] for split in ("val", "test")}
+    evals = {split: encoded[split] for split in ("val", "test")}
     eval_tokens = d.eval_tokens_per_batch or d.tokens_per_batch
     data = {split: lambda enc=enc: translation.LengthBatches(
         enc, eval_tokens, rows=t.batch_size, row_multiple=dp, pad_step=d.pad_step,
@@ -123,7 +122,8 @@ def setup(config, workdir) -> dict:
         eval_fns=dict(translate=make_translate(cfg),
                       detokenize=lambda ids: translation.detokenize(tok, ids),
                       texts={s: (corpus[s].src, corpus[s].tgt) for s in ("val", "test")}),
-        artifacts={"tokenizer.json": tok.save})
+        artifacts={"tokenizer.json": tok.save, "data_report.json": lambda path: path.write_text(
+            json.dumps(report, indent=1) + "\n")})
 
 
 def check_decoding(config) -> None:

@@ -417,3 +417,296 @@ def test_hub_task_data_errors_are_named(tmp_path, rows, named):
     good.write_text(json.dumps({"sentence": "dull", "label": 0}) + "\n")
     with pytest.raises(ValueError, match="needs a file for its split 'validation'"):
         hub_tasks.hub_task("sst2", data_files={"train": str(good)})   # only a train file
+
+
+# --------------------------------------------------------------------------- scores of a diverged run
+
+def test_ties_and_nonfinite_logits_rank_last():
+    """The one rank rule (objectives.true_class_rank) behind accuracy, top-k, CLIP's zero-shot
+    and linear-probe top-1 and the ensembles' top-1: a NaN or constant row is wrong at every k,
+    a tie counts against the true class."""
+    from experiments import ensemble
+    from train import objectives
+    from train.evaluators import clip_evals
+    logits = np.array([[np.nan] * 4, [0.0] * 4, [1.0, 1.0, 0.0, 0.0], [3.0, 2.0, 1.0, 0.0],
+                       [np.inf, 0.0, 0.0, 0.0], [0.0, 1.0, 2.0, 3.0]], np.float32)
+    labels = np.array([0, 0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(objectives.true_class_rank(logits, labels),
+                                  [4, 3, 1, 0, 4, 2])
+    assert float(objectives.accuracy(logits, labels)) == pytest.approx(1 / 6)
+    assert ensemble.top1(logits[None][0], labels) == pytest.approx(1 / 6)
+    with np.errstate(invalid="ignore"):      # NaN @ the identity
+        assert clip_evals.zeroshot_top1(logits, np.eye(4, dtype=np.float32), labels) == \
+            pytest.approx(1 / 6)
+    # a [B, T, V] sequence (translation's token accuracy)
+    assert float(objectives.accuracy(np.zeros((2, 3, 5)), np.zeros((2, 3), int))) == 0.0
+
+
+def test_a_diverged_classifier_fails_and_writes_no_test_scores(tmp_path):
+    """The lenet5 run at lr 1e12: the updates of its last steps are skipped (fewer in a row than
+    train.max_nonfinite). It used to end with status 0 and test top-1 = top-5 = 1.0 (NaN logits
+    ranked first); now it fails in one line and writes no test row."""
+    code, last, err = cli("classify_images", "--config=experiments/configs/convnets.py:lenet5",
+                          "--config.train.steps=12", "--config.train.lr=1e12",
+                          f"--workdir={tmp_path}", timeout=300)
+    assert code != 0 and last.startswith("error: NonFiniteError:") and \
+        "ended inside the streak" in last, err[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if r["split"] == "test"]
+    assert [r["step"] for r in rows if r["split"] == "val"] == [0]
+
+
+def test_a_run_ending_on_a_skipped_update_fails_before_its_final_evaluation(tmp_path):
+    """Two skipped updates at the end, fewer than max_nonfinite (5): NonFiniteError before the
+    final evaluation, so there is no test row; the checkpoint of step 4, from before the
+    streak, is what the same command resumes from."""
+    from test_checkpoints import PoisonedFrom
+    from test_platform import Net, X, Y, config_of, task
+    from train.logging import read_metrics
+    from train.trainer import NonFiniteError, fit
+    config = config_of(steps=6, ckpt_every=2, max_nonfinite=5, keep_ckpts=5)
+    config.evals.test = common_eval("test")
+    args = dict(task(Net()), train_data=PoisonedFrom(5),
+                data={"test": lambda: iter([{"x": X, "y": Y}])})
+    with pytest.raises(NonFiniteError, match=r"2 updates in a row.*ended inside the streak.*"
+                                             r"newest checkpoint is now step 4"):
+        fit(config, workdir=tmp_path, **args)
+    assert not [r for r in read_metrics(tmp_path) if r["split"] == "test"]
+    # one skipped update, then a good one at the end: the run is finished and evaluated
+    fit(config, workdir=tmp_path / "recovered", **dict(args, train_data=OnlyBatch(5)))
+    assert [r for r in read_metrics(tmp_path / "recovered") if r["split"] == "test"]
+
+
+def common_eval(split):
+    from experiments.configs import common
+    return common.eval_spec(type="loss", split=split, every=0)
+
+
+class OnlyBatch:
+    """Fixed batches, the `bad`-th one (1-based) non-finite."""
+
+    def __init__(self, bad):
+        self.i, self.bad = 0, bad
+
+    def __next__(self):
+        from test_platform import X, Y
+        self.i += 1
+        return {"x": X * (np.inf if self.i == self.bad else 1.0), "y": Y}
+
+    def get_state(self):
+        return {"i": self.i}
+
+    def set_state(self, state):
+        self.i = state["i"]
+
+
+@pytest.mark.parametrize("spec", ["rotate(1e400)", "color_jitter(0.2, -1e999)",
+                                  "random_crop(32, pad=1e400)"])
+def test_augmentation_ops_refuse_infinity(spec):
+    from data import augment
+    with pytest.raises(ValueError, match=r"augmentation op .*must be finite numbers"):
+        augment.parse(spec)
+
+
+# --------------------------------------------------------------------------- the saved config
+
+def test_config_json_changes_only_when_a_run_continues_and_keeps_its_history(tmp_path, capfd):
+    """A finished run rerun with another lr, and a start refused because its checkpoint holds
+    another optimiser's state, leave config.json as it was; a continuation with another lr
+    rewrites it, names the change in one line and keeps the old config in
+    config_history.jsonl."""
+    from test_platform import Net, config_of, task
+    from train.trainer import fit
+    fit(config_of(steps=2, ckpt_every=2), workdir=tmp_path, **task(Net()))
+    saved = (tmp_path / "config.json").read_text()
+    fit(config_of(steps=2, ckpt_every=2, lr=0.5), workdir=tmp_path, **task(Net()))
+    assert (tmp_path / "config.json").read_text() == saved
+    with pytest.raises(ValueError):
+        fit(config_of(steps=4, ckpt_every=2, optimizer="sgd"), workdir=tmp_path, **task(Net()))
+    assert (tmp_path / "config.json").read_text() == saved
+    assert not (tmp_path / "config_history.jsonl").exists()
+    capfd.readouterr()
+    fit(config_of(steps=4, ckpt_every=2, lr=0.05), workdir=tmp_path, **task(Net()))
+    now = json.loads((tmp_path / "config.json").read_text())
+    assert now["train"]["lr"] == 0.05 and now["train"]["steps"] == 4
+    history = [json.loads(line) for line in
+               (tmp_path / "config_history.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and history[0]["step"] == 2
+    assert history[0]["config"] == json.loads(saved)
+    assert set(history[0]["changed"]) == {"train.lr", "train.steps"}
+    err = capfd.readouterr().err
+    assert "config.json changes at step 2: train.lr 0.1 -> 0.05, train.steps 2 -> 4" in err
+
+
+# --------------------------------------------------------------------------- loading a language model
+
+def _lm_workdir(path):
+    """A pretrain_lm-shaped workdir with intact checkpoints of steps 3 and 7 (other weights),
+    step 7 then damaged as a kill between orbax's commit and the manifest would leave it: no
+    manifest, a metadata file missing. Returns (params of step 3, params of step 7)."""
+    from data import tokenizer as tokenization
+    from test_generate import byte_level_files, random_params
+    from train.checkpoint import Checkpointer
+    path.mkdir()
+    vocab = byte_level_files(path)
+    tokenization.from_gpt2_files(path / "vocab.json", path / "merges.txt").save(
+        path / "tokenizer.json")
+    cfg = gpt.GPTConfig(vocab_size=vocab, n_ctx=32, n_layer=1, n_head=2, d_model=16)
+    import dataclasses
+    (path / "config.json").write_text(json.dumps({
+        "model": dataclasses.asdict(cfg), "data": {},
+        "provenance": {"experiment": "experiments.pretrain_lm"}}))
+    ckpt = Checkpointer(path, keep=5)
+    weights = {}
+    for step, seed in ((3, 0), (7, 1)):
+        weights[step] = random_params(cfg, seed)
+        ckpt.save(step, {"params": weights[step]}, {})
+        ckpt.wait()
+    ckpt.close()
+    (path / "checkpoints" / "7" / "manifest.json").unlink()
+    (path / "checkpoints" / "7" / "state" / "_METADATA").unlink()
+    return weights[3], weights[7]
+
+
+@pytest.mark.parametrize("tool", ["generate", "evaluate_lm"])
+def test_lm_tools_fall_back_past_a_damaged_newest_checkpoint(tmp_path, capfd, tool):
+    import importlib
+    load_model = importlib.import_module(f"experiments.{tool}").load_model
+    old, _ = _lm_workdir(tmp_path / "run")
+    _, params, _ = load_model(tmp_path / "run")
+    assert jax_equal(params, old)
+    err = [line for line in capfd.readouterr().err.splitlines() if "damaged" in line]
+    assert len(err) == 1 and "checkpoints/7 is damaged" in err[0]
+    assert (tmp_path / "run" / "checkpoints" / "7").exists()   # a reader moves nothing
+
+
+def jax_equal(a, b) -> bool:
+    import jax
+    return all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+
+
+@pytest.mark.parametrize("tool", ["generate", "evaluate_lm"])
+def test_a_workdir_of_another_family_is_named(tmp_path, tool):
+    import importlib
+    from experiments.configs import convnets
+    load_model = importlib.import_module(f"experiments.{tool}").load_model
+    config = json.loads(convnets.get_config("lenet5").to_json_best_effort())
+    config["provenance"] = {"experiment": "experiments.classify_images"}
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"workdir of experiments\.classify_images "
+                                         r"\(model 'lenet5'\), not a GPT language model"):
+        load_model(tmp_path)
+
+
+# --------------------------------------------------------------------------- smaller cases
+
+def test_init_from_regex_matching_nothing_is_named_before_the_workdir_exists(tmp_path):
+    from test_platform import Net, config_of, task
+    from train.trainer import fit
+    fit(config_of(steps=1), workdir=tmp_path / "src", **task(Net()))
+    config = config_of(steps=1)
+    config.init_from, config.init_from_regex = str(tmp_path / "src"), "encoder/.*"
+    with pytest.raises(ValueError, match=r"init_from_regex 'encoder/\.\*' matches no parameter "
+                                         r".*such as bn/bias, bn/scale, body/bias"):
+        fit(config, workdir=tmp_path / "dst", **task(Net()))
+    assert not (tmp_path / "dst").exists()
+
+
+def _corrupt_folder(root, captions=False):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    names = [f"{label}/{i}.png" for label in ("a", "b") for i in range(3)]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / name)
+    bad = root / "b" / "1.png"     # cut in half: PIL's own error would not name the file
+    bad.write_bytes(bad.read_bytes()[:len(bad.read_bytes()) // 2])
+    if captions:
+        (root / "metadata.jsonl").write_text("".join(
+            json.dumps({"file_name": n, "caption": f"photo {i}"}) + "\n"
+            for i, n in enumerate(names)))
+    return root / "b" / "1.png"
+
+
+def test_a_corrupt_image_is_named_by_its_path(tmp_path):
+    from data import images
+    bad = _corrupt_folder(tmp_path / "classes")
+    with pytest.raises(ValueError, match=rf"image {bad} cannot be read"):
+        images.hf_classification("imagefolder", image_size=8, data_dir=str(tmp_path / "classes"),
+                                 cache_dir=str(tmp_path / "hf"))
+    bad = _corrupt_folder(tmp_path / "pairs", captions=True)
+    ds = images.load_image_captions("imagefolder", data_dir=str(tmp_path / "pairs"),
+                                    cache_dir=str(tmp_path / "hf"))
+    it = images.HubBatches(ds, lambda c: np.zeros((len(c), 4), np.int32), 6, resize=10, crop=8,
+                           mean=images.CLIP_MEAN, std=images.CLIP_STD, seed=0)
+    with pytest.raises(ValueError, match=rf"image {bad} cannot be read"):
+        next(it)
+
+
+# --------------------------------------------------------------------------- translation data
+
+def _translation_files(tmp_path, train_rows):
+    from test_translate import hf_cfg, write_jsonl
+    files = {"train": str(tmp_path / "train.jsonl"),
+             "validation": write_jsonl(tmp_path / "val.jsonl", [("one", "eins")]),
+             "test": write_jsonl(tmp_path / "test.jsonl", [("two", "zwei")])}
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
+    return hf_cfg(tmp_path, files)
+
+
+@pytest.mark.parametrize("bad,named", [
+    ({"translation": {"en": "three"}}, r"train\.jsonl, row 1: no language 'de' text "
+                                       r"\(has \['en'\]\)"),
+    ({"translation": None}, r"train\.jsonl, row 1: column 'translation' holds NoneType"),
+])
+def test_translation_rows_without_a_language_are_named_by_file_and_row(tmp_path, bad, named):
+    from data import translation
+    cfg = _translation_files(tmp_path, [{"translation": {"en": "one", "de": "eins"}}, bad])
+    with pytest.raises(ValueError, match=named):
+        translation.load_corpus(cfg)
+
+
+def test_a_column_of_strings_is_named_not_spelled_out(tmp_path):
+    from data import translation
+    cfg = _translation_files(tmp_path, [{"translation": "one = eins"}])
+    with pytest.raises(ValueError, match=r"train\.jsonl, row 0: column 'translation' holds str "
+                                         r"'one = eins', not \{language: text\}"):
+        translation.load_corpus(cfg)
+
+
+def test_empty_and_blank_pairs_are_dropped_and_counted(tmp_path):
+    from data import translation
+    rows = [{"translation": {"en": e, "de": d}} for e, d in
+            (("one", "eins"), ("two", ""), ("three", "   \t"), (" ", "vier"), ("five", "fünf"))]
+    corpus = translation.load_corpus(_translation_files(tmp_path, rows))
+    assert corpus["train"].tgt == ["eins", "fünf"]
+    assert corpus["train"].dropped == {"empty target": 2, "empty source": 1}
+
+
+def test_translation_reports_every_dropped_and_cut_pair_per_split(tmp_path, capsys):
+    """Pairs longer than model.max_len: dropped from train, cut in val and test (BLEU scores
+    the cut sources); each count is one line per split and the workdir's data_report.json."""
+    from test_translate import tiny_config
+    config = tiny_config(tmp_path)
+    config.model.max_len = 12
+    out = translate_setup(config, tmp_path / "run")
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith(("train:", "val:", "test:"))]
+    assert len(lines) == 3
+    (tmp_path / "run").mkdir()
+    out["artifacts"]["data_report.json"](tmp_path / "run" / "data_report.json")
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    for split, n in (("train", 400), ("val", 12), ("test", 12)):
+        r = report[split]
+        assert r["pairs"] + sum(r["dropped"].values()) == n
+    assert report["train"]["dropped"]["longer than max_len 12"] > 0 and \
+        report["train"]["cut"] == 0
+    assert report["val"]["cut"] > 0 and report["val"]["pairs"] == 12
+    assert f"val: 12 sentence pairs; 0 dropped; {report['val']['cut']} cut to max_len 12" in \
+        lines[1]
+
+
+def translate_setup(config, workdir):
+    from experiments import translate
+    return translate.setup(config, str(workdir))

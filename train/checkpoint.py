@@ -130,25 +130,16 @@ class Checkpointer:
 
     def restore_latest(self, abstract_state):
         """(step, state, data_state) of the newest intact checkpoint, restored into the shapes,
-        dtypes and shardings of `abstract_state`; None when there is none."""
-        for step in reversed(self.steps()):
-            problem = verify(self.directory / str(step))
-            if problem not in (None, "unverified"):
-                self._quarantine(step, problem)
-                continue
-            try:
-                state, data = self.restore(step, abstract_state)
-            except _DoesNotFit:
-                raise
-            except Exception as e:   # unreadable files of an unverified step
-                self._quarantine(step, f"{type(e).__name__}: {str(e)[:200]}")
-                continue
-            if problem == "unverified" and self._leader:
+        dtypes and shardings of `abstract_state`; None when there is none. Damaged steps are
+        moved aside (_quarantine); an unverified step that restores gets its manifest."""
+        def restore(step):
+            state, data = self.restore(step, abstract_state)
+            if verify(self.directory / str(step)) == "unverified" and self._leader:
                 write_manifest(self.directory / str(step))
-            self.manager.reload()
-            return step, state, data
+            return state, data
+        found = newest_readable(self.directory, restore, self._quarantine)
         self.manager.reload()
-        return None
+        return None if found is None else (found[0], *found[1])
 
     def restore(self, step: int, abstract_state):
         """Restore into the shapes, dtypes and shardings of `abstract_state`."""
@@ -176,13 +167,37 @@ class _DoesNotFit(ValueError):
     pass
 
 
-def newest_intact_step(directory: pathlib.Path) -> int | None:
-    """The newest step under a checkpoints directory whose files match their manifest (or that
-    has none), without opening a CheckpointManager."""
-    steps = sorted((int(p.name) for p in directory.glob("*") if p.name.isdigit()), reverse=True)
-    for step in steps:
-        if verify(directory / str(step)) in (None, "unverified"):
-            return step
+def _step_dirs(directory: pathlib.Path) -> list[int]:
+    return sorted((int(p.name) for p in pathlib.Path(directory).glob("*") if p.name.isdigit()),
+                  reverse=True)
+
+
+def _name_damaged(directory: pathlib.Path):
+    def name(step: int, why: str):
+        print(f"checkpoint {directory}/{step} is damaged ({why}); an older one is used",
+              file=sys.stderr)
+    return name
+
+
+def newest_readable(directory: pathlib.Path, read, on_damaged=None):
+    """(step, read(step)) of the newest step under a checkpoints directory whose files match
+    their manifest (or that has none) and that `read` can read; None when there is none. Each
+    newer step is damaged: on_damaged(step, why) (default: one line naming it). The one rule by
+    which the trainer resumes and every reader of a workdir (init_from, generation, evaluation)
+    chooses its step; a checkpoint of another model (_DoesNotFit) is an error, not damage."""
+    on_damaged = on_damaged or _name_damaged(directory)
+    for step in _step_dirs(directory):
+        problem = verify(pathlib.Path(directory) / str(step))
+        if problem not in (None, "unverified"):
+            on_damaged(step, problem)
+            continue
+        try:
+            return step, read(step)
+        except _DoesNotFit:
+            raise
+        except Exception as e:   # unreadable files of an unverified step
+            first = (str(e).strip().splitlines() or [""])[0]
+            on_damaged(step, f"{type(e).__name__}: {first[:200]}")
     return None
 
 
@@ -261,12 +276,21 @@ def load_params(workdir) -> tuple[dict, dict]:
     workdir = pathlib.Path(workdir).expanduser()
     if not (workdir / "config.json").exists():
         raise FileNotFoundError(f"{workdir} holds no config.json: not a workdir of ours")
-    step = newest_intact_step(workdir / "checkpoints")
-    if step is None:
-        raise FileNotFoundError(f"{workdir}/checkpoints holds no intact checkpoint")
-    shapes = saved_shapes(workdir / "checkpoints", step)["params"]
+    params = read_newest(workdir / "checkpoints")["params"]
+    return json.loads((workdir / "config.json").read_text()), params
+
+
+def read_newest(directory: pathlib.Path, keys=("params",)) -> dict:
+    """{key: host arrays} for those of `keys` the saved train state has ("params",
+    "model_state", ...), from the step newest_readable chooses."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = {"params": jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)}
-    params = restore_subtree(workdir / "checkpoints", step, target)["params"]
-    return json.loads((workdir / "config.json").read_text()), jax.device_get(params)
+
+    def read(step):
+        shapes = saved_shapes(directory, step)
+        target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                              {k: shapes[k] for k in keys if shapes.get(k)})
+        return jax.device_get(restore_subtree(directory, step, target))
+    found = newest_readable(directory, read)
+    if found is None:
+        raise FileNotFoundError(f"{directory} holds no intact checkpoint")
+    return found[1]

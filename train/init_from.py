@@ -31,10 +31,11 @@ def _source(config, import_weights):
     reader(flat target) -> flat arrays (the source restores into the target's shardings)."""
     path = pathlib.Path(config.init_from).expanduser()
     if (path / "checkpoints").is_dir():
-        step = checkpoint.newest_intact_step(path / "checkpoints")
-        if step is None:
+        found = checkpoint.newest_readable(
+            path / "checkpoints", lambda step: checkpoint.saved_shapes(path / "checkpoints", step))
+        if found is None:
             raise FileNotFoundError(f"config.init_from: {path} has no intact checkpoint")
-        saved = checkpoint.saved_shapes(path / "checkpoints", step)
+        step, saved = found
         params, state = optim.flat(saved["params"]), optim.flat(saved.get("model_state") or {})
 
         def read(wanted: dict):
@@ -106,8 +107,12 @@ def prepare(config, program, import_weights=None):
     target_state = optim.flat(program.abstract.model_state)
     shardings = {**optim.flat(program.state_shardings.params),
                  **optim.flat(program.state_shardings.model_state)}
-    load, problems = plan({**target_params, **target_state}, {**src_params, **src_state},
-                          config.get("init_from_regex", ""))
+    regex = config.get("init_from_regex", "")
+    load, problems = plan({**target_params, **target_state}, {**src_params, **src_state}, regex)
+    if not load and not problems:
+        raise ValueError(f"config.init_from_regex {regex!r} matches no parameter of this model "
+                         f"(full match against '/'-joined paths such as "
+                         f"{', '.join(list(target_params)[:4])})")
     if problems:
         raise ValueError(f"config.init_from {where} does not fit this model "
                          f"(init_from_regex {config.get('init_from_regex', '')!r}):\n  "

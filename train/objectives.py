@@ -51,8 +51,20 @@ def cross_entropy(logits, labels, mask=None, label_smoothing: float = 0.0):
     return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
+def true_class_rank(logits, labels):
+    """How many other classes score at least as high as the true one: the prediction is right
+    at top-k when rank < k. Ties count against the true class, and a row with a non-finite
+    score ranks last (the number of classes), so a diverged model (NaN logits) or a constant
+    one is never right. The one rank rule of every accuracy and top-k."""
+    logits = jnp.asarray(logits)
+    true = jnp.take_along_axis(logits, jnp.asarray(labels)[..., None], axis=-1)
+    rank = jnp.sum(logits >= true, axis=-1) - 1
+    return jnp.where(jnp.all(jnp.isfinite(logits), axis=-1), rank, logits.shape[-1])
+
+
 def accuracy(logits, labels, mask=None):
-    hit = (logits.argmax(-1) == labels).astype(jnp.float32)
+    """Top-1 accuracy (true_class_rank 0), a mean over the positions where mask is set."""
+    hit = (true_class_rank(logits, labels) < 1).astype(jnp.float32)
     if mask is None:
         return hit.mean()
     mask = mask.astype(jnp.float32)

@@ -139,15 +139,35 @@ def check_resume(config, workdir: pathlib.Path, warn: bool = True) -> dict:
     return new
 
 
-def save_config(new: dict, workdir: pathlib.Path) -> None:
-    if jax.process_index() == 0:
-        from train.provenance import provenance
-        main = getattr(sys.modules["__main__"], "__spec__", None)
-        new = dict(new, provenance=dict(provenance(), experiment=getattr(main, "name", ""),
-                                        argv=sys.argv))
-        tmp = workdir / "config.json.tmp"
-        tmp.write_text(json.dumps(new, indent=2) + "\n")
-        tmp.replace(workdir / "config.json")
+CONFIG_HISTORY = "config_history.jsonl"
+
+
+def save_config(new: dict, workdir: pathlib.Path, step: int) -> None:
+    """Writes the config a run continues with (from `step`) as config.json, with provenance;
+    called only once the run owns the workdir and goes on. An earlier config.json is first
+    appended to config_history.jsonl as {"step", "changed": {key: [saved, new]}, "config"},
+    and changed settings are named in one line."""
+    if jax.process_index() != 0:
+        return
+    from train.provenance import provenance
+    main = getattr(sys.modules["__main__"], "__spec__", None)
+    new = dict(new, provenance=dict(provenance(), experiment=getattr(main, "name", ""),
+                                    argv=sys.argv))
+    path = workdir / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        refused, warned = config_changes(old, new)
+        changed = {**refused, **warned}
+        with (workdir / CONFIG_HISTORY).open("a") as f:
+            f.write(json.dumps({"step": step, "changed": changed, "config": old}) + "\n")
+        if changed:
+            print(f"{path} changes at step {step}: "
+                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                  + f"; the previous config is the last line of {CONFIG_HISTORY}",
+                  file=sys.stderr)
+    tmp = workdir / "config.json.tmp"
+    tmp.write_text(json.dumps(new, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def global_batch(batch: dict, batch_sharding) -> dict:
@@ -386,7 +406,7 @@ def fit(config, *, init_fn: Callable, loss_fn: Callable, train_data, workdir,
                   if config.get("init_from") else None)
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir):
-        save_config(check_resume(config, workdir), workdir)  # again, now no other run writes
+        check_resume(config, workdir)  # again, now no other run writes
         for name, write in (artifacts or {}).items():
             if jax.process_index() == 0 and not (workdir / name).exists():
                 write(workdir / name)
@@ -429,6 +449,8 @@ def _fit(config, workdir, program, train_data, data, predict_fn, eval_fns, start
             return state
         if leader:
             print(f"resumed from {ckpt.directory}/{start}", file=sys.stderr)
+    # Only now, the checkpoint restored into this config's state and steps left to run.
+    save_config(check_resume(config, workdir, warn=False), workdir, start)
 
     clear_finished(workdir)   # it trains (or evaluates) again: not finished until it returns
     suite = evaluators.build(config, evaluators.Context(
@@ -469,8 +491,11 @@ def _fit(config, workdir, program, train_data, data, predict_fn, eval_fns, start
                     row = _log_train(writer, s, window, window_steps, window_start,
                                      throughput, peak, program.schedule, state, t.batch_size)
                     window, window_start, window_steps = [], time.perf_counter(), 0
-                    if row.get("nonfinite_run", 0) >= t.max_nonfinite:
-                        _stop_nonfinite(ckpt, s, int(row["nonfinite_run"]))
+                    skipped = int(row.get("nonfinite_run", 0))
+                    # A run may not end on a skipped update: its weights would be older than
+                    # its step, and the final evaluation would score them as trained.
+                    if skipped >= t.max_nonfinite or (skipped and s == t.steps):
+                        _stop_nonfinite(ckpt, s, skipped, t.max_nonfinite)
                     bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}",
                                     val=f"{last_val.get('loss', float('nan')):.4f}")
                     if plain and leader:
@@ -500,18 +525,24 @@ def _fit(config, workdir, program, train_data, data, predict_fn, eval_fns, start
     return state
 
 
-def _stop_nonfinite(ckpt: Checkpointer, step: int, run: int):
-    """Stop a diverged run; the checkpoints of its streak of skipped updates go, so the same
-    command with a lower learning rate resumes from before the divergence."""
+def _stop_nonfinite(ckpt: Checkpointer, step: int, run: int, max_nonfinite: int):
+    """Stop a diverged run, or one whose last update was skipped (before its final evaluation:
+    no test rows of weights it never reached); the checkpoints of its streak of skipped updates
+    go, so the same command with a lower learning rate resumes from before the divergence."""
     streak_start = step - run
     ckpt.delete_after(streak_start)
     last = ckpt.latest_step()
     where = (f"the newest checkpoint is now step {last}, from before the streak began at step "
              f"{streak_start}; the same command resumes from it" if last is not None else
              "no checkpoint from before the streak remains; the same command starts afresh")
+    diverged = run >= max_nonfinite
+    what = ("the run is stopped" if diverged else
+            f"the run ended inside the streak, its weights those of step {streak_start}, so it "
+            f"is not evaluated and fails")
     raise NonFiniteError(
-        f"{run} updates in a row had a non-finite loss or gradient (step {step}); the run is "
-        f"stopped and {where}. Lower train.lr, check the data, or raise train.max_nonfinite.")
+        f"{run} updates in a row had a non-finite loss or gradient (step {step}); {what}, and "
+        f"{where}. Lower train.lr or check the data"
+        + (", or raise train.max_nonfinite." if diverged else "."))
 
 
 def _log_train(writer, step, window, window_steps, window_start, throughput, peak, schedule,

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from train.evaluators import Evaluator, register
+from train.objectives import true_class_rank
 
 
 def global_batch(batch: dict, program) -> dict:
@@ -85,9 +86,7 @@ class Accuracy(Evaluator):
         def counts(state, batch):
             logits = scores(state, batch)
             w = batch.get("weights", jnp.ones(logits.shape[0], jnp.float32)).astype(jnp.float32)
-            # rank of the true class's score among all: correct at k when fewer than k beat it
-            true = jnp.take_along_axis(logits, batch["labels"][:, None], axis=-1)
-            rank = jnp.sum(logits > true, axis=-1)
+            rank = true_class_rank(logits, batch["labels"])
             hits = {k: jnp.sum(w * (rank < k)) for k in ks if k <= logits.shape[-1]}
             return hits, jnp.sum(w)
 

@@ -23,6 +23,7 @@ import optax
 
 from train.evaluators import Evaluator, register
 from train.evaluators.classification import labelled_in_batches
+from train.objectives import accuracy
 
 
 def _normalize(x):
@@ -30,8 +31,8 @@ def _normalize(x):
 
 
 def zeroshot_top1(image_embeds: np.ndarray, class_weights: np.ndarray, labels) -> float:
-    """Top-1 accuracy of argmax_c <I_e, W_c>."""
-    return float(np.mean(np.argmax(image_embeds @ class_weights.T, axis=-1) == labels))
+    """Top-1 accuracy of argmax_c <I_e, W_c> (ties and non-finite scores are wrong)."""
+    return float(accuracy(image_embeds @ class_weights.T, np.asarray(labels)))
 
 
 class _CLIPEvaluator(Evaluator):
@@ -99,8 +100,8 @@ def probe_path(train, val, test, Cs, num_classes: int, iters: int = 100):
             logits, y[:, None], -1)[:, 0])
         return nll + 0.5 * lam * jnp.sum(w["W"] ** 2)
 
-    def accuracy(w, a, labels):
-        return jnp.mean(jnp.argmax(a @ w["W"] + w["b"], -1) == labels)
+    def probe_accuracy(w, a, labels):
+        return accuracy(a @ w["W"] + w["b"], labels)
 
     solver = optax.lbfgs()
 
@@ -114,7 +115,7 @@ def probe_path(train, val, test, Cs, num_classes: int, iters: int = 100):
             updates, s = solver.update(grad, s, w, value=value, grad=grad, value_fn=f)
             return (optax.apply_updates(w, updates), s), None
         (w, _), _ = jax.lax.scan(body, (w, solver.init(w)), None, length=iters)
-        return w, (accuracy(w, xv, yv), accuracy(w, xt, yt))
+        return w, (probe_accuracy(w, xv, yv), probe_accuracy(w, xt, yt))
 
     @jax.jit
     def path(lams):
