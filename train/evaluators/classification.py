@@ -58,9 +58,10 @@ class Accuracy(Evaluator):
             raise ValueError(f"evaluator {self.name!r}: crops must be 1 or 10 (10 with "
                              f"crop_size > 0), got crops={self.cfg.crops}, "
                              f"crop_size={self.cfg.crop_size}")
-        if self.cfg.crops == 10 and self.cfg.pp:
+        pp = self.cfg.get("pp", "")
+        if self.cfg.crops == 10 and pp:
             raise ValueError(f"evaluator {self.name!r}: set pp or crops=10, not both")
-        pp = f"ten_crop({self.cfg.crop_size})" if self.cfg.crops == 10 else self.cfg.pp
+        pp = f"ten_crop({self.cfg.crop_size})" if self.cfg.crops == 10 else pp
         views = augment.parse_eval(pp) if pp else None
         ks = tuple(int(k) for k in self.cfg.topk)
         predict, program = sharding.with_logical_rules(self.ctx.predict_fn), self.ctx.program
