@@ -25,6 +25,13 @@ Ops (arguments as in a Python call; defaults after `=`):
                                         (lambda_i, p_i) the eigenpairs of the training set's RGB
                                         covariance (`pixel_eigen`)
 
+Evaluation views (parse_eval; deterministic, on whole batches, numpy or traced by jit):
+
+    center_crop(size=0)                 the central size x size window (0, or no smaller than
+                                        the image: the image as it is)
+    ten_crop(size)                      AlexNet's ten patches: four corners and centre, and
+                                        their mirror images (Krizhevsky et al. 2012, 4.1)
+
 Every op works in pixel space, float [H, W, C] in [0, 1]: the pipeline maps normalised images
 x to pixels x * std + mean, applies the ops, and normalises back. Geometric ops fill with black
 (pixel 0) and interpolate linearly; colour ops clip to [0, 1], so values stay in range.
@@ -370,6 +377,68 @@ def pixel_eigen(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     vals, vecs = np.linalg.eigh(np.atleast_2d(np.cov(x, rowvar=False)))
     order = np.argsort(vals)[::-1]
     return np.clip(vals[order], 0, None), vecs[:, order]
+
+
+# --------------------------------------------------------------------------- evaluation views
+# Deterministic ops on whole batches, for evaluation: views(images [n, H, W, C]) -> the views
+# [k, n, h, w, C] a model scores (k 1: one view, k 10: AlexNet's patches), as numpy or, under
+# jit, as jax arrays. Written in the same op language: parse_eval("center_crop(32)").
+def center_crop(images, size: int = 0):
+    """The central size x size window of NHWC images (as they are when no larger, or size 0)."""
+    h, w = images.shape[1:3]
+    size = size or max(h, w)
+    top, left = max(h - size, 0) // 2, max(w - size, 0) // 2
+    return images[:, top:top + min(h, size), left:left + min(w, size)]
+
+
+def ten_crop(images, size: int):
+    """AlexNet's test-time patches (Krizhevsky et al. 2012, section 4.1): the four corner
+    patches and the centre one, size x size, then the same five mirrored horizontally.
+    NHWC images [n, H, W, C] -> [10, n, size, size, C], in the order top-left, top-right,
+    bottom-left, bottom-right, centre, and their mirrors."""
+    h, w = images.shape[1:3]
+    if not 0 < size <= min(h, w):
+        raise ValueError(f"ten_crop: crop size {size} does not fit {h}x{w} images")
+    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size),
+               ((h - size) // 2, (w - size) // 2)]
+    five = [images[:, t:t + size, left:left + size] for t, left in corners]
+    return jnp.stack(five + [p[:, :, ::-1] for p in five])
+
+
+# name -> (views of a batch [k, n, ...], k)
+EVAL_OPS: dict[str, tuple[Callable, int]] = {
+    "center_crop": (lambda x, size=0: center_crop(x, size)[None], 1),
+    "ten_crop": (ten_crop, 10)}
+
+
+def parse_eval(spec: str) -> Callable:
+    """views(images [n, H, W, C]) -> [k, n, h, w, C] of an evaluation spec ("op|op(args)";
+    "" = the images as they are, k 1): each op maps every view so far to its own views.
+    views.count is k."""
+    ops = []
+    for part in (p.strip() for p in spec.split("|")) if spec.strip() else ():
+        name, args, kwargs = _call(part)
+        if name not in EVAL_OPS:
+            raise ValueError(f"unknown evaluation op {name!r} in {spec!r}; choose from "
+                             f"{', '.join(sorted(EVAL_OPS))}")
+        op, count = EVAL_OPS[name]
+        try:
+            inspect.signature(op).bind(None, *args, **kwargs)
+        except TypeError as e:
+            raise ValueError(f"evaluation op {part!r}: {e}") from None
+        if not all(isinstance(v, int) and v >= 0 for v in [*args, *kwargs.values()]):
+            raise ValueError(f"evaluation op {part!r}: sizes must be ints >= 0")
+        ops.append((op, args, kwargs, count))
+
+    def views(images):
+        x = images[None]
+        for op, args, kwargs, _ in ops:
+            k, n = x.shape[:2]
+            y = op(x.reshape(k * n, *x.shape[2:]), *args, **kwargs)     # [k', k n, ...]
+            x = y.reshape(y.shape[0] * k, n, *y.shape[2:])
+        return x
+    views.count = math.prod(count for *_, count in ops)
+    return views
 
 
 # --------------------------------------------------------------------------- the pipeline

@@ -27,20 +27,17 @@ import time
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from data import augment, images
 from data.iterators import ArrayBatches
 from data.text import PackedWindows
-from experiments.classify_images import build_model, classify_loss_fn
-from experiments.pretrain_lm import lm_loss_fn, model_config
-from experiments.translate import translation_loss_fn
-from models.layers import param_count, training_flops_per_token
+from experiments import classify_images, pretrain_lm, translate
 from models import convnets, gpt, transformer
 from models import decode as decoding
 from train import perf, sharding
-from train.trainer import build, global_batch
+from train.sharding import global_batch
+from train.trainer import build
 
 
 # ------------------------------------------------------------------------- shared pieces
@@ -69,8 +66,8 @@ class TrainStep:
     """The trainer's jitted step on one fixed batch (this process's rows), the state carried
     from step to step as in training."""
 
-    def __init__(self, config, init_fn, loss_fn, mesh, local_batch: dict):
-        program = build(config, init_fn=init_fn, loss_fn=loss_fn, mesh=mesh)
+    def __init__(self, config, built, mesh, local_batch: dict):
+        program = build(config, init_fn=built.init_fn, loss_fn=built.loss_fn, mesh=mesh)
         with jax.set_mesh(mesh):
             self.state = program.init(jax.random.key(config.seed))
             self.batch = global_batch(local_batch, program.batch_sharding)
@@ -131,10 +128,11 @@ class GPTWorkload(Workload):
     unit, phases = "token", ("train",)
 
     def __init__(self, config):
-        self.config, self.cfg = config, model_config(config)
+        self.config, self.built = config, pretrain_lm.build(config)
+        self.cfg = self.built.cfg
         self.seq_len, self.batch = config.data.seq_len, config.train.batch_size
         self.units_per_step = {"train": self.batch * self.seq_len}
-        self.flops = {"train": gpt.flops_per_token(self.cfg, self.seq_len)}
+        self.flops = {"train": self.built.flops}
 
     def info(self) -> dict:
         return {"config": self.config.model.to_dict(), "batch": self.batch,
@@ -146,12 +144,10 @@ class GPTWorkload(Workload):
                 f"{self.flops['train'] / 1e6:.1f} MFLOP/token")
 
     def ours(self, mesh) -> dict:
-        model = gpt.GPT(self.cfg)
         local = self.batch // jax.process_count()
         tokens = np.random.default_rng(jax.process_index()).integers(
             0, self.cfg.vocab_size, (local, self.seq_len + 1)).astype(np.int32)
-        init = lambda rng: model.init(rng, jnp.zeros((1, self.seq_len), jnp.int32))  # noqa
-        return {"train": TrainStep(self.config, init, lm_loss_fn(model), mesh,
+        return {"train": TrainStep(self.config, self.built, mesh,
                                    {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]})}
 
     def input_pipeline(self, mesh, batches: int) -> dict:
@@ -176,37 +172,26 @@ class GPTWorkload(Workload):
 
 # ------------------------------------------------------------------------------ ConvNets
 
-def num_classes(config) -> int:
-    """model.num_classes; 0 means the data's: the offline tasks' counts, else ImageNet's."""
-    if config.model.num_classes:
-        return config.model.num_classes
-    if config.data.source == "digits":
-        return 10
-    return len(images.sample_photos()) if config.data.source == "photos" else 1000
-
-
 class ConvNetWorkload(Workload):
     """classify_images: the step of experiments.classify_images (its classify_loss_fn, BatchNorm
     on the batch's statistics with the running averages in model_state, the config's optimiser)
     on one batch of random images, and the eval-mode forward. The peer is torchvision's model of
     the same name. FLOPs per image: XLA's count of the eval-mode forward
-    (models.convnets.flops), training 3x that (the backward costs about twice the forward).
+    (classify_images.build), training 3x that.
     Images have the data source's channels (1 for the digits, else 3); the input pipeline runs
     config.data.augment's ops, so its time per batch says whether augmenting keeps up."""
 
     unit, phases = "image", ("train", "infer")
 
     def __init__(self, config):
-        self.config, m = config, config.model
-        self.num_classes = num_classes(config)
-        self.model = build_model(config, self.num_classes)
+        self.config, self.built = config, classify_images.build(config)
+        self.model = self.built.model
+        self.num_classes = classify_images.default_classes(config)
         self.size, self.batch = config.data.image_size, config.train.batch_size
-        self.channels = 1 if config.data.source == "digits" else 3
+        self.channels = classify_images.default_channels(config)
         self.dtype = getattr(self.model, "dtype", "float32")
         self.units_per_step = {"train": self.batch, "infer": self.batch}
-        forward = convnets.flops(m.name, self.size, self.num_classes, self.channels,
-                                 **m.overrides.to_dict())
-        self.flops = {"train": 3 * forward, "infer": forward}
+        self.flops = {"train": self.built.flops, "infer": self.built.infer_flops}
 
     def info(self) -> dict:
         return {"config": self.config.model.to_dict(), "batch": self.batch,
@@ -228,14 +213,11 @@ class ConvNetWorkload(Workload):
                 "labels": rng.integers(0, self.num_classes, n).astype(np.int32)}
 
     def ours(self, mesh) -> dict:
-        model = self.model
-        example = jnp.zeros((1, self.size, self.size, self.channels), jnp.float32)
-        init = lambda rng: model.init(rng, example, train=False)  # noqa: E731
-        train = TrainStep(self.config, init, classify_loss_fn(model), mesh,
+        train = TrainStep(self.config, self.built, mesh,
                           self.images(self.batch // jax.process_count(), jax.process_index()))
 
         def predict(params, model_state, images):
-            return model.apply({"params": params, **model_state}, images, train=False)
+            return self.built.predict_fn(params, model_state, {"images": images})
         return {"train": train, "infer": InferStep(train, predict, "images")}
 
     def input_batches(self) -> ArrayBatches:
@@ -316,28 +298,24 @@ class DecodeWorkload(Workload):
     (tests/test_generate.py checks them against transformers on shared weights).
 
     Tokens/s counts generated tokens (batch x new_tokens) per second of a whole call, prefill
-    included. FLOPs per generated token: the forward's 2 N (N: non-embedding parameters plus
-    the tied output projection) + 4 L d_attn t for scores and weighted sum over the t keys it
-    attends to, averaged over the steps; the prefill's work is not counted."""
+    included. FLOPs per generated token: models.gpt.decode_flops_per_token."""
 
     unit = "token"
     has_input_pipeline = False
 
     def __init__(self, config):
-        self.config, self.cfg, b = config, model_config(config), config.bench
+        # no training windows: the model alone (pretrain_lm.build checks data.seq_len too)
+        self.config, self.cfg, b = config, pretrain_lm.model_config(config), config.bench
         self.prompt_len, self.new_tokens = b.prompt_len, b.new_tokens
         self.batches, self.phases, self.titles = batch_phases(
             b, "generate", prompt_len=b.prompt_len, new_tokens=b.new_tokens)
         gpt.check_context(self.cfg, self.prompt_len, self.new_tokens)
         self.steps_per_call = self.new_tokens
         self.units_per_step = {p: n * self.new_tokens for p, n in zip(self.phases, self.batches)}
-        c = self.cfg
-        n = gpt.count_params(c, non_embedding=True) + c.vocab_size * c.d_model
-        mean_keys = self.prompt_len + (self.new_tokens - 1) / 2
-        per_token = 2 * n + 4 * c.n_layer * c.n_head * c.d_head * mean_keys
+        per_token = gpt.decode_flops_per_token(self.cfg, self.prompt_len, self.new_tokens)
         self.flops = {p: per_token for p in self.phases}
         self.prompts = np.random.default_rng(0).integers(
-            0, c.vocab_size, (max(self.batches), self.prompt_len)).tolist()
+            0, self.cfg.vocab_size, (max(self.batches), self.prompt_len)).tolist()
 
     def info(self) -> dict:
         return {"config": self.config.model.to_dict(), "batches": list(self.batches),
@@ -357,9 +335,8 @@ class DecodeWorkload(Workload):
 
     def ours(self, mesh) -> dict:
         del mesh    # one device: generate_batch runs where JAX puts it
-        model = gpt.GPT(self.cfg)
-        params = model.init(jax.random.key(self.config.seed),
-                            jnp.zeros((1, self.prompt_len), jnp.int32))["params"]
+        params = gpt.GPT(self.cfg).init(jax.random.key(self.config.seed),
+                                        np.zeros((1, self.prompt_len), np.int32))["params"]
         return {p: GenerateCall(self.cfg, params, self.prompts[:n], self.new_tokens)
                 for p, n in zip(self.phases, self.batches)}
 
@@ -376,12 +353,6 @@ class DecodeWorkload(Workload):
 
 # ----------------------------------------------------------- the Transformer (translation)
 
-def transformer_config(config) -> transformer.TransformerConfig:
-    cfg = transformer.TransformerConfig(**config.model.to_dict())
-    transformer.check(cfg)
-    return cfg
-
-
 def translation_batch(cfg: transformer.TransformerConfig, batch: int, src_len: int,
                       tgt_len: int, seed: int) -> dict:
     """Random sentence pairs without padding (tokens 1 .. vocab - 1, pad_id 0 excluded); the
@@ -396,45 +367,28 @@ def translation_batch(cfg: transformer.TransformerConfig, batch: int, src_len: i
             "weights": np.ones((batch, tgt_len), np.float32), "index": np.arange(batch, dtype=np.int32)}
 
 
-def encoder_decoder_params(cfg: transformer.TransformerConfig) -> tuple[int, int]:
-    """Non-embedding parameters of the encoder and of the decoder."""
-    params = transformer.abstract_params(cfg)
-    return param_count(params["encoder"]), param_count(params["decoder"])
-
-
-def translation_flops_per_token(cfg: transformer.TransformerConfig, src_len: int,
-                                tgt_len: int) -> float:
-    """Training FLOPs per target token, 6 N + 12 L d T per token of each stack (as GPT's
-    count; layers.training_flops_per_token): the encoder's over the source tokens, the
-    decoder's (its N with the tied output projection, V d) over the target tokens, plus the
-    attention over the source, 12 L d S per target token."""
-    n_enc, n_dec = encoder_decoder_params(cfg)
-    d, layers = cfg.d_model, cfg.n_layer
-    encoder = training_flops_per_token(n_enc, layers, d, src_len) * src_len
-    decoder = (training_flops_per_token(n_dec + cfg.vocab_size * d, layers, d, tgt_len)
-               + 12 * layers * d * src_len) * tgt_len
-    return (encoder + decoder) / tgt_len
-
-
 class TranslationWorkload(Workload):
     """translate: the Transformer's training step (label-smoothed cross-entropy, the config's
     Adam) on one batch of random sentence pairs of bench.src_len and bench.tgt_len tokens; the
     peer is transformers' MarianMTModel configured as the paper's Transformer (post-norm, ReLU,
     embeddings shared and scaled by sqrt(d_model), sinusoidal positions) of the same sizes.
-    Tokens are target tokens (the positions the loss counts)."""
+    Tokens are target tokens (the positions the loss counts); FLOPs per target token:
+    models.transformer.flops_per_token."""
 
     unit, phases = "token", ("train",)
     has_input_pipeline = False
 
     def __init__(self, config):
-        self.config, self.cfg, b = config, transformer_config(config), config.bench
+        b = config.bench
+        self.config, self.built = config, translate.build(config, b.src_len, b.tgt_len)
+        self.cfg = self.built.cfg
         self.batch, self.src_len, self.tgt_len = config.train.batch_size, b.src_len, b.tgt_len
         if max(self.src_len, self.tgt_len) > self.cfg.max_len or min(self.src_len,
                                                                       self.tgt_len) < 1:
             raise ValueError(f"config.bench: src_len {self.src_len} and tgt_len {self.tgt_len} "
                              f"must be between 1 and the model's max_len {self.cfg.max_len}")
         self.units_per_step = {"train": self.batch * self.tgt_len}
-        self.flops = {"train": translation_flops_per_token(self.cfg, self.src_len, self.tgt_len)}
+        self.flops = {"train": self.built.flops}
 
     def info(self) -> dict:
         return {"config": self.config.model.to_dict(), "batch": self.batch,
@@ -449,14 +403,10 @@ class TranslationWorkload(Workload):
                 f"target tokens), {c.dtype}; {self.flops['train'] / 1e6:.1f} MFLOP/target token")
 
     def ours(self, mesh) -> dict:
-        model = transformer.Transformer(self.cfg)
         local = self.batch // jax.process_count()
-        tokens = jnp.zeros((1, 4), jnp.int32)
-        init = lambda rng: model.init(rng, tokens, tokens)  # noqa: E731
         batch = translation_batch(self.cfg, local, self.src_len, self.tgt_len,
                                   jax.process_index())
-        loss_fn = translation_loss_fn(model, self.config.label_smoothing)
-        return {"train": TrainStep(self.config, init, loss_fn, mesh, batch)}
+        return {"train": TrainStep(self.config, self.built, mesh, batch)}
 
     def peer_spec(self, on_gpu: bool, compiled: bool) -> dict:
         spec = train_spec(self.config, on_gpu, compiled, self.cfg.dtype)
@@ -524,15 +474,15 @@ class TranslationDecodeWorkload(Workload):
     tokens are not compared here (tests/test_transformer.py compares them on shared weights).
 
     Tokens/s: output tokens per second of a whole call (batch x new_tokens), the encoder and
-    prefill included. FLOPs per output token: the decoder's forward for each of the beam_size
-    hypotheses, 2 (N_dec + V d) + 4 L d (t + S) for scores and weighted sums over t cached
-    target positions (their mean) and S source positions; the encoder's work is not counted."""
+    prefill included. FLOPs per output token: models.transformer.decode_flops_per_token (the
+    decoder's forward for each of the beam_size hypotheses)."""
 
     unit = "token"
     has_input_pipeline = False
 
     def __init__(self, config):
-        self.config, self.cfg, b = config, transformer_config(config), config.bench
+        self.config, self.built, b = config, translate.build(config), config.bench
+        self.cfg = self.built.cfg
         self.src_len, self.new_tokens = b.src_len, b.new_tokens
         self.beam_size, self.alpha = int(b.get("beam_size", 1)), float(b.get("alpha", 0.6))
         self.search = "greedy" if self.beam_size == 1 else f"beam-{self.beam_size}"
@@ -545,13 +495,10 @@ class TranslationDecodeWorkload(Workload):
                              f"{b.new_tokens} must fit the model's max_len {self.cfg.max_len}")
         self.steps_per_call = self.new_tokens
         self.units_per_step = {p: n * self.new_tokens for p, n in zip(self.phases, self.batches)}
-        c = self.cfg
-        _, n_dec = encoder_decoder_params(c)
-        mean_keys = (self.new_tokens + 1) / 2
-        per_token = self.beam_size * (2 * (n_dec + c.vocab_size * c.d_model) + 4 * c.n_layer
-                                      * c.d_model * (mean_keys + self.src_len))
+        per_token = transformer.decode_flops_per_token(self.cfg, self.src_len, self.new_tokens,
+                                                       self.beam_size)
         self.flops = {p: per_token for p in self.phases}
-        self.src = translation_batch(c, max(self.batches), self.src_len, 1, 0)["src"]
+        self.src = translation_batch(self.cfg, max(self.batches), self.src_len, 1, 0)["src"]
 
     def info(self) -> dict:
         return {"config": self.config.model.to_dict(), "batches": list(self.batches),
@@ -572,10 +519,8 @@ class TranslationDecodeWorkload(Workload):
 
     def ours(self, mesh) -> dict:
         del mesh    # one device
-        params = transformer.Transformer(self.cfg).init(
-            jax.random.key(self.config.seed), jnp.zeros((1, 4), jnp.int32),
-            jnp.zeros((1, 4), jnp.int32))["params"]
-        params = flax.core.meta.unbox(params)
+        params = flax.core.meta.unbox(
+            self.built.init_fn(jax.random.key(self.config.seed))["params"])
         return {p: TranslateCall(self.cfg, params, self.src[:n], self.new_tokens,
                                  self.beam_size, self.alpha)
                 for p, n in zip(self.phases, self.batches)}

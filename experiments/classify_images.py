@@ -24,10 +24,11 @@ import jax.numpy as jnp
 from data import augment, images, sources
 from data.iterators import ArrayBatches
 from experiments import launch
+from experiments.built import Built
 from models import convnets, inception
 from train import objectives
 from train.logging import read_metrics
-from train.trainer import Throughput, fit, preflight
+from train.trainer import fit, preflight
 
 
 def load_data(config) -> images.Classification:
@@ -66,14 +67,6 @@ def build_model(config, num_classes: int):
     return convnets.create(config.model.name, n, **config.model.overrides.to_dict())
 
 
-def center_crop(images, size: int):
-    """The central size x size window of NHWC images (as they are when no larger, or size 0)."""
-    h, w = images.shape[1:3]
-    size = size or max(h, w)
-    top, left = max(h - size, 0) // 2, max(w - size, 0) // 2
-    return images[:, top:top + min(h, size), left:left + min(w, size)]
-
-
 def classify_loss_fn(model, size: int = 0):
     """Softmax cross-entropy; in training BatchNorm normalises with the batch's statistics and
     returns its new running averages, in evaluation (rng None) it uses them, on the central
@@ -83,7 +76,8 @@ def classify_loss_fn(model, size: int = 0):
         mask = batch.get("weights")
         xent = lambda logits: objectives.cross_entropy(logits, batch["labels"], mask)  # noqa
         if rng is None:
-            logits = model.apply(variables, center_crop(batch["images"], size), train=False)
+            logits = model.apply(variables, augment.center_crop(batch["images"], size),
+                                 train=False)
             return xent(logits), ({"accuracy": objectives.accuracy(
                 logits, batch["labels"], mask)}, model_state)
         outputs, updates = model.apply(variables, batch["images"], train=True,
@@ -100,20 +94,53 @@ def rows(seed: int) -> dict:
     return dict(seed=seed, process_index=jax.process_index(), process_count=jax.process_count())
 
 
+def default_classes(config) -> int:
+    """model.num_classes; 0 means the data's: the offline tasks' counts, else ImageNet's."""
+    d = config.data
+    if config.model.num_classes:
+        return config.model.num_classes
+    if d.source == "digits":
+        return len(d.classes) or 10
+    return len(d.classes or images.sample_photos()) if d.source == "photos" else 1000
+
+
+def default_channels(config) -> int:
+    """The data source's image channels: 1 for the digits, 3 for the photographs, data.channels
+    for a hub dataset."""
+    d = config.data
+    return {"digits": 1, "photos": 3}.get(d.source, d.channels)
+
+
+def build(config, num_classes: int = 0, channels: int = 0) -> Built:
+    """The ConvNet of config.model for data.image_size images of `channels` channels (0: the
+    data source's: default_channels) and `num_classes` classes (0: default_classes),
+    without loading data. FLOPs per image: XLA's count of the eval-mode forward
+    (convnets.flops), training 3x that (the backward costs about twice the forward)."""
+    num_classes = num_classes or default_classes(config)
+    channels = channels or default_channels(config)
+    model = build_model(config, num_classes)
+    size = config.data.image_size
+    example = jnp.zeros((1, size, size, channels), jnp.float32)
+
+    def init_fn(rng):
+        return model.init(rng, example, train=False)
+
+    def predict_fn(params, model_state, batch):
+        return model.apply({"params": params, **model_state},
+                           augment.center_crop(batch["images"], size), train=False)
+
+    forward = convnets.flops(config.model.name, size, num_classes, channels,
+                             **config.model.overrides.to_dict())
+    return Built(config.model.name, model, init_fn, classify_loss_fn(model, size), predict_fn,
+                 "image", 3 * forward, infer_flops=forward)
+
+
 def setup(config, workdir) -> dict:
     """What fit() needs for this experiment (also used by experiments.evaluate)."""
     task = load_data(config)
-    model = build_model(config, len(task.classes))
+    built = build(config, len(task.classes), task.channels)
     t, size = config.train, config.data.image_size
-    example = center_crop(task.splits["val"]["images"][:1], size)
-
-    def init_fn(rng):
-        return model.init(rng, jnp.asarray(example), train=False)
-
-    def predict_fn(params, model_state, batch):
-        return model.apply({"params": params, **model_state}, center_crop(batch["images"], size),
-                           train=False)
-
+    example = augment.center_crop(task.splits["val"]["images"][:1], size)
     if task.train_batches is not None:
         train_data = task.train_batches(t.batch_size, **rows(config.seed))
     else:
@@ -126,17 +153,14 @@ def setup(config, workdir) -> dict:
         raise ValueError(f"data.augment {config.data.augment!r} turns {shapes[0]} images into "
                          f"{shapes[-1]}; training and evaluation images must be the same size")
     augment.augment_batches(train_data, pipeline)
-    flops = convnets.flops(config.model.name, size, model.num_classes, task.channels,
-                           **config.model.overrides.to_dict())
     return dict(
-        init_fn=init_fn, loss_fn=classify_loss_fn(model, size),
-        predict_fn=predict_fn, train_data=train_data,
+        **built.fit_args(), train_data=train_data,
+        eval_fns={"eval_views": augment.parse_eval},   # the accuracy evaluator's `pp` views
         # One ordered pass over each split, the last batch padded with weight-0 rows; "train"
         # (the training examples as they are, never augmented) for evaluators that name it.
         data={s: lambda a=task.splits[s]: ArrayBatches(
             a, t.batch_size, shuffle=False, drop_remainder=False, prefetch=0, **rows(0))
-              for s in ("train", "val", "test") if s in task.splits},
-        throughput=Throughput(0, 3 * flops))   # forward + backward ~ 3 forwards
+              for s in ("train", "val", "test") if s in task.splits})
 
 
 def last_metrics(workdir, split: str) -> dict:

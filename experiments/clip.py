@@ -23,11 +23,12 @@ import numpy as np
 from data import images, text
 from data.tokenizer import EOT, Tokenizer, train_bpe
 from experiments import launch
+from experiments.built import Built
 from models import clip, hf
 from models.vit import ViTConfig
 from train import objectives
 from train.logging import read_metrics
-from train.trainer import Throughput, fit, preflight
+from train.trainer import fit, preflight
 
 SOT = "<|startoftext|>"
 
@@ -63,6 +64,17 @@ def clip_loss_fn(model: clip.CLIP):
                    "text_to_image_top1": objectives.accuracy(logits.T, labels)}
         return objectives.clip_loss(logits), (metrics, state)
     return loss_fn
+
+
+def build(config) -> Built:
+    """CLIP of config.model, without loading data (setup first sets model.text.eot_token_id
+    from the tokenizer). FLOPs per image-text pair in a batch of train.batch_size
+    (clip.flops_per_pair). No predict_fn: its evaluators use the encoders (eval_functions)."""
+    cfg = model_config(config)
+    model = clip.CLIP(cfg)
+    return Built(cfg, model, lambda rng: model.init(rng, *clip.dummy_inputs(cfg)),
+                 clip_loss_fn(model), None, "pair",
+                 clip.flops_per_pair(cfg, config.train.batch_size))
 
 
 # --------------------------------------------------------------------------- data
@@ -216,8 +228,7 @@ def setup(config, workdir) -> dict:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but "
                          f"model.text.vocab_size is {config.model.text.vocab_size}")
     config.model.text.eot_token_id = tokenizer.eot_id
-    cfg = model_config(config)
-    model = clip.CLIP(cfg)
+    built = build(config)
     eval_stats = stats if config.data.source == "mnist_scenes" else (images.CLIP_MEAN,
                                                                      images.CLIP_STD)
     data = {}
@@ -226,12 +237,9 @@ def setup(config, workdir) -> dict:
             fixed = caption_batches(config, scenes, encode, stats, split)
             data[split] = lambda fixed=fixed: iter(fixed)
     return dict(
-        train_data=train_data, data=data, init_fn=lambda rng: model.init(
-            rng, *clip.dummy_inputs(cfg)),
-        loss_fn=clip_loss_fn(model), import_weights=import_clip,
-        eval_fns=eval_functions(config, cfg, scenes, encode, eval_stats),
+        **built.fit_args(), train_data=train_data, data=data, import_weights=import_clip,
+        eval_fns=eval_functions(config, built.cfg, scenes, encode, eval_stats),
         artifacts={"tokenizer.json": lambda path: text.save_tokenizer(tokenizer, path)},
-        throughput=Throughput(0, clip.flops_per_pair(cfg, config.train.batch_size)),
         scenes=scenes)
 
 

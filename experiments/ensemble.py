@@ -30,9 +30,10 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from data import augment
 from experiments import classify_images, tool_flags
 from train import checkpoint, objectives
-from train.evaluators.classification import average_probabilities, ten_crops
+from train.evaluators.classification import average_probabilities
 
 FLAGS = flags.FLAGS
 
@@ -93,13 +94,15 @@ def load_variables(workdir: pathlib.Path) -> dict:
     return {"params": got["params"], **(got.get("model_state") or {})}
 
 
+CROP_OPS = {1: "center_crop", 10: "ten_crop"}   # data/augment.py's evaluation views
+
+
 def predictor(model, crop_size: int, crops: int):
     """jit(variables, images) -> logits [crops, n, classes] (crops 1: the central window)."""
+    views = augment.parse_eval(f"{CROP_OPS[crops]}({crop_size})")
+
     def forward(variables, images):
-        if crops == 1:
-            x = classify_images.center_crop(images, crop_size)[None]
-        else:
-            x = ten_crops(images, crop_size)
+        x = views(images)
         logits = model.apply(variables, x.reshape(-1, *x.shape[2:]), train=False)
         return logits.reshape(crops, -1, logits.shape[-1])
     return jax.jit(forward)

@@ -28,11 +28,12 @@ import numpy as np
 from data import code_tasks, gpt1_inputs, hub_tasks, sources, text
 from data.iterators import ArrayBatches
 from experiments import launch
+from experiments.built import Built
 from experiments.pretrain_lm import hf_gpt, load_lm
 from models import gpt, gpt_tasks
 from train import objectives
 from train.logging import MetricWriter, read_metrics
-from train.trainer import Throughput, fit, preflight
+from train.trainer import fit, preflight
 
 
 def check_task(config) -> None:
@@ -80,6 +81,34 @@ def task_loss_fn(model: gpt_tasks.GPTForTasks, lam: float):
     return loss_fn
 
 
+def sequences(kind: str, num_classes: int) -> int:
+    """Input sequences per example (section 3.3): similarity reads both orderings, multiple
+    choice one sequence per answer."""
+    return {"similarity": 2, "multiple_choice": num_classes}.get(kind, 1)
+
+
+def build(config, kind: str = "classification", num_classes: int = 2,
+          length: int = 0) -> Built:
+    """GPTForTasks of config.model with the head of a task of `kind` and `num_classes`,
+    without loading data (setup first resolves config.model from init_from and the task's
+    tokens). An example is sequences(kind) sequences of `length` tokens (0: max_len); FLOPs
+    per token: the decoder's (gpt.flops_per_token), the head's not counted."""
+    cfg = gpt.GPTConfig(**config.model.to_dict())
+    model = gpt_tasks.GPTForTasks(cfg, kind=kind, num_classes=num_classes,
+                                  head_dropout=config.head_dropout)
+    n_seq, length = sequences(kind, num_classes), length or config.max_len
+
+    def init_fn(rng):
+        return model.init(rng, jnp.zeros((1, n_seq, length), jnp.int32),
+                          jnp.ones((1, n_seq), jnp.int32))
+
+    def predict_fn(params, model_state, batch):
+        return model.apply({"params": params}, batch["tokens"], batch["lengths"])[0]
+
+    return Built(cfg, model, init_fn, task_loss_fn(model, config.lam), predict_fn, "token",
+                 gpt.flops_per_token(cfg, length), units_per_example=n_seq * length)
+
+
 def decoder_and_tokenizer(config, workdir):
     """The decoder's config and tokenizer: init_from's when it is set (a workdir of ours or a
     transformers directory), else config.model's and config.data's (trained only for a run
@@ -111,28 +140,20 @@ def setup(config, workdir) -> dict:
     # The vocabulary grows by the start, delimiter and extract tokens; the config records it.
     config.model.update({**cfg.__dict__, "vocab_size": max(cfg.vocab_size,
                                                            tokenizer.vocab_size)})
-    cfg = gpt.GPTConfig(**config.model.to_dict())
     t = config.train
     n_train = len(arrays["train"]["labels"])
     if config.epochs > 0:
         t.steps = max(int(round(config.epochs * n_train / t.batch_size)), 1)
     if config.warmup_fraction > 0:
         t.warmup_steps = max(int(round(config.warmup_fraction * t.steps)), 1)
-    model = gpt_tasks.GPTForTasks(cfg, kind=task.kind, num_classes=task.num_classes,
-                                  head_dropout=config.head_dropout)
     example = arrays["train"]
     n_seq, length = example["tokens"].shape[1:]
-    tokens_per_example = n_seq * length
-
-    def init_fn(rng):
-        return model.init(rng, jnp.asarray(example["tokens"][:1]),
-                          jnp.asarray(example["lengths"][:1]))
-
-    def predict_fn(params, model_state, batch):
-        return model.apply({"params": params}, batch["tokens"], batch["lengths"])[0]
-
+    if n_seq != sequences(task.kind, task.num_classes):
+        raise ValueError(f"task {task.name!r} ({task.kind}) has {n_seq} sequences per example, "
+                         f"not {sequences(task.kind, task.num_classes)}")
+    built = build(config, task.kind, task.num_classes, length)
     return dict(
-        init_fn=init_fn, loss_fn=task_loss_fn(model, config.lam), predict_fn=predict_fn,
+        **built.fit_args(),
         train_data=ArrayBatches(example, t.batch_size, repeat_small=True, **rows(config.seed)),
         # One ordered pass over each split, the last batch padded with weight-0 rows.
         data={split: lambda a=arrays[split]: ArrayBatches(
@@ -140,8 +161,6 @@ def setup(config, workdir) -> dict:
               for split in ("val", "test")},
         import_weights=lambda path: {"params": hf_gpt(path)[1]},
         artifacts={"tokenizer.json": lambda path: text.save_tokenizer(tokenizer, path)},
-        throughput=Throughput(tokens_per_example,
-                              gpt.flops_per_token(cfg, length) * tokens_per_example),
         task=task)
 
 

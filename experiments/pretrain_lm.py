@@ -23,10 +23,11 @@ from jax.experimental import multihost_utils
 
 from data import icl_tasks, text
 from experiments import launch
+from experiments.built import Built
 from models import gpt, hf
 from train import checkpoint, objectives
 from train.logging import read_metrics
-from train.trainer import Throughput, fit, preflight
+from train.trainer import fit, preflight
 
 
 def model_config(config) -> gpt.GPTConfig:
@@ -206,20 +207,31 @@ def icl_eval_fns(cfg: gpt.GPTConfig, config, tokenizer) -> dict:
             "answer_logp": answer_scorer(cfg, tokenizer)}
 
 
+def build(config) -> Built:
+    """The GPT of config.model on windows of data.seq_len tokens, without loading data.
+    FLOPs per token: 6 N + 12 L d_attn T (gpt.flops_per_token)."""
+    cfg = model_config(config)
+    check_fit(cfg, config)
+    model = gpt.GPT(cfg)
+    seq_len = config.data.seq_len
+
+    def predict_fn(params, model_state, batch):
+        return model.apply({"params": params}, batch["inputs"])
+
+    return Built(cfg, model, lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32)),
+                 lm_loss_fn(model), predict_fn, "token", gpt.flops_per_token(cfg, seq_len),
+                 units_per_example=seq_len)
+
+
 def setup(config, workdir) -> dict:
     """What fit() needs for this experiment (also used by experiments.evaluate)."""
-    cfg = model_config(config)
-    check_fit(cfg, config)                  # cheap checks before any data work
+    built = build(config)                   # cheap checks before any data work
+    cfg = built.cfg
     tokenizer = text.workdir_tokenizer(config.data, workdir, config.get("init_from", ""))
     check_fit(cfg, config, tokenizer)
     train_data, data = lm_data(config, tokenizer)
-    model = gpt.GPT(cfg)
-    seq_len = config.data.seq_len
     return dict(
-        train_data=train_data, data=data, import_weights=import_gpt,
-        init_fn=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32)),
-        loss_fn=lm_loss_fn(model),
-        throughput=Throughput(seq_len, gpt.flops_per_token(cfg, seq_len) * seq_len),
+        **built.fit_args(), train_data=train_data, data=data, import_weights=import_gpt,
         artifacts={"tokenizer.json": lambda path: text.save_tokenizer(tokenizer, path)},
         eval_fns=(icl_eval_fns(cfg, config, tokenizer)
                   if any(e.type == "fewshot" for e in config.evals.values()) else {}))

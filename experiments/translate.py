@@ -22,9 +22,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from data import translation
 from experiments import launch
+from experiments.built import Built
 from models import transformer
 from train import objectives, sharding
 from train.logging import read_metrics
@@ -89,6 +91,23 @@ def make_translate(cfg: transformer.TransformerConfig):
     return translate
 
 
+def build(config, src_len: float = 0, tgt_len: float = 0) -> Built:
+    """The Transformer of config.model, without loading data. FLOPs per target token of pairs
+    of src_len source and tgt_len target tokens (0: model.max_len; transformer.flops_per_token);
+    an example is a pair. predict_fn: the teacher-forced logits [batch, target, vocab]."""
+    cfg = model_config(config)
+    model = transformer.Transformer(cfg)
+    example = jnp.zeros((1, 8), jnp.int32)
+    src_len, tgt_len = src_len or cfg.max_len, tgt_len or cfg.max_len
+
+    def predict_fn(params, model_state, batch):
+        return model.apply({"params": params}, batch["src"], batch["tgt_in"])
+
+    return Built(cfg, model, lambda rng: model.init(rng, example, example),
+                 translation_loss_fn(model, config.label_smoothing), predict_fn, "token",
+                 transformer.flops_per_token(cfg, src_len, tgt_len), units_per_example=tgt_len)
+
+
 def setup(config, workdir) -> dict:
     """What fit() needs for this experiment (also used by experiments.evaluate)."""
     cfg = model_config(config)
@@ -113,12 +132,11 @@ def setup(config, workdir) -> dict:
         enc, eval_tokens, rows=t.batch_size, row_multiple=dp, pad_step=d.pad_step,
         max_len=cfg.max_len, seed=0, shuffle=False, prefetch=0, **kw)
         for split, enc in evals.items()}
-    model = transformer.Transformer(cfg)
-    example = jnp.zeros((1, 8), jnp.int32)
+    # MFU: the FLOPs of a pair of the training pairs' mean lengths (the target without <s>).
+    built = build(config, np.mean([len(s) for s in train_enc.src]),
+                  np.mean([len(t) - 1 for t in train_enc.tgt]))
     return dict(
-        init_fn=lambda rng: model.init(rng, example, example),
-        loss_fn=translation_loss_fn(model, config.label_smoothing),
-        train_data=train_data, data=data,
+        **built.fit_args(), train_data=train_data, data=data,
         eval_fns=dict(translate=make_translate(cfg),
                       detokenize=lambda ids: translation.detokenize(tok, ids),
                       texts={s: (corpus[s].src, corpus[s].tgt) for s in ("val", "test")}),

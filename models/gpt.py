@@ -197,10 +197,24 @@ def count_params(cfg: GPTConfig, *, non_embedding: bool = False) -> int:
 def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:
     """Training FLOPs per token: 6 N + 12 L d_attn T (Kaplan et al. 2020, PaLM appendix B).
 
-    N counts non-embedding parameters plus the output projection (tied to W_e, it is still a
-    [d, V] matmul per token); the second term is the attention scores and weighted sum."""
-    n = count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.d_model
-    return training_flops_per_token(n, cfg.n_layer, cfg.n_head * cfg.d_head, seq_len)
+    N counts non-embedding parameters plus the output projection (matmul_params); the second
+    term is the attention scores and weighted sum."""
+    return training_flops_per_token(matmul_params(cfg), cfg.n_layer, cfg.n_head * cfg.d_head,
+                                    seq_len)
+
+
+def matmul_params(cfg: GPTConfig) -> int:
+    """Non-embedding parameters plus the output projection (tied to W_e, it is still a [d, V]
+    matmul per token)."""
+    return count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.d_model
+
+
+def decode_flops_per_token(cfg: GPTConfig, prompt_len: int, new_tokens: int) -> float:
+    """FLOPs per generated token of cached greedy decoding: the forward's 2 N (N as in
+    matmul_params) + 4 L d_attn t for scores and weighted sum over the t keys it attends
+    to, averaged over the steps; the prefill's work is not counted."""
+    mean_keys = prompt_len + (new_tokens - 1) / 2
+    return 2 * matmul_params(cfg) + 4 * cfg.n_layer * cfg.n_head * cfg.d_head * mean_keys
 
 
 @functools.partial(jax.jit, static_argnames="cfg")

@@ -26,7 +26,7 @@ from flax import linen as nn
 from models import decode as decoding
 from models.attention import constrain
 from models.layers import (DecoderBlock, TokenEmbedding, layer_norm, param_count,
-                           sinusoidal_positions, stack)
+                           sinusoidal_positions, stack, training_flops_per_token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +204,37 @@ def abstract_params(cfg: TransformerConfig):
 def count_params(cfg: TransformerConfig) -> int:
     """Number of parameters, the shared embedding counted once."""
     return param_count(abstract_params(cfg))
+
+
+def encoder_decoder_params(cfg: TransformerConfig) -> tuple[int, int]:
+    """Non-embedding parameters of the encoder and of the decoder."""
+    params = abstract_params(cfg)
+    return param_count(params["encoder"]), param_count(params["decoder"])
+
+
+def flops_per_token(cfg: TransformerConfig, src_len: float, tgt_len: float) -> float:
+    """Training FLOPs per target token, 6 N + 12 L d T per token of each stack (as GPT's
+    count; layers.training_flops_per_token): the encoder's over the source tokens, the
+    decoder's (its N with the tied output projection, V d) over the target tokens, plus the
+    attention over the source, 12 L d S per target token."""
+    n_enc, n_dec = encoder_decoder_params(cfg)
+    d, layers = cfg.d_model, cfg.n_layer
+    encoder = training_flops_per_token(n_enc, layers, d, src_len) * src_len
+    decoder = (training_flops_per_token(n_dec + cfg.vocab_size * d, layers, d, tgt_len)
+               + 12 * layers * d * src_len) * tgt_len
+    return (encoder + decoder) / tgt_len
+
+
+def decode_flops_per_token(cfg: TransformerConfig, src_len: int, new_tokens: int,
+                           beam_size: int = 1) -> float:
+    """FLOPs per output token of cached decoding: the decoder's forward for each of the
+    beam_size hypotheses, 2 (N_dec + V d) + 4 L d (t + S) for scores and weighted sums over t
+    cached target positions (their mean over the steps) and S source positions; the encoder's
+    work is not counted."""
+    _, n_dec = encoder_decoder_params(cfg)
+    mean_keys = (new_tokens + 1) / 2
+    return beam_size * (2 * (n_dec + cfg.vocab_size * cfg.d_model)
+                        + 4 * cfg.n_layer * cfg.d_model * (mean_keys + src_len))
 
 
 # ----------------------------------------------------------------------------- decoding

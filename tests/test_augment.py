@@ -246,3 +246,46 @@ def test_resume_with_augmentation_is_bit_exact(tmp_path, capfd, monkeypatch):
     shutil.rmtree(tmp_path / "checkpoints" / "4")
     assert run() == want
     assert "resumed from" in capfd.readouterr().err
+
+
+# --------------------------------------------------------------------------- evaluation views
+def test_center_crop_takes_the_central_window_or_leaves_the_image():
+    x = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6, 1)   # rows of 6 values
+    np.testing.assert_array_equal(augment.center_crop(x, 3)[0, :, :, 0],
+                                  [[7, 8, 9], [13, 14, 15], [19, 20, 21]])
+    for size in (0, 6, 8):     # 0 or no smaller than the image: the image as it is
+        np.testing.assert_array_equal(augment.center_crop(x, size), x)
+    np.testing.assert_array_equal(augment.center_crop(x, 5)[0, :, :, 0], x[0, :, :5, 0])
+
+
+def test_eval_ops_parse_into_views_of_every_image():
+    x = pixels(n=2, h=9, w=9)
+    one = augment.parse_eval("center_crop(7)")
+    assert one.count == 1
+    np.testing.assert_array_equal(one(x), augment.center_crop(x, 7)[None])
+    ten = augment.parse_eval("ten_crop(7)")
+    assert ten.count == 10
+    np.testing.assert_array_equal(ten(x), augment.ten_crop(x, 7))
+    # under jit, as the accuracy evaluator runs it, the same values
+    np.testing.assert_array_equal(jax.jit(ten)(x), augment.ten_crop(x, 7))
+    both = augment.parse_eval("center_crop(8) | ten_crop(7)")
+    assert both.count == 10 and both(x).shape == (10, 2, 7, 7, 3)
+    np.testing.assert_array_equal(both(x), augment.ten_crop(augment.center_crop(x, 8), 7))
+    assert augment.parse_eval("").count == 1
+    np.testing.assert_array_equal(augment.parse_eval("")(x), x[None])
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("flip_lr", "unknown evaluation op 'flip_lr'"),
+    ("ten_crop(7.5)", "sizes must be ints >= 0"),
+    ("ten_crop", "missing a required argument"),
+    ("center_crop(3, 4)", "too many positional arguments"),
+])
+def test_bad_eval_ops_are_named(spec, message):
+    with pytest.raises(ValueError, match=message):
+        augment.parse_eval(spec)
+
+
+def test_ten_crop_that_does_not_fit_is_refused():
+    with pytest.raises(ValueError, match="ten_crop: crop size 10 does not fit 9x9 images"):
+        augment.parse_eval("ten_crop(10)")(pixels())

@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 
 from data import images
+from data.augment import ten_crop
 from experiments import classify_images, ensemble
 from experiments.configs import convnets as configs
 from models import convnets
 from train.checkpoint import load_params
-from train.evaluators.classification import average_probabilities, ten_crops
+from train.evaluators.classification import average_probabilities
 
 
-def test_ten_crops_are_the_corners_centre_and_mirrors():
+def test_ten_crop_is_the_corners_centre_and_mirrors():
     x = np.arange(20, dtype=np.float32).reshape(1, 4, 5, 1)   # rows 0-4, 5-9, 10-14, 15-19
-    crops = np.asarray(ten_crops(x, 3))
+    crops = np.asarray(ten_crop(x, 3))
     assert crops.shape == (10, 1, 3, 3, 1)
     expected = [  # top-left, top-right, bottom-left, bottom-right, centre (top 0, left 1)
         [[0, 1, 2], [5, 6, 7], [10, 11, 12]],
@@ -29,7 +30,7 @@ def test_ten_crops_are_the_corners_centre_and_mirrors():
         np.testing.assert_array_equal(crops[i, 0, :, :, 0], e)
         np.testing.assert_array_equal(crops[5 + i, 0, :, :, 0], np.asarray(e)[:, ::-1])
     with pytest.raises(ValueError, match="does not fit"):
-        ten_crops(x, 5)
+        ten_crop(x, 5)
 
 
 def test_ensemble_averages_probabilities_not_votes():

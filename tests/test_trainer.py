@@ -280,7 +280,7 @@ def test_cpu_compile_options_change_speed_not_results(monkeypatch):
             rng, jnp.zeros((1, 16), jnp.int32)), loss_fn=lm_loss_fn(model), mesh=mesh)
         with jax.set_mesh(mesh):
             state = program.init(jax.random.key(0))
-            batch = trainer.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
+            batch = sharding.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
                                          program.batch_sharding)
             out = []
             for _ in range(3):

@@ -103,3 +103,21 @@ def check_process_rows(mesh: Mesh, batch_size: int) -> None:
                 f"the {batch_size} rows of each (micro)batch, but every process loads "
                 f"{per_process}: make data x fsdp a multiple of the {jax.process_count()} "
                 f"processes, with the tensor axis inside a host")
+
+
+def global_batch(batch: dict, batch_sharding) -> dict:
+    """Per-process numpy batch -> global jax arrays sharded over data x fsdp."""
+    def put(x):
+        x = np.asarray(x)
+        shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        return jax.make_array_from_process_local_data(batch_sharding, x, shape)
+    return jax.tree.map(put, batch)
+
+
+def with_logical_rules(fn):
+    """fn traced under the logical axis rules, so the models' activation constraints
+    (nn.with_logical_constraint) resolve to mesh axes."""
+    def wrapped(*args):
+        with nn.logical_axis_rules(LOGICAL_RULES):
+            return fn(*args)
+    return wrapped

@@ -170,28 +170,10 @@ def save_config(new: dict, workdir: pathlib.Path, step: int) -> None:
     tmp.replace(path)
 
 
-def global_batch(batch: dict, batch_sharding) -> dict:
-    """Per-process numpy batch -> global jax arrays sharded over data x fsdp."""
-    def put(x):
-        x = np.asarray(x)
-        shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-        return jax.make_array_from_process_local_data(batch_sharding, x, shape)
-    return jax.tree.map(put, batch)
-
-
 def _microbatches(batch, n: int):
     """[B, ...] -> [n, B/n, ...], each microbatch drawing from every device's shard."""
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1),
                         batch)
-
-
-def with_logical_rules(fn):
-    """fn traced under the logical axis rules, so the models' activation constraints
-    (nn.with_logical_constraint) resolve to mesh axes."""
-    def wrapped(*args):
-        with nn.logical_axis_rules(sharding.LOGICAL_RULES):
-            return fn(*args)
-    return wrapped
 
 
 def _keep_frozen_state(new, old, mask: dict[str, bool]):
@@ -320,7 +302,7 @@ def build(config, *, init_fn: Callable, loss_fn: Callable, mesh) -> Program:
     """Shapes and shardings of the train state (from the parameters' logical axis names) and
     the jitted init, train and eval steps."""
     t = config.train
-    loss_fn = with_logical_rules(loss_fn)
+    loss_fn = sharding.with_logical_rules(loss_fn)
     batch_sharding = sharding.batch_sharding(mesh)
     repl = sharding.replicated(mesh)
     boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))
@@ -478,7 +460,7 @@ def _fit(config, workdir, program, train_data, data, predict_fn, eval_fns, start
     try:
         with _StopSignal() as stop, jax.set_mesh(mesh):
             for step in range(start, t.steps):
-                batch = global_batch(next(train_data), program.batch_sharding)
+                batch = sharding.global_batch(next(train_data), program.batch_sharding)
                 state, metrics = program.train_step(state, batch)
                 s = step + 1
                 window.append(metrics)

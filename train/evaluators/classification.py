@@ -4,13 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train.evaluators import Evaluator, register
+from train import sharding
+from train.evaluators.base import Evaluator, register
 from train.objectives import true_class_rank
 
 
 def global_batch(batch: dict, program) -> dict:
-    from train.trainer import global_batch as put
-    return put(batch, program.batch_sharding)
+    return sharding.global_batch(batch, program.batch_sharding)
 
 
 @register("loss")
@@ -32,20 +32,6 @@ class Loss(Evaluator):
 CROPS = (1, 10)
 
 
-def ten_crops(images, size: int):
-    """AlexNet's test-time patches (Krizhevsky et al. 2012, section 4.1): the four corner
-    patches and the centre one, size x size, then the same five mirrored horizontally.
-    NHWC images [n, H, W, C] -> [10, n, size, size, C], in the order top-left, top-right,
-    bottom-left, bottom-right, centre, and their mirrors."""
-    h, w = images.shape[1:3]
-    if not 0 < size <= min(h, w):
-        raise ValueError(f"crop size {size} does not fit {h}x{w} images")
-    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size),
-               ((h - size) // 2, (w - size) // 2)]
-    five = [images[:, t:t + size, left:left + size] for t, left in corners]
-    return jnp.stack(five + [p[:, :, ::-1] for p in five])
-
-
 def average_probabilities(logits):
     """[members, n, classes] logits -> [n, classes]: the mean of the members' softmax
     probabilities (the averaging of an ensemble, and of AlexNet's ten patches)."""
@@ -56,10 +42,13 @@ def average_probabilities(logits):
 class Accuracy(Evaluator):
     """Top-k accuracy of predict_fn's logits [batch, classes] against batch["labels"], weighted
     by batch["weights"] (0 on padding rows). Logs `accuracy` (top-1) and `top{k}` for each k of
-    `topk` below the number of classes. crops=10 scores each image by the averaged softmax of
-    its ten crop_size patches (ten_crops) and logs the same names with `_10crop` appended."""
+    `topk` below the number of classes. `pp`: evaluation views of each image (e.g.
+    "ten_crop(32)", parsed by the experiment's `eval_views` function, data/augment.py's
+    parse_eval for the image experiments), each image scored by the averaged softmax of its k views,
+    the names logged with `_{k}crop` appended when k > 1; crops=10 is pp "ten_crop(crop_size)"
+    (AlexNet's ten patches)."""
 
-    defaults = dict(topk=(1,), crops=1, crop_size=0)
+    defaults = dict(topk=(1,), crops=1, crop_size=0, pp="")
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -70,18 +59,26 @@ class Accuracy(Evaluator):
             raise ValueError(f"evaluator {self.name!r}: crops must be 1 or 10 (10 with "
                              f"crop_size > 0), got crops={self.cfg.crops}, "
                              f"crop_size={self.cfg.crop_size}")
-        ks, crops = tuple(int(k) for k in self.cfg.topk), int(self.cfg.crops)
-        predict, program = self.ctx.predict_fn, self.ctx.program
-        from train.trainer import with_logical_rules
+        pp = self.cfg.get("pp", "")
+        if self.cfg.crops == 10 and pp:
+            raise ValueError(f"evaluator {self.name!r}: set pp or crops=10, not both")
+        pp = f"ten_crop({self.cfg.crop_size})" if self.cfg.crops == 10 else pp
+        if pp and "eval_views" not in self.ctx.fns:
+            raise ValueError(f"evaluator {self.name!r}: pp {pp!r} needs evaluation views, which "
+                             f"this experiment does not provide")
+        views = self.ctx.fns["eval_views"](pp) if pp else None
+        ks = tuple(int(k) for k in self.cfg.topk)
+        predict, program = sharding.with_logical_rules(self.ctx.predict_fn), self.ctx.program
+        self.views = views.count if views else 1
 
         def scores(state, batch):
-            if crops == 1:
-                return with_logical_rules(predict)(state.params, state.model_state, batch)
-            patches = ten_crops(batch["images"], self.cfg.crop_size)
+            if views is None:
+                return predict(state.params, state.model_state, batch)
+            patches = views(batch["images"])
             flat = patches.reshape(-1, *patches.shape[2:])   # eval mode: rows independent
-            logits = with_logical_rules(predict)(state.params, state.model_state,
-                                                 {**batch, "images": flat})
-            return average_probabilities(logits.reshape(crops, -1, logits.shape[-1]))
+            logits = predict(state.params, state.model_state, {**batch, "images": flat})
+            return average_probabilities(logits.reshape(patches.shape[0], -1,
+                                                        logits.shape[-1]))
 
         def counts(state, batch):
             logits = scores(state, batch)
@@ -107,7 +104,7 @@ class Accuracy(Evaluator):
         out = {"accuracy": hits[1] / total} if 1 in hits else {}
         if len(self.cfg.topk) > 1:
             out.update({f"top{k}": v / total for k, v in hits.items()})
-        suffix = "_10crop" if self.cfg.crops == 10 else ""
+        suffix = f"_{self.views}crop" if self.views > 1 else ""
         return {k + suffix: v for k, v in out.items()}
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train.evaluators import Evaluator, register
+from train.evaluators.base import Evaluator, register
 from train.evaluators.classification import labelled_in_batches
 from train.objectives import accuracy
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from train.evaluators import Evaluator, register
+from train.evaluators.base import Evaluator, register
 
 
 def _acc(hits: list[bool]) -> float:

@@ -24,7 +24,7 @@ import numpy as np
 import sacrebleu
 from jax.experimental import multihost_utils
 
-from train.evaluators import Evaluator, register
+from train.evaluators.base import Evaluator, register
 from train.evaluators.classification import Loss
 
 
