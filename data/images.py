@@ -70,12 +70,6 @@ def random_square_crop(images: np.ndarray, size: int, rng: np.random.Generator) 
     return np.stack([im[t : t + size, l : l + size] for im, t, l in zip(images, top, left)])
 
 
-def center_crop(images: np.ndarray, size: int) -> np.ndarray:
-    h, _ = _check_square(images, size)
-    o = (h - size) // 2
-    return images[:, o : o + size, o : o + size]
-
-
 def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 [n, H, W(, C)] -> float32 NHWC, (x / 255 - mean) / std per channel."""
     if images.ndim == 3:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import images, text
+from data import augment, images, text
 from data.tokenizer import EOT, Tokenizer, train_bpe
 from experiments import launch
 from experiments.built import Built
@@ -145,7 +145,7 @@ def model_images(x: np.ndarray, cfg: clip.CLIPConfig, stats) -> np.ndarray:
     """uint8 digit scenes -> the model's input: centre crop, then (for a model trained on other
     data) resized and repeated to its size and channels, normalised."""
     v = cfg.vision
-    x = images.center_crop(x, min(x.shape[1], v.image_size))
+    x = augment.center_crop(x, v.image_size)   # as they are when no larger
     if x.shape[1] != v.image_size:
         x = np.asarray(jax.image.resize(x.astype(np.float32), (len(x), v.image_size,
                                                                v.image_size), "bilinear"))
