@@ -13,8 +13,6 @@ naming the cause ("error: ..."), after the traceback.
 
 import difflib
 import errno
-import importlib
-import importlib.util
 import logging as py_logging
 import os
 import pathlib
@@ -25,9 +23,8 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.configs import common
+from experiments.configs import CONFIGS, common, config_module
 
-CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, config.json.")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 in a multi-process run, "
@@ -62,17 +59,6 @@ def config_file_argument(argv: list[str]) -> str | None:
     """The file part of config_argument."""
     value = config_argument(argv)
     return None if value is None else value.split(":", 1)[0]
-
-
-def config_module(path: pathlib.Path):
-    """A config file as a module: experiments.configs.NAME when it is one of ours."""
-    path = path.resolve()
-    if path.parent == CONFIGS:
-        return importlib.import_module(f"experiments.configs.{path.stem}")
-    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_config(spec: str):

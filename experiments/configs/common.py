@@ -86,7 +86,7 @@ EVAL_FIELDS = dict(type="loss", split="val", every=-1, data="", steps=-1)
 EVAL_TYPE_FIELDS = {
     "loss": {},
     "perplexity": {},
-    "accuracy": dict(topk=(1,), crops=1, crop_size=0),
+    "accuracy": dict(topk=(1,), crops=1, crop_size=0, pp=""),
     "zeroshot": dict(images=500, batch_size=512, seed=1234),
     "linear_probe": dict(images=1000, batch_size=512, seed=1234, train_images=3000,
                          val_images=500, Cs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
@@ -145,6 +145,7 @@ DESCRIPTIONS = {
     "evals.*.topk": "accuracy: the top-k accuracies logged",
     "evals.*.crops": "accuracy: crops per image (10: AlexNet's ten patches)",
     "evals.*.crop_size": "accuracy: side of each crop",
+    "evals.*.pp": "accuracy: evaluation views, e.g. ten_crop(32) (data/augment.py)",
     "evals.*.images": "zeroshot / linear_probe: images scored",
     "evals.*.shots": "fewshot: the numbers of examples K in the prompt",
     "evals.*.queries": "fewshot: episodes per task",

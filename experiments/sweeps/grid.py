@@ -4,7 +4,6 @@ sweep before anything runs)."""
 
 import dataclasses
 import hashlib
-import importlib
 import importlib.util
 import itertools
 import json
@@ -15,8 +14,9 @@ from typing import Any
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import configs
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "experiments" / "configs"
 RESERVED = ("before", "seeds", "metric", "overrides")
 
 class SweepError(ValueError):
@@ -166,16 +166,10 @@ def split_config_spec(spec: str) -> tuple[pathlib.Path, str]:
 
 
 def config_module(path: pathlib.Path):
-    """Import a config file: as experiments.configs.NAME when it is one of ours."""
-    path = path.resolve()
-    if not path.is_file():
-        raise SweepError(f"no config file {path}")
-    if path.parent == CONFIGS:
-        return importlib.import_module(f"experiments.configs.{path.stem}")
-    spec = importlib.util.spec_from_file_location(f"_sweep_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """Import a config file (experiments/configs/__init__.py: config_module)."""
+    if not pathlib.Path(path).resolve().is_file():
+        raise SweepError(f"no config file {pathlib.Path(path).resolve()}")
+    return configs.config_module(path)
 
 
 def experiment_of(module, path) -> str:
