@@ -124,7 +124,7 @@ def hf_pairs(data_cfg, split: str) -> Pairs:
 
 def _where(data_cfg, split: str) -> str:
     """The file(s) a split of an HF translation dataset comes from, for error messages."""
-    files = text.parse_data_files(data_cfg.hf_data_files)
+    files = sources.parse_data_files(data_cfg.hf_data_files)
     if isinstance(files, dict):
         files = next((files[n] for n in text._HF_SPLIT_NAMES[split] if n in files), None) \
             or [f"the {split} split carved from {', '.join(files.get('train', []))}"]
@@ -260,7 +260,7 @@ def encode_splits(tok: Tokenizer, corpus: dict[str, Pairs], max_len: int
     dropped, val and test ones cut, so BLEU scores those from a cut source). Returns the
     splits and the data report: {split: {"pairs": kept, "dropped": {reason: n}, "cut": n}}."""
     encoded, report = {}, {}
-    for split, pairs in sorted(corpus.items(), key=lambda kv: text.SPLITS.index(kv[0])):
+    for split, pairs in sorted(corpus.items(), key=lambda kv: sources.SPLITS.index(kv[0])):
         train = split == "train"
         encoded[split], long = fit_length(encode(tok, pairs), max_len, drop=train)
         dropped = dict(pairs.dropped)
