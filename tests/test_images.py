@@ -4,6 +4,7 @@ import re
 import numpy as np
 import pytest
 
+from data import augment
 from data import images as I
 
 
@@ -37,8 +38,8 @@ def test_scene_rendering(scenes):
     assert x.shape == (16, 36, 36) and x.dtype == np.uint8 and len(captions) == 16
     # A two-digit scene keeps the first digit left of the second, inside the centre crop.
     pair = scenes.render((3, 8), "test", rng)
-    cols = np.nonzero(I.center_crop(pair[None], 32)[0].max(0))[0]
-    assert pair.sum() == I.center_crop(pair[None], 32).sum()
+    cols = np.nonzero(augment.center_crop(pair[None], 32)[0].max(0))[0]
+    assert pair.sum() == augment.center_crop(pair[None], 32).sum()
     assert cols.min() < 16 and cols.max() >= 16
     x, labels = scenes.labelled("heldout_pairs", 20, "test", rng)
     assert x.shape == (20, 36, 36) and labels.max() < 10
@@ -56,7 +57,7 @@ def test_crops_and_normalize():
     x = rng.integers(0, 256, (4, 36, 36), dtype=np.uint8)
     crops = I.random_square_crop(x, 32, rng)
     assert crops.shape == (4, 32, 32)
-    c = I.center_crop(x, 32)
+    c = augment.center_crop(x, 32)
     np.testing.assert_array_equal(c, x[:, 2:34, 2:34])
     z = I.normalize(c, I.MNIST_MEAN, I.MNIST_STD)
     assert z.shape == (4, 32, 32, 1) and z.dtype == np.float32
