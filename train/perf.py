@@ -3,6 +3,7 @@ options for host-CPU steps."""
 
 import functools
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,11 @@ def compiler_options(platform: str) -> dict:
     they were measured), none elsewhere."""
     if platform != "cpu" or not _cpu_has("avx512f"):
         return {}
+    # A program with oneDNN calls cannot be serialised into JAX's persistent compilation cache
+    # (gpt1_transfer turns it on): JAX then warns at every compile, and the program is simply
+    # compiled again next time. Nothing is wrong, so the warning would only bury the output.
+    warnings.filterwarnings("ignore", message="Error writing persistent compilation cache "
+                            "entry.*onednn", category=UserWarning)
     return _if_accepted(CPU_OPTIONS)
 
 
