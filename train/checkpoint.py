@@ -10,6 +10,7 @@ is known to be intact, so the newest intact checkpoint is never deleted.
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import pathlib
@@ -19,6 +20,8 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 MANIFEST = "manifest.json"
@@ -185,20 +188,26 @@ def newest_readable(directory: pathlib.Path, read, on_damaged=None):
     newer step is damaged: on_damaged(step, why) (default: one line naming it). The one rule by
     which the trainer resumes and every reader of a workdir (init_from, generation, evaluation)
     chooses its step; a checkpoint of another model (_DoesNotFit) is an error, not damage."""
-    on_damaged = on_damaged or _name_damaged(directory)
+    return next(readable_steps(directory, read, on_damaged or _name_damaged(directory)), None)
+
+
+def readable_steps(directory: pathlib.Path, read, on_damaged):
+    """(step, read(step)) of each readable step, newest first, by newest_readable's rule; each
+    damaged step met on the way: on_damaged(step, why)."""
     for step in _step_dirs(directory):
         problem = verify(pathlib.Path(directory) / str(step))
         if problem not in (None, "unverified"):
             on_damaged(step, problem)
             continue
         try:
-            return step, read(step)
+            value = read(step)
         except _DoesNotFit:
             raise
         except Exception as e:   # unreadable files of an unverified step
             first = (str(e).strip().splitlines() or [""])[0]
             on_damaged(step, f"{type(e).__name__}: {first[:200]}")
-    return None
+            continue
+        yield step, value
 
 
 def restore_subtree(directory: pathlib.Path, step: int, target: dict) -> dict:
@@ -283,14 +292,81 @@ def load_params(workdir) -> tuple[dict, dict]:
 def read_newest(directory: pathlib.Path, keys=("params",)) -> dict:
     """{key: host arrays} for those of `keys` the saved train state has ("params",
     "model_state", ...), from the step newest_readable chooses."""
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-    def read(step):
-        shapes = saved_shapes(directory, step)
-        target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                              {k: shapes[k] for k in keys if shapes.get(k)})
-        return jax.device_get(restore_subtree(directory, step, target))
-    found = newest_readable(directory, read)
+    found = newest_readable(directory, lambda step: read_step(directory, step, keys))
     if found is None:
         raise FileNotFoundError(f"{directory} holds no intact checkpoint")
     return found[1]
+
+
+def read_step(directory: pathlib.Path, step: int, keys=("params",)) -> dict:
+    """{key: host arrays} for those of `keys` the train state saved at `step` has (empty
+    collections, such as a model without BatchNorm's model_state, are left out)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = saved_shapes(directory, step)
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          {k: shapes[k] for k in keys if shapes.get(k)})
+    return jax.device_get(restore_subtree(directory, step, target))
+
+
+def average_newest(directory: pathlib.Path, n: int, keys=("params", "model_state")):
+    """(steps, {key: host arrays}): the mean of `keys` over the newest `n` intact steps, newest
+    first (checkpoint averaging, Vaswani et al. 2017, section 6.1), by mean_tree's rule. The
+    optimiser state is not read: evaluation does not need it. Damaged steps are skipped and
+    named in one line; fewer than `n` intact steps is an error naming those there are (an
+    average of fewer would not be the one asked for)."""
+    if n < 1:
+        raise ValueError(f"the number of checkpoints to average must be at least 1, got {n}")
+    damaged, steps = [], []
+
+    def trees():
+        for step, tree in itertools.islice(readable_steps(
+                directory, lambda s: read_step(directory, s, keys),
+                lambda s, why: damaged.append(f"{s} ({why})")), n):
+            steps.append(step)
+            yield tree
+    try:
+        mean = mean_tree(trees())
+    except _NoTrees:
+        mean = None
+    if damaged:
+        print(f"damaged checkpoints left out of the average in {directory}: {'; '.join(damaged)}",
+              file=sys.stderr)
+    if len(steps) < n:
+        raise ValueError(f"cannot average the last {n} checkpoints: {directory} holds "
+                         f"{len(steps)} intact one(s){': steps ' if steps else ''}"
+                         f"{', '.join(map(str, steps))}")
+    return steps, mean
+
+
+class _NoTrees(ValueError):
+    pass
+
+
+def mean_tree(trees):
+    """The leafwise arithmetic mean of pytrees of one structure, read one at a time (one tree
+    and the running sum in memory). Floating leaves (weights, BatchNorm statistics) are summed
+    in at least float32 and cast back to their dtype; other leaves (integer counters) are not
+    averaged: the first tree's are kept."""
+    first, total, count = None, None, 0
+    for tree in trees:
+        if first is None:
+            first, total = tree, jax.tree.map(_widen, tree)
+        elif jax.tree.structure(tree) != jax.tree.structure(first):
+            raise ValueError(f"tree {count + 1} of those averaged does not have the first "
+                             f"one's structure: {jax.tree.structure(tree)}")
+        else:
+            total = jax.tree.map(lambda t, x: t + _widen(x) if _floating(x) else t, total, tree)
+        count += 1
+    if first is None:
+        raise _NoTrees("no trees to average")
+    return jax.tree.map(
+        lambda t, x: (t / count).astype(x.dtype) if _floating(x) else x, total, first)
+
+
+def _floating(x) -> bool:
+    return jnp.issubdtype(np.asarray(x).dtype, jnp.floating)
+
+
+def _widen(x):
+    x = np.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32)) if _floating(x) else x
