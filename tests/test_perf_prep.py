@@ -75,3 +75,42 @@ def test_a_finite_update_changes_params_optimiser_and_model_state():
     for old, new in zip(kept(state), kept(after)):
         assert not same_bits(old, new)
     assert int(after.nonfinite_total) == 0 and int(after.nonfinite_run) == 0
+
+
+# ------------------------------------------------------------------ the padded vocabulary
+
+def test_a_padded_vocabulary_gives_the_unpadded_models_logits_and_loss():
+    from models import gpt
+    small = dict(vocab_size=61, n_ctx=16, n_layer=2, n_head=2, d_model=32, dropout=0.0,
+                 attn_dropout=0.0)
+    cfg, padded_cfg = gpt.GPTConfig(**small), gpt.GPTConfig(**small, pad_vocab_multiple=128)
+    assert padded_cfg.padded_vocab == 128 and cfg.padded_vocab == 61
+    params = gpt.GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.tree.map(np.asarray, nn.meta.unbox(params))
+    extra = np.random.default_rng(1).normal(size=(128 - 61, 32)).astype(np.float32) * 5
+    padded = dict(params, wte={"embedding": np.concatenate([params["wte"]["embedding"], extra])})
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, 61, size=(2, 9)), jnp.int32)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    ref, logp_ref = gpt.GPT(cfg).apply({"params": params}, inputs), gpt.token_scores(
+        cfg, params, inputs, targets)
+    got, logp_got = gpt.GPT(padded_cfg).apply({"params": padded}, inputs), gpt.token_scores(
+        padded_cfg, padded, inputs, targets)
+    assert got.shape == ref.shape == (2, 8, 61)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logp_got[0], logp_ref[0], rtol=1e-5, atol=1e-5)   # the loss
+    np.testing.assert_array_equal(logp_got[1], logp_ref[1])                       # argmax
+    mask = np.ones(inputs.shape, bool)
+    first, _ = gpt.prefill(padded_cfg, padded, inputs, mask, 12)
+    np.testing.assert_allclose(first, gpt.prefill(cfg, params, inputs, mask, 12)[0],
+                               rtol=1e-5, atol=1e-5)
+    assert gpt.count_params(padded_cfg) - gpt.count_params(cfg) == (128 - 61) * 32
+    with pytest.raises(ValueError, match="pad_vocab_multiple"):
+        gpt.GPTConfig(**small, pad_vocab_multiple=-1)
+
+
+def test_the_config_layer_takes_pad_vocab_multiple():
+    """--config.model.pad_vocab_multiple=128 reaches GPTConfig (pretrain_lm builds it so)."""
+    from experiments.configs import defaults
+    from models import gpt
+    cfg = gpt.GPTConfig(**defaults.gpt("gpt1", pad_vocab_multiple=128).to_dict())
+    assert cfg.padded_vocab == 40576 and cfg.vocab_size == 40478
