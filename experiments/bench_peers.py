@@ -6,7 +6,8 @@ so the peer starts quickly.
 Protocol (one JSON line each way): the benchmark sends the spec (the workload's peer_spec plus
 "workload", "peak_sizes", "peak_repeats"); the worker builds the steps, runs each phase once and
 answers {"first_step_s", "info", "matmul_flops"}; then "run PHASE N" -> {"times", "cpu",
-"loss"} and "quit" -> {"max_rss_bytes"}.
+"loss", "rss_bytes"} (the resident memory right after those steps) and "quit" ->
+{"max_rss_bytes"}.
 """
 
 import json
@@ -22,6 +23,19 @@ def cpu_seconds() -> float:
 
 def max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int:
+    """The process's resident memory now (VmRSS): what the steps hold, unlike the lifetime peak
+    that compiling and start-up may set."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return max_rss_bytes()   # no /proc (macOS): the peak is the best bound at hand
 
 
 def timed(step, n: int, times: list, cpu: list):
@@ -70,7 +84,8 @@ def worker():
             _, phase, n = line.split()
             times, cpu = [], []
             loss = timed(lambda: step(phase), int(n), times, cpu)
-            print(json.dumps({"times": times, "cpu": cpu, "loss": loss}), flush=True)
+            print(json.dumps({"times": times, "cpu": cpu, "loss": loss,
+                              "rss_bytes": rss_bytes()}), flush=True)
         else:
             print(json.dumps({"max_rss_bytes": max_rss_bytes()}), flush=True)
             return

@@ -21,6 +21,8 @@ the host allocator kept warm (train.perf.keep_host_memory). The last line printe
 object: for the training step `<unit>s_per_sec`, `mfu`, `step_s`, `compile_s`, and with a peer
 `peer_<unit>s_per_sec`, `ratio`, `ratio_rounds`; the inference phase the same keys with
 `infer_` after any `peer_` (`infer_images_per_sec`, `peer_infer_images_per_sec`, `infer_ratio`).
+Memory: `max_rss_bytes` (the process's lifetime peak, compiling included) and `step_rss_bytes`
+(resident right after the timed steps), each also with `peer_`.
 """
 
 import json
@@ -35,7 +37,7 @@ import numpy as np
 from absl import flags
 
 from experiments import launch, sweep
-from experiments.bench_peers import max_rss_bytes, timed
+from experiments.bench_peers import max_rss_bytes, rss_bytes, timed
 from experiments.bench_workloads import WORKLOADS
 from train import perf, sharding
 from train.trainer import validate
@@ -104,6 +106,7 @@ class Peer(Side):
             cwd=pathlib.Path(__file__).resolve().parents[1], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True)
         self.ready = self._ask(json.dumps(spec))
+        self.step_rss_bytes = 0
 
     def _ask(self, line: str) -> dict:
         self.proc.stdin.write(line + "\n")
@@ -118,6 +121,7 @@ class Peer(Side):
         if record:
             self.times[phase] += r["times"]
             self.cpu[phase] += r["cpu"]
+            self.step_rss_bytes = r["rss_bytes"]
 
     def close(self) -> int:
         try:
@@ -200,6 +204,7 @@ def main(config, workdir):
             ours.run(phase, FLAGS.steps)
             for p in peers:
                 p.run(phase, FLAGS.steps)
+    step_rss = rss_bytes()
     if FLAGS.profile_dir:
         with jax.profiler.trace(FLAGS.profile_dir):
             for phase in work.phases:
@@ -223,6 +228,7 @@ def main(config, workdir):
                        {"compile_s": step.compile_s, **step.memory}.items()})
     rows = phase_rows(work, ours, result, peak, workers)
     rows[head][0][1]["max_rss_bytes"] = result["max_rss_bytes"] = max_rss_bytes()
+    result["step_rss_bytes"] = step_rss
     if matmul:
         result["matmul_bf16_flops"] = matmul
         result["mfu_of_measured_matmul"] = (result[f"{work.unit}s_per_sec"]
@@ -239,6 +245,7 @@ def main(config, workdir):
         for phase, row in phase_rows(work, p, result, peak, workers).items():
             rows[phase] += row
             compare(work, ours, p, phase, result)
+        result[f"{p.key}_step_rss_bytes"] = p.step_rss_bytes
         rows[head][-1][1]["max_rss_bytes"] = result[f"{p.key}_max_rss_bytes"] = p.close()
     result["load_average"] = os.getloadavg()[0]
     if jax.process_index() == 0:

@@ -46,16 +46,27 @@ class GPTConfig:
     dtype: str = "float32"        # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
     remat: str = "none"           # none | full | dots: what jax.checkpoint keeps per block
+    pad_vocab_multiple: int = 0   # > 0: W_e has rows up to a multiple of it (round matmul
+                                  # shapes); the padded rows' logits are sliced off
 
     def __post_init__(self):
         check_config(self)
         if self.remat != "none" and self.remat not in REMAT_POLICIES:
             raise ValueError(f"GPTConfig.remat is {self.remat!r}; choose from none, "
                              f"{', '.join(REMAT_POLICIES)}")
+        if self.pad_vocab_multiple < 0:
+            raise ValueError(f"GPTConfig.pad_vocab_multiple is {self.pad_vocab_multiple}; "
+                             "use 0 (no padding) or a positive multiple such as 128")
 
     @property
     def d_head(self) -> int:
         return self.head_dim or self.d_model // self.n_head
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of W_e: vocab_size rounded up to pad_vocab_multiple."""
+        m = self.pad_vocab_multiple or 1
+        return -(-self.vocab_size // m) * m
 
     @property
     def ffn_dim(self) -> int:
@@ -127,7 +138,7 @@ class GPT(nn.Module):
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         if tokens.shape[-1] > cfg.n_ctx:
             raise ValueError(f"sequence of {tokens.shape[-1]} tokens exceeds the context {cfg.n_ctx}")
-        wte = TokenEmbedding(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+        wte = TokenEmbedding(cfg.padded_vocab, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
                              name="wte")
         wpe = LearnedPositions(cfg.n_ctx, cfg.d_model, init_std=0.01, param_dtype=param_dtype,
                                name="wpe")
@@ -150,7 +161,8 @@ class GPT(nn.Module):
                   decode=self.decode)
         if cfg.norm == "pre":
             h = layer_norm("ln_f", cfg.ln_eps, dtype, param_dtype)(h)
-        logits = constrain(wte.attend(h), "batch", "length", "vocab")  # h_n W_e^T
+        logits = real_vocab(cfg, wte.attend(h))                        # h_n W_e^T
+        logits = constrain(logits, "batch", "length", "vocab")
         return (logits, h) if with_hidden else logits
 
     def positions(self, tokens, pad_mask):
@@ -177,6 +189,11 @@ class GPT(nn.Module):
         return positions, real_keys
 
 
+def real_vocab(cfg: GPTConfig, logits):
+    """The logits of the real tokens: the padded rows of W_e are never predicted."""
+    return logits if cfg.padded_vocab == cfg.vocab_size else logits[..., :cfg.vocab_size]
+
+
 def abstract_params(cfg: GPTConfig):
     """Parameter shapes of a preset, computed without allocating them."""
     tokens = jax.ShapeDtypeStruct((1, min(cfg.n_ctx, 8)), jnp.int32)
@@ -190,7 +207,7 @@ def count_params(cfg: GPTConfig, *, non_embedding: bool = False) -> int:
     params = abstract_params(cfg)
     total = param_count(params)
     if non_embedding:
-        total -= cfg.vocab_size * cfg.d_model + cfg.n_ctx * cfg.d_model
+        total -= cfg.padded_vocab * cfg.d_model + cfg.n_ctx * cfg.d_model
     return total
 
 
@@ -205,8 +222,8 @@ def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:
 
 def matmul_params(cfg: GPTConfig) -> int:
     """Non-embedding parameters plus the output projection (tied to W_e, it is still a [d, V]
-    matmul per token)."""
-    return count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.d_model
+    matmul per token, over the padded rows too)."""
+    return count_params(cfg, non_embedding=True) + cfg.padded_vocab * cfg.d_model
 
 
 def decode_flops_per_token(cfg: GPTConfig, prompt_len: int, new_tokens: int) -> float:
@@ -270,7 +287,7 @@ def prefill(cfg: GPTConfig, params, tokens, pad_mask, max_len: int):
         {"params": params, "cache": cache}, tokens, pad_mask=pad_mask, with_hidden=True,
         mutable=["cache"])
     wte = params["wte"]["embedding"].astype(h.dtype)
-    return (h[:, -1] @ wte.T).astype(jnp.float32), state["cache"]
+    return real_vocab(cfg, h[:, -1] @ wte.T).astype(jnp.float32), state["cache"]
 
 
 def step_fn(cfg: GPTConfig, params) -> decode.Step:

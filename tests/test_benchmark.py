@@ -42,6 +42,9 @@ def test_cpu_benchmark_against_pytorch():
     assert r["ratio"] == r["tokens_per_sec"] / r["peer_tokens_per_sec"]
     assert len(r["ratio_rounds"]) == 2 and min(r["ratio_rounds"]) > 0
     assert r["peer_logits_dtype"] == "float32"
+    for side in ("", "peer_"):   # resident memory during the steps, at most the lifetime peak
+        # (up to the kernel's batched RSS counters, which VmRSS and ru_maxrss read apart)
+        assert 0 < r[f"{side}step_rss_bytes"] <= 1.01 * r[f"{side}max_rss_bytes"], side
 
 
 def test_gpu_preset_runs_on_cpu():

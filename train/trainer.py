@@ -217,16 +217,14 @@ def make_train_step(loss_fn, tx, grad_accum: int, batch_spec, seed: int, freeze:
         grad_norm = optax.tree.norm(grads)   # of the trainable parameters only
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-        def update(_):
-            updates, opt_state = tx.update(grads, state.opt_state, trainable)
-            params = optim.merge(optax.apply_updates(trainable, updates), frozen)
-            return params, opt_state, model_state
-
-        def skip(_):
-            return state.params, state.opt_state, state.model_state
-
-        # A branch, not a select per array: no extra pass over parameters and optimiser state.
-        params, opt_state, model_state = jax.lax.cond(ok, update, skip, None)
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        params = optim.merge(optax.apply_updates(trainable, updates), frozen)
+        # A select, not a lax.cond: a branch on a device value can cost a host round trip per
+        # step on GPUs; a skipped update keeps the old arrays bit for bit.
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        params, opt_state, model_state = jax.tree.map(
+            keep, (params, opt_state, model_state),
+            (state.params, state.opt_state, state.model_state))
         new_state = TrainState(
             step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
             nonfinite_total=state.nonfinite_total + (~ok),

@@ -31,6 +31,7 @@ GPT = dict(                      # models/gpt.py: GPTConfig
     dtype="float32",             # compute dtype: float32 | bfloat16
     param_dtype="float32",       # the parameters' dtype
     remat="none",                # none | full | dots: what jax.checkpoint keeps per block
+    pad_vocab_multiple=0,        # > 0: W_e rows rounded up to a multiple; padded logits dropped
 )
 
 
