@@ -16,17 +16,19 @@ Logs loss, top-1 (`accuracy`, `top1`) and top-5 (more than 5 classes) of `val` d
 and `test` at the end to metrics.jsonl.
 """
 
+import pathlib
 import sys
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 from data import augment, images, sources
 from data.iterators import ArrayBatches
 from experiments import launch
 from experiments.built import Built
 from models import convnets, inception
-from train import objectives
+from train import objectives, optim
 from train.logging import read_metrics
 from train.trainer import fit, preflight
 
@@ -135,6 +137,39 @@ def build(config, num_classes: int = 0, channels: int = 0) -> Built:
                  "image", 3 * forward, infer_flops=forward)
 
 
+def read_state_dict(path) -> dict:
+    """A torch state dict saved with torch.save (.pt, .pth: needs torch) or safetensors
+    (.safetensors: no torch), as name -> array."""
+    path = pathlib.Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+        return load_file(path)
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"config.init_from {path}: reading a torch state dict needs torch "
+                          f"(pip install torch), or save it as .safetensors") from None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def import_torchvision(config, built: Built):
+    """import_weights for fit(): path -> our variables from a torchvision state dict of
+    config.model.name (models.convnets.from_torchvision). When the task's classes differ from
+    the state dict's, the classifier (every tensor whose last axis is the class count, and only
+    those) takes the fresh initialisation of config.seed; everything else is loaded."""
+    def import_weights(path):
+        _, loaded = convnets.from_torchvision(config.model.name, read_state_dict(path),
+                                              **config.model.overrides.to_dict())
+        fresh = optim.flat(nn.meta.unbox(built.init_fn(jax.random.key(config.seed))))
+        flat = optim.flat(loaded)
+        for k, v in flat.items():
+            want = tuple(fresh[k].shape) if k in fresh else None
+            if want and want != v.shape and want[:-1] == v.shape[:-1]:
+                flat[k] = fresh[k]    # a new head for the task's classes
+        return optim.nest(flat)
+    return import_weights
+
+
 def setup(config, workdir) -> dict:
     """What fit() needs for this experiment (also used by experiments.evaluate)."""
     task = load_data(config)
@@ -155,6 +190,7 @@ def setup(config, workdir) -> dict:
     augment.augment_batches(train_data, pipeline)
     return dict(
         **built.fit_args(), train_data=train_data,
+        import_weights=import_torchvision(config, built),
         eval_fns={"eval_views": augment.parse_eval},   # the accuracy evaluator's `pp` views
         # One ordered pass over each split, the last batch padded with weight-0 rows; "train"
         # (the training examples as they are, never augmented) for evaluators that name it.
