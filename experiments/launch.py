@@ -20,9 +20,10 @@ import sys
 import traceback
 from typing import Callable
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import tool_flags
 from experiments.configs import CONFIGS, common, config_module
 
 
@@ -193,8 +194,7 @@ def run(main: Callable, default_config: str, workdir_required: bool = True):
     def _main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        if not FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
-            logging.set_verbosity(logging.WARNING)
+        tool_flags.quiet_libraries()   # orbax logs every checkpoint step at INFO
         if FLAGS.workdir:
             FLAGS.workdir = os.path.expanduser(FLAGS.workdir)
         try:
