@@ -35,6 +35,7 @@ import functools
 
 import numpy as np
 
+from data import images
 from data.images import SPLITS, mnist_digits, split_indices
 
 LABELS = ("max", "sum")
@@ -172,3 +173,15 @@ def cluttered_digits(n_train: int = 20_000, n_eval: int = 2_000, seed: int = 0,
     """{split: scenes(split, n, seed, **options)} for train (n_train scenes) and val and test
     (n_eval each)."""
     return {s: scenes(s, n_train if s == "train" else n_eval, seed, **options) for s in SPLITS}
+
+
+def classification(n_train: int, n_eval: int, seed: int = 0, image_size: int = 32,
+                   **options) -> images.Classification:
+    """The scenes as a classification task (experiments.classify_images, data.source
+    "clutter"): pixels normalised with the ImageNet mean and std, "sources" dropped."""
+    splits = cluttered_digits(n_train, n_eval, seed, size=image_size, **options)
+    splits = {s: {"images": images.normalize(v["images"] * 255.0, images.IMAGENET_MEAN,
+                                             images.IMAGENET_STD), "labels": v["labels"]}
+              for s, v in splits.items()}
+    return images.Classification(splits, [str(d) for d in range(10)], channels=3,
+                                 mean=images.IMAGENET_MEAN, std=images.IMAGENET_STD)

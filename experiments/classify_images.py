@@ -5,7 +5,8 @@
         --workdir=DIR [--config.model.name=resnet20 --config.train.steps=100 ...]
 
 Data (config.data.source): the offline MNIST digits padded to 32x32, the offline colour task
-(which photograph a crop comes from, val/test from held-out bands), or a Hugging Face
+(which photograph a crop comes from, val/test from held-out bands), the cluttered digit scenes
+(data/clutter.py: harder, with room for the papers' ablations to separate), or a Hugging Face
 image-classification dataset (data/images.py). Training batches (only) go through
 config.data.augment, a pipeline of augmentation ops such as "flip_lr|random_crop(32, pad=4)"
 (data/augment.py; "" = none). The loss is softmax cross-entropy; models with
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from data import augment, images, sources
+from data import augment, clutter, images, sources
 from data.iterators import ArrayBatches
 from experiments import launch
 from experiments.built import Built
@@ -44,9 +45,15 @@ def load_data(config) -> images.Classification:
     if d.source == "photos":
         return images.photo_classification(d.image_size, d.photo_side, d.eval_crops, seed,
                                            d.classes, d.per_class, d.eval_size)
+    if d.source == "clutter":
+        return images.subset(
+            clutter.classification(d.scenes, d.eval_scenes, seed, d.image_size,
+                                   digits=d.clutter_digits, label=d.clutter_label,
+                                   clutter=d.clutter_fragments, split_seed=seed),
+            d.classes, d.per_class, seed)
     if d.classes or d.per_class or d.eval_size:
         raise ValueError("data.classes, data.per_class and data.eval_size apply to the "
-                         "offline sources (digits, photos)")
+                         "offline sources (digits, photos, clutter)")
     if d.source == "hf":
         if not d.hf_dataset:
             raise ValueError("data.source 'hf' needs data.hf_dataset (a hub name, or "
@@ -59,7 +66,7 @@ def load_data(config) -> images.Classification:
         return images.hf_classification(
             d.hf_dataset, d.image_size, d.image_column, d.label_column, d.val_split,
             d.test_split, d.channels, d.max_examples, seed=config.seed, **kwargs)
-    raise ValueError(f"unknown data.source {d.source!r}; choose digits, photos or hf")
+    raise ValueError(f"unknown data.source {d.source!r}; choose digits, photos, clutter or hf")
 
 
 def build_model(config, num_classes: int):
@@ -101,7 +108,7 @@ def default_classes(config) -> int:
     d = config.data
     if config.model.num_classes:
         return config.model.num_classes
-    if d.source == "digits":
+    if d.source in ("digits", "clutter"):
         return len(d.classes) or 10
     return len(d.classes or images.sample_photos()) if d.source == "photos" else 1000
 
@@ -110,7 +117,7 @@ def default_channels(config) -> int:
     """The data source's image channels: 1 for the digits, 3 for the photographs, data.channels
     for a hub dataset."""
     d = config.data
-    return {"digits": 1, "photos": 3}.get(d.source, d.channels)
+    return {"digits": 1, "photos": 3, "clutter": 3}.get(d.source, d.channels)
 
 
 def build(config, num_classes: int = 0, channels: int = 0) -> Built:

@@ -3,12 +3,20 @@
     python -m experiments.convnet_figures transfer --sweep_dir=DIR [--out=docs/figures/transfer.png]
     python -m experiments.convnet_figures scaling --sweep_dir=DIR \
         [--out=docs/figures/compound_scaling.png]
+    python -m experiments.convnet_figures claims --sweep_dir=DIR [--out=docs/figures/NAME.png]
 
 transfer: test top-1 of each way to start (scratch, fine-tune all, freeze the lower half, freeze
 all but the head) against the training examples per class, a line per way.
 scaling: test top-1 against forward FLOPs per image (XLA's cost analysis, models/convnets.py
 `flops`) of the base and of its depth-, width-, resolution- and compound-scaled versions.
-Each prints a markdown table and writes it to DIR/transfer.md or DIR/compound_scaling.md.
+claims (the claims sweeps: plain-vs-residual, relu-vs-tanh, alexnet-tricks, googlenet-aux,
+mobilenet-bottleneck, efficientnet-search/-scaling): per setting, mean ± std over seeds of the
+test error, the final training error (`trainset`, 512 fixed training examples in evaluation
+mode), the steps to reach 25% training error (AlexNet's figure 1 criterion), parameters,
+multiply-adds per image and wall time; the figure has the training (top) and held-out (bottom)
+error against steps, mean over seeds, a panel per value of the sweep's second axis.
+Each prints a markdown table and writes it to DIR/transfer.md, DIR/compound_scaling.md or
+DIR/NAME.md.
 """
 
 import json
@@ -17,8 +25,9 @@ import sys
 
 from absl import app, flags
 
-from experiments.sweeps.results import mean_of, read_results, run_dir
+from experiments.sweeps.results import group, mean_of, mean_std, read_results, run_dir
 from models import convnets
+from train.metrics import read_metrics
 
 FLAGS = flags.FLAGS
 STARTS = ("scratch", "fine-tune all", "freeze lower half", "freeze all but head")
@@ -118,6 +127,103 @@ def plot_scaling(path: pathlib.Path, table: list[dict]) -> None:
     _save(fig, path)
 
 
+# ----------------------------------------------------------------------------- claims
+TARGET_ERROR = 0.25    # AlexNet, figure 1: steps to reach 25% training error
+
+
+def axes_of(rows: list[dict]) -> list[str]:
+    """The swept columns of a results.csv (those before `seed`)."""
+    columns = list(rows[0])
+    return columns[:columns.index("seed")]
+
+
+def curve(run: pathlib.Path, split: str, key: str) -> dict[int, float]:
+    """{step: error} of one run's `split` evaluations (1 - accuracy)."""
+    return {r["step"]: 1.0 - r[key] for r in read_metrics(run)
+            if r.get("split") == split and key in r}
+
+
+def steps_to(errors: dict[int, float], target: float = TARGET_ERROR) -> int | None:
+    return next((s for s in sorted(errors) if errors[s] <= target), None)
+
+
+def fmt_ms(s, scale: float = 100.0, digits: int = 1) -> str:
+    if s is None:
+        return ""
+    mean, std, n = s
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def claim_rows(sweep_dir: pathlib.Path, rows: list[dict]) -> list[dict]:
+    """A row per setting: the metrics over its seeds and its error curves."""
+    axes, out = axes_of(rows), []
+    for setting, runs in group(rows, axes).items():
+        dirs = [run_dir(sweep_dir, r, axes) for r in runs]
+        train = [curve(d, "trainset", "accuracy") for d in dirs]
+        held = [curve(d, "val", "accuracy") for d in dirs]
+        reached = [steps_to(c) for c in train]
+        config = json.loads((dirs[0] / "config.json").read_text())
+        m, d = config["model"], config["data"]
+        n_cls = m["num_classes"] or int(runs[0].get("num_classes") or 0) or None
+        flops = convnets.flops(m["name"], d["image_size"], n_cls, None, **m["overrides"])
+        out.append(dict(
+            setting=setting, seeds=len(runs), flops=flops, params=runs[0].get("params"),
+            test_err=mean_std(1 - float(r["test/top1"]) for r in runs if r.get("test/top1")),
+            train_err=mean_std(c[max(c)] for c in train if c),
+            reached=mean_std(s for s in reached if s is not None),
+            not_reached=sum(s is None for s in reached),
+            wall=mean_std(r.get("wall_s") for r in runs),
+            train_curve=mean_curve(train), held_curve=mean_curve(held)))
+    return out
+
+
+def mean_curve(curves: list[dict[int, float]]) -> dict[int, float]:
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return {s: sum(c[s] for c in curves) / len(curves) for s in steps}
+
+
+def claims_markdown(axes: list[str], table: list[dict]) -> str:
+    lines = ["| " + " | ".join(axes) + " | seeds | test error (%) | final training error (%) | "
+             f"steps to {TARGET_ERROR:.0%} training error | parameters | M mult-adds / image | "
+             "wall (s) / run |", "|" + "---|" * (len(axes) + 7)]
+    for t in table:
+        reached = "" if t["reached"] is None else fmt_ms(t["reached"], 1.0, 0)
+        if t["not_reached"]:
+            reached += f" ({t['not_reached']} of {t['seeds']} never)"
+        wall = "" if t["wall"] is None else f"{t['wall'][0]:.0f}"
+        params = f"{int(float(t['params'])):,}" if t["params"] else ""
+        lines.append(f"| {' | '.join(t['setting'])} | {t['seeds']} | {fmt_ms(t['test_err'])} | "
+                     f"{fmt_ms(t['train_err'])} | {reached} | {params} | "
+                     f"{t['flops'] / 2e6:.2f} | {wall} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_claims(path: pathlib.Path, axes: list[str], table: list[dict], title: str) -> None:
+    """Training (top) and held-out (bottom) error against steps; a panel per value of the
+    second axis, a line per value of the first."""
+    plt = _pyplot()
+    panels = list(dict.fromkeys(t["setting"][1] if len(axes) > 1 else "" for t in table))
+    fig, grid = plt.subplots(2, len(panels), figsize=(3.6 * len(panels) + 0.6, 6.0),
+                             squeeze=False, sharey="row")
+    for j, panel in enumerate(panels):
+        for t in table:
+            if len(axes) > 1 and t["setting"][1] != panel:
+                continue
+            label = ", ".join(t["setting"][:1] + t["setting"][2:])
+            for i, key in enumerate(("train_curve", "held_curve")):
+                c = t[key]
+                grid[i][j].plot(list(c), [100 * e for e in c.values()], label=label)
+        grid[0][j].set_title(f"{axes[1]} = {panel}" if panel else title, fontsize=9)
+        grid[1][j].set_xlabel("step")
+        for i in range(2):
+            grid[i][j].grid(alpha=0.3)
+    grid[0][0].set_ylabel("training error (%)")
+    grid[1][0].set_ylabel("held-out error (%)")
+    grid[0][-1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
@@ -132,11 +238,17 @@ def _save(fig, path: pathlib.Path) -> None:
 
 
 def main(argv):
-    if len(argv) != 2 or argv[1] not in ("transfer", "scaling"):
-        raise app.UsageError("usage: convnet_figures transfer|scaling --sweep_dir=DIR")
+    if len(argv) != 2 or argv[1] not in ("transfer", "scaling", "claims"):
+        raise app.UsageError("usage: convnet_figures transfer|scaling|claims --sweep_dir=DIR")
     sweep_dir = pathlib.Path(FLAGS.sweep_dir)
     rows = read_results(sweep_dir)
-    if argv[1] == "transfer":
+    if argv[1] == "claims":
+        axes, name = axes_of(rows), sweep_dir.resolve().name
+        table = claim_rows(sweep_dir, rows)
+        text = claims_markdown(axes, table)
+        out = pathlib.Path(FLAGS.out or f"docs/figures/{name}.png")
+        plot_claims(out, axes, table, name)
+    elif argv[1] == "transfer":
         shots, table = transfer_table(rows)
         text = transfer_markdown(shots, table)
         out = pathlib.Path(FLAGS.out or "docs/figures/transfer.png")

@@ -309,3 +309,95 @@ def test_clutter_label_rules():
             clutter.scenes("train", 2, **bad)
     with pytest.raises(ValueError, match="split must be"):
         clutter.scenes("dev", 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# The claims sweeps: presets, named sweeps, the clutter source, the report
+
+
+CLAIM_SWEEPS = {"plain-vs-residual": "claims-resnet", "relu-vs-tanh": "claims-alexnet",
+                "alexnet-tricks": "claims-alexnet", "googlenet-aux": "claims-googlenet",
+                "mobilenet-bottleneck": "claims-mobilenet",
+                "efficientnet-search": "claims-efficientnet"}
+
+
+@pytest.mark.parametrize("name", sorted(CLAIM_SWEEPS))
+def test_claim_sweeps_expand_to_distinct_valid_configs(name, tmp_path):
+    """Every run of the sweep parses on its preset (switches declared there), 3 seeds each,
+    and no two runs share a config."""
+    from experiments import sweep
+    from experiments.configs import convnets as presets
+    plan = sweep.plan(["sweep", f"--config=experiments/configs/convnets.py:{CLAIM_SWEEPS[name]}",
+                       f"--name={name}", f"--workdir={tmp_path}"])
+    spec = presets.SWEEPS[name]
+    settings = np.prod([len(v) for k, v in spec.items() if k not in
+                        ("seeds", "metric", "overrides", "before")])
+    assert len(plan.runs) == 3 * settings
+    assert {r.values["seed"] for r in plan.runs} == {"0", "1", "2"}
+
+
+def test_plain_vs_residual_varies_only_depth_and_shortcut(tmp_path):
+    from experiments import sweep
+    plan = sweep.plan(["sweep", "--config=experiments/configs/convnets.py:claims-resnet",
+                       "--name=plain-vs-residual", f"--workdir={tmp_path}"])
+    shortcuts = {r.requested["model"]["overrides"]["shortcut"] for r in plan.runs}
+    assert shortcuts == {"none", "A", "B"}
+    assert {r.requested["model"]["name"] for r in plan.runs} == {"resnet8", "resnet20",
+                                                                  "resnet32"}
+    first = plan.runs[0].requested
+    for run in plan.runs:   # nothing else differs: data, optimiser, evaluators
+        assert {k: v for k, v in run.requested.items() if k not in ("model", "seed")} == \
+            {k: v for k, v in first.items() if k not in ("model", "seed")}
+
+
+def test_efficientnet_search_points_cost_about_twice_the_base():
+    """alpha beta^2 gamma^2 ~ 2 for each candidate, and XLA's count of the scaled model, after
+    rounding layers and widths, lands at 2.2-2.5x the base's FLOPs (the comparison is between
+    models of nearly equal cost)."""
+    from experiments.configs import convnets as presets
+    base = presets.EFFICIENTNET_BASE
+
+    def flops(d, w, r):
+        return convnets.flops("efficientnet_tiny", round(base["resolution"] * r), 11, 3,
+                              width_mult=base["width"] * w, depth_mult=base["depth"] * d,
+                              stem_stride=1)
+    f0 = flops(1, 1, 1)
+    for a, b, g in presets.EFFICIENTNET_SEARCH:
+        assert 1.85 <= a * b * b * g * g <= 2.1
+        assert 2.15 <= flops(a, b, g) / f0 <= 2.5
+
+
+def test_clutter_is_a_classify_images_source():
+    from experiments import classify_images
+    from experiments.configs import convnets as presets
+    config = presets.get_config("resnet-digits")
+    config.data.source, config.data.scenes, config.data.eval_scenes = "clutter", 40, 20
+    task = classify_images.load_data(config)
+    assert task.splits["train"]["images"].shape == (40, 32, 32, 3)
+    assert task.splits["test"]["images"].shape == (20, 32, 32, 3)
+    assert classify_images.default_channels(config) == 3
+    assert classify_images.default_classes(config) == 10
+    # the same scenes as data/clutter.py renders, normalised
+    raw = clutter.scenes("test", 20, seed=0, split_seed=0)
+    mean, std = np.asarray(task.mean), np.asarray(task.std)
+    np.testing.assert_allclose(task.splits["test"]["images"] * std + mean, raw["images"],
+                               atol=1e-5)
+    np.testing.assert_array_equal(task.splits["test"]["labels"], raw["labels"])
+
+
+def test_trainset_split_is_accepted_and_train_is_not():
+    import ml_collections
+    from train.evaluators import base
+    ok = ml_collections.ConfigDict({"evals": {"t": {"type": "accuracy", "split": "trainset"}}})
+    base.validate(ok)
+    bad = ml_collections.ConfigDict({"evals": {"t": {"type": "accuracy", "split": "train"}}})
+    with pytest.raises(ValueError, match="split must be one of"):
+        base.validate(bad)
+
+
+def test_claims_report_curves_and_steps_to_target(tmp_path):
+    from experiments import convnet_figures as figures
+    assert figures.steps_to({10: 0.6, 20: 0.3, 30: 0.25, 40: 0.1}) == 30
+    assert figures.steps_to({10: 0.6, 20: 0.3}) is None
+    assert figures.mean_curve([{10: 0.5, 20: 0.2}, {10: 0.3, 20: 0.0, 30: 0.0}]) == \
+        pytest.approx({10: 0.4, 20: 0.1})

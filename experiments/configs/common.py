@@ -138,7 +138,7 @@ DESCRIPTIONS = {
     "train.keep_ckpts": "checkpoints kept",
     "train.max_nonfinite": "non-finite updates in a row that stop the run",
     "evals.*.type": "the evaluator (loss, accuracy, perplexity, bleu, zeroshot, ...)",
-    "evals.*.split": "the metrics.jsonl split its numbers are logged under (val | test)",
+    "evals.*.split": "the metrics.jsonl split its numbers are logged under (val | test | trainset)",
     "evals.*.every": "cadence in steps (-1: train.eval_every; 0: only at the end)",
     "evals.*.data": "the data it reads (\"\": its split)",
     "evals.*.steps": "batches per evaluation (-1: train.eval_steps; 0: all)",

@@ -99,26 +99,19 @@ PHOTO_AUGMENT = ("inception_crop(min_area=0.25)|rotate(10)|color_jitter(0.2, 0.2
                  "|pca_color(0.1)")
 # transfer (on transfer-digits), ensemble (ensemble-photos: five seeds, then
 # experiments/ensemble.py), scaling (scaling-photos): the practice experiments.
-SWEEPS = {"zoo": {"model.name": ["lenet5", "resnet8", "mobilenet_v2"],
-                  "data.source": ["digits", "photos"], "metric": "test/top1"},
-          "augment": {"task": [
-              {"label": "digits", "data.source": "digits", "data.augment": ""},
-              {"label": "digits+augment", "data.source": "digits", "data.augment": DIGIT_AUGMENT},
-              {"label": "photos", "data.source": "photos", "data.augment": ""},
-              {"label": "photos+augment", "data.source": "photos", "data.augment": PHOTO_AUGMENT}],
-              "overrides": {"evals.val.data": "train", "evals.val_loss.data": "train"},
-              "metric": "test/accuracy"},
-          "transfer": TRANSFER,
-          "ensemble": {"seeds": 5, "metric": "test/top1"},
-          "scaling": {"scaling": scaling_points(), "metric": "test/top1"}}
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict(dict(
-        source="digits",          # digits | photos | hf
+        source="digits",          # digits | photos | clutter | hf
         image_size=32,
         photo_side=0,             # photos: shorter side of the resized photographs (0: 8 x size)
         eval_crops=64,            # photos: fixed val/test crops per photograph
+        scenes=4000,              # clutter: rendered training scenes (data/clutter.py)
+        eval_scenes=1000,         # clutter: val and test scenes each
+        clutter_digits=2,         # clutter: digits per scene (1-3)
+        clutter_label="max",      # clutter: max | sum of the digits
+        clutter_fragments=6,      # clutter: fragments of other digits per scene
         hf_dataset="",            # hf: a hub name or a builder ("imagefolder", "parquet")
         hf_data_dir="",
         hf_data_files="",         # "train=a.parquet,test=b.parquet"
@@ -165,12 +158,115 @@ def sgd_step(steps: int, lr: float = 0.1, batch_size: int = 64, **overrides):
         eval_every=100, eval_steps=0, ckpt_every=1000), **overrides})
 
 
+# The papers' claims, one preset each (claims_config: error curves against steps, one split for
+# every seed), swept with the models' switches (models/convnets.py) by the named sweeps below.
+CLAIMS = {
+    # He et al. 2016, figures 1 and 6: plain (shortcut "none") against residual networks of
+    # 6n + 2 layers; option A (zero-padding) and B (projection) shortcuts.
+    "claims-resnet": lambda: (model_config("resnet8", shortcut="A"),
+                              data_config(source="digits"), sgd_step(150)),
+    # Krizhevsky et al. 2012: ReLU against tanh (figure 1), dropout, LRN, overlapping pooling;
+    # the training error every 10 steps for the steps to reach 25%.
+    "claims-alexnet": lambda: (model_config("alexnet_small", act="relu", lrn=True, overlap=True,
+                                            dropout=0.5),
+                               data_config(source="digits"), sgd_step(150, lr=0.05), 10),
+    # Szegedy et al. 2015: auxiliary classifiers (weight 0.3), 1x1 reductions.
+    "claims-googlenet": lambda: (model_config("googlenet_small", aux_logits=True,
+                                              bottleneck=True),
+                                 data_config(source="digits"), sgd_step(100)),
+    # Sandler et al. 2018, figure 6: linear bottleneck, inverted residuals.
+    "claims-mobilenet": lambda: (model_config("mobilenet_v2_tiny", linear_bottleneck=True,
+                                              residual="inverted"),
+                                 data_config(source="digits"), sgd_step(150)),
+    # Tan & Le 2019: a B0-like base (a quarter of B0's width, half its layers, 32x32) on the
+    # colour task, scaled by the search (EFFICIENTNET_SEARCH) and then by phi (SCALING).
+    "claims-efficientnet": lambda: (
+        model_config("efficientnet_tiny", width_mult=EFFICIENTNET_BASE["width"],
+                     depth_mult=EFFICIENTNET_BASE["depth"], stem_stride=1),
+        data_config(source="photos", image_size=EFFICIENTNET_BASE["resolution"]),
+        train_config(steps=150, batch_size=32, optimizer="adamw", lr=2e-3, schedule="cosine",
+                     warmup_steps=10, weight_decay=1e-4, log_every=25, eval_every=150,
+                     eval_steps=0, ckpt_every=1000)),
+}
+EFFICIENTNET_BASE = dict(width=0.25, depth=0.5, resolution=32)
+# The search at phi = 1 (section 3.3, step 1): (alpha, beta, gamma) with alpha beta^2 gamma^2
+# about 2, the paper's (1.2, 1.1, 1.15) among them. The rounding of layers up and of widths to
+# multiples of 8 makes each cost 2.2-2.5x the base's FLOPs (tests/test_conv_claims.py).
+EFFICIENTNET_SEARCH = ((1.2, 1.1, 1.15), (1.4, 1.1, 1.1), (1.1, 1.15, 1.15), (1.2, 1.2, 1.05),
+                       (1.6, 1.05, 1.05), (1.1, 1.3, 1.05))
+
+
+def efficientnet_point(label: str, d: float, w: float, r: float) -> dict:
+    """The overrides that scale the base's depth, width and resolution by d, w and r."""
+    return {"label": label, "model.overrides.depth_mult": EFFICIENTNET_BASE["depth"] * d,
+            "model.overrides.width_mult": EFFICIENTNET_BASE["width"] * w,
+            "data.image_size": round(EFFICIENTNET_BASE["resolution"] * r)}
+
+
+CLAIM_SWEEPS = {
+    "plain-vs-residual": {"model.name": ["resnet8", "resnet20", "resnet32"],
+                          "model.overrides.shortcut": ["none", "A", "B"],
+                          "seeds": 3, "metric": "test/top1"},
+    # Figure 1's protocol: no regularisation, each activation at its best rate of three.
+    "relu-vs-tanh": {"model.overrides.act": ["relu", "tanh"], "train.lr": [0.02, 0.05, 0.1],
+                     "overrides": {"model.overrides.dropout": 0.0, "model.overrides.lrn": False},
+                     "seeds": 3, "metric": "trainset/accuracy"},
+    "alexnet-tricks": {"variant": [
+        {"label": "base", "model.overrides.dropout": 0.5},
+        {"label": "no dropout", "model.overrides.dropout": 0.0},
+        {"label": "no LRN", "model.overrides.lrn": False},
+        {"label": "2x2 pools", "model.overrides.overlap": False}],
+        "seeds": 3, "metric": "test/top1"},
+    "googlenet-aux": {"variant": [
+        {"label": "base", "model.overrides.aux_logits": True},
+        {"label": "no auxiliary heads", "model.overrides.aux_logits": False},
+        {"label": "no 1x1 reductions", "model.overrides.bottleneck": False}],
+        "seeds": 3, "metric": "test/top1"},
+    "mobilenet-bottleneck": {"variant": [
+        {"label": "linear, inverted", "model.overrides.linear_bottleneck": True},
+        {"label": "relu6, inverted", "model.overrides.linear_bottleneck": False},
+        {"label": "linear, classic", "model.overrides.residual": "classic"},
+        {"label": "linear, none", "model.overrides.residual": "none"}],
+        "seeds": 3, "metric": "test/top1"},
+    "efficientnet-search": {"coefficients": [
+        efficientnet_point(f"{a},{b},{g}", a, b, g) for a, b, g in EFFICIENTNET_SEARCH],
+        "seeds": 3, "metric": "val/top1"},
+}
+
+SWEEPS = {"zoo": {"model.name": ["lenet5", "resnet8", "mobilenet_v2"],
+                  "data.source": ["digits", "photos"], "metric": "test/top1"},
+          "augment": {"task": [
+              {"label": "digits", "data.source": "digits", "data.augment": ""},
+              {"label": "digits+augment", "data.source": "digits", "data.augment": DIGIT_AUGMENT},
+              {"label": "photos", "data.source": "photos", "data.augment": ""},
+              {"label": "photos+augment", "data.source": "photos", "data.augment": PHOTO_AUGMENT}],
+              "overrides": {"evals.val.data": "train", "evals.val_loss.data": "train"},
+              "metric": "test/accuracy"},
+          "transfer": TRANSFER,
+          "ensemble": {"seeds": 5, "metric": "test/top1"},
+          "scaling": {"scaling": scaling_points(), "metric": "test/top1"},
+          **CLAIM_SWEEPS}
+
 PRESETS = ("resnet-digits", "lenet5", "resnet-photos", "resnet20-hf", "bench-cpu", "bench-gpu",
-           "transfer-digits", "ensemble-photos", "scaling-photos")
+           "transfer-digits", "ensemble-photos", "scaling-photos", *CLAIMS)
+
+
+def claims_config(model, data, train, every: int = 25) -> ml_collections.ConfigDict:
+    """A claims run: one split for every seed (data.split_seed 0), error curves against steps
+    (`trainset`: the error on 512 fixed training examples in evaluation mode, `val`: held-out,
+    `every` steps) and the test error at the end."""
+    config = classify_config(model, data, train)
+    config.data.split_seed = 0
+    config.evals.trainset = eval_spec(type="accuracy", split="trainset", data="train", every=every,
+                                   steps=8)
+    config.evals.val.every = config.evals.val_loss.every = every
+    return config
 
 
 def get_config(preset: str = "resnet-digits") -> ml_collections.ConfigDict:
     check_preset(preset, PRESETS)
+    if preset in CLAIMS:
+        return claims_config(*CLAIMS[preset]())
     if preset == "resnet-digits":
         return classify_config(model_config("resnet8"), data_config(source="digits"),
                                sgd_step(200))

@@ -1,6 +1,6 @@
 """Evaluators: what a run measures besides its training loss, configured as
 
-    config.evals.NAME = ConfigDict(type=TYPE, split="val" | "test", every=N, ...)
+    config.evals.NAME = ConfigDict(type=TYPE, split="val" | "test" | "trainset", every=N, ...)
 
 `type` names a registered evaluator (loss, accuracy, zeroshot, linear_probe, ...); `split` is the
 metrics.jsonl split its numbers are logged under; `every` is the cadence in steps (-1:

@@ -43,13 +43,18 @@ def spec(**fields) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({**FIELDS, **extra, **fields})
 
 
+# The metrics.jsonl splits evaluators log under: "trainset" holds evaluations of training
+# examples (training-error curves), apart from the trainer's own "train" rows.
+SPLITS = ("val", "test", "trainset")
+
+
 def validate(config) -> None:
     for name, cfg in (config.get("evals") or {}).items():
         if cfg.type not in REGISTRY:
             raise ValueError(f"config.evals.{name}.type {cfg.type!r} is not an evaluator; "
                              f"choose from {sorted(REGISTRY)}")
-        if cfg.split not in ("val", "test"):
-            raise ValueError(f"config.evals.{name}.split must be 'val' or 'test', got "
+        if cfg.split not in SPLITS:
+            raise ValueError(f"config.evals.{name}.split must be one of {SPLITS}, got "
                              f"{cfg.split!r}")
 
 
