@@ -352,7 +352,7 @@ def test_plain_vs_residual_varies_only_depth_and_shortcut(tmp_path):
 
 def test_efficientnet_search_points_cost_about_twice_the_base():
     """alpha beta^2 gamma^2 ~ 2 for each candidate, and XLA's count of the scaled model, after
-    rounding layers and widths, lands at 2.2-2.5x the base's FLOPs (the comparison is between
+    rounding layers and widths, lands at 1.85-2.15x the base's FLOPs (the comparison is between
     models of nearly equal cost)."""
     from experiments.configs import convnets as presets
     base = presets.EFFICIENTNET_BASE
@@ -364,7 +364,7 @@ def test_efficientnet_search_points_cost_about_twice_the_base():
     f0 = flops(1, 1, 1)
     for a, b, g in presets.EFFICIENTNET_SEARCH:
         assert 1.85 <= a * b * b * g * g <= 2.1
-        assert 2.15 <= flops(a, b, g) / f0 <= 2.5
+        assert 1.85 <= flops(a, b, g) / f0 <= 2.15
 
 
 def test_clutter_is_a_classify_images_source():
