@@ -1,13 +1,11 @@
 """In-context learning in miniature: the task families, their pretraining mixture, the few-shot
-prompt layouts and the few-shot evaluator (on our GPT and on an imported GPT-2)."""
+prompt layouts and the few-shot evaluator (on an imported GPT-2)."""
 
 import collections
-import itertools
 import json
 import re
 import types
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
