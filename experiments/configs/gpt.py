@@ -15,7 +15,7 @@
     icl-s       in-context learning in miniature (GPT-3 figure 1.2, section 3.9): bytes as
     icl-m       tokens (data.tokenizer="bytes"), context 640, the same ICL_TOKENS tokens of
     icl-l       the mixture (3:1) of task lists and text (data.source=icl, data/icl_tasks.py)
-                for every size, 80k to 1.3M parameters (ICL_SIZES); at the end the evaluator
+                for every size, 100k to 1.4M parameters (ICL_SIZES); at the end the evaluator
                 `icl` scores K = 0..16 (32 where it fits) examples with and without the
                 description, example orders, line layouts and the in-context score
 
