@@ -13,10 +13,10 @@
     gpt2-124m   GPT-2 small (and gpt2-355m, gpt2-774m, gpt2-1.5b): context 1024, batch 512
     gpt3-125m   ... gpt3-175b: GPT-3 Table 2.1 (width, depth, heads, lr, batch in tokens)
     icl-s       in-context learning in miniature (GPT-3 figure 1.2, section 3.9): bytes as
-    icl-m       tokens (data.tokenizer="bytes"), context 640, the same ICL_TOKENS tokens of
-    icl-l       the mixture (3:1) of task lists and text (data.source=icl, data/icl_tasks.py)
-                for every size, 100k to 1.4M parameters (ICL_SIZES); at the end the evaluator
-                `icl` scores K = 0..16 (32 where it fits) examples with and without the
+    icl-m       tokens (data.tokenizer="bytes"), context 640, the same 300 x 16 x 640 tokens
+    icl-l       of the mixture (3:1) of task lists and text (data.source=icl,
+                data/icl_tasks.py) for every size, 100k to 1.4M parameters (ICL_SIZES); at the
+                end the evaluator `icl` scores K = 0..16 examples with and without the
                 description, example orders, line layouts and the in-context score
 
 Named sweep `icl` (SWEEPS below): the three ICL sizes, three seeds each, pretrained and
