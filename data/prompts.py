@@ -8,6 +8,8 @@ Each function builds one kind of prompt as plain text:
   json_request       ask for JSON with named, typed keys; parse_json_answer checks the answer
   condition_check    "if the text contains no steps, say so"
   fewshot_prompt     lm-eval's few-shot layout: description, examples, query
+  layout_prompt      the same with one of LAYOUTS' question/answer lines ("x => y", "Q: x A: y",
+                     quoted, JSON answers); read_answer takes the answer back out of a line
   numbered_steps     "perform the following actions: 1 - ..., 2 - ..."
   own_solution_first "work out your own solution before judging the student's"
   answer_from_quotes answer only from quoted evidence; unsupported_quotes checks the quotes
@@ -215,6 +217,61 @@ def fewshot_prompt(description: str, examples: Sequence[tuple[str, str]], query:
     With no examples this is the zero-shot prompt: description + query."""
     shots = "".join(f"{q}{target_delimiter}{a}{fewshot_delimiter}" for q, a in examples)
     return f"{description}{shots}{query}"
+
+
+# How one example sits on its line: (question, answer) formats. GPT-3 writes word scrambling as
+# "x = y" and arithmetic as "Q: x A: y" (section 3.9), figure 2.1 "x => y". "json" answers
+# with an object {"answer": y}, asked for by json_request's line before the examples.
+LAYOUTS = {
+    "equals": ("{x} =", "{y}"),
+    "arrow": ("{x} =>", "{y}"),
+    "colon": ("{x}:", "{y}"),
+    "qa": ("Q: {x} A:", "{y}"),
+    "quoted": ('"{x}" =', '"{y}"'),
+    "json": ("{x} =", "{y}"),
+}
+ANSWER_KEY = "answer"
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {sorted(LAYOUTS)}")
+
+
+def layout_answer(answer: str, layout: str, kind: type = str) -> str:
+    """An answer as the layout writes it (kind: the JSON value's type, str or int)."""
+    _check_layout(layout)
+    if layout == "json":
+        return json.dumps({ANSWER_KEY: kind(answer)})
+    return LAYOUTS[layout][1].format(y=answer)
+
+
+def layout_prompt(description: str, examples: Sequence[tuple[str, str]], query: str,
+                  layout: str, kind: type = str, fewshot_delimiter: str = "\n") -> str:
+    """fewshot_prompt with the layout's lines: the description, for "json" json_request's line
+    for {"answer": kind}, the examples, the query's question."""
+    _check_layout(layout)
+    question = LAYOUTS[layout][0].format
+    header = description + (json_request({ANSWER_KEY: kind}) + fewshot_delimiter
+                            if layout == "json" else "")
+    return fewshot_prompt(header, [(question(x=q), layout_answer(a, layout, kind))
+                                   for q, a in examples], question(x=query), " ",
+                          fewshot_delimiter)
+
+
+def read_answer(line: str, layout: str, kind: type = str) -> str | None:
+    """The answer a completed line gives in the layout, stripped: without the quotes of
+    "quoted", the "answer" value of "json" (None when the line is not such an object)."""
+    _check_layout(layout)
+    text = line.strip()
+    if layout == "quoted" and len(text) >= 2 and text[0] == text[-1] == '"':
+        return text[1:-1].strip()
+    if layout == "json":
+        try:
+            return str(parse_json_answer(text, {ANSWER_KEY: kind})[ANSWER_KEY])
+        except AnswerFormatError:
+            return None
+    return text
 
 
 # ----------------------------------------------------------------------------- reasoning

@@ -28,7 +28,7 @@ from filelock import FileLock
 
 from data import sources
 from data.iterators import EpochBatches
-from data.tokenizer import Tokenizer, from_gpt2_files, train_bpe
+from data.tokenizer import BYTES, Tokenizer, byte_tokenizer, from_gpt2_files, train_bpe
 
 _FORMAT = 1  # bump to invalidate every cached tokenizer / token stream
 _HF_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"),
@@ -49,7 +49,8 @@ _DEFAULTS = dict(
     on_decode_error="skip",   # a file that does not decode: "skip" (one warning naming the
                               # files skipped) | "error" (data/sources.py: read_files)
     max_docs=0,               # first N non-empty documents of each split; 0 = all
-    tokenizer="",             # tokenizer.json, or a directory with vocab.json + merges.txt
+    tokenizer="",             # tokenizer.json, or a directory with vocab.json + merges.txt,
+                              # or "bytes": a token per byte (data/tokenizer.py: byte_tokenizer)
     vocab_size=8192,          # BPE trained on the train split when `tokenizer` is ""
     cache_dir="~/.cache/flaxpapers",
 )
@@ -197,8 +198,10 @@ def _source_identity(cfg, split: str) -> dict:
 
 
 def get_tokenizer(data_cfg) -> Tokenizer:
-    """Trains or loads: `data_cfg.tokenizer` if set, else a BPE of `vocab_size` trained on the
-    train split, cached on disk."""
+    """Trains or loads: `data_cfg.tokenizer` if set ("bytes": the byte tokenizer), else a BPE
+    of `vocab_size` trained on the train split, cached on disk."""
+    if _get(data_cfg, "tokenizer") == BYTES:
+        return byte_tokenizer()
     if path := _get(data_cfg, "tokenizer"):
         return load_tokenizer(os.path.expanduser(path))
     vocab_size = int(_get(data_cfg, "vocab_size"))

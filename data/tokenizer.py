@@ -3,6 +3,9 @@
 GPT-2 maps every byte to a printable unicode character, splits text with its regex and runs BPE
 over those characters. With all 256 byte characters in the vocabulary nothing is ever unknown, and
 decoding maps the characters back to bytes, so `decode(encode(s)) == s` for every string.
+
+byte_tokenizer() is the same machinery with no merges: a token per byte (id = the byte's value)
+and the special tokens after them, a vocabulary of 257 that sees every letter of a word.
 """
 
 from __future__ import annotations
@@ -133,6 +136,33 @@ def train_bpe(texts: Iterable[str], vocab_size: int,
     tok.train_from_iterator(texts, trainer=trainer)
     out = Tokenizer(tok)
     out.add_special_tokens(special_tokens)
+    return out
+
+
+BYTES = "bytes"   # data.tokenizer="bytes": byte_tokenizer() instead of a file or a trained BPE
+
+
+def byte_characters() -> list[str]:
+    """GPT-2's printable stand-in for each byte 0..255: a printable Latin-1 byte stands for
+    itself, every other byte for the next code point from 256 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    out, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+def byte_tokenizer(special_tokens: Sequence[str] = (EOT,)) -> Tokenizer:
+    """Bytes as tokens: byte-level BPE without merges, token id = byte value, the special tokens
+    from 256 on (<|endoftext|> = 256)."""
+    vocab = {c: b for b, c in enumerate(byte_characters())}
+    out = Tokenizer(_byte_level(tokenizers.Tokenizer(models.BPE(vocab, []))))
+    out.add_special_tokens(list(dict.fromkeys([EOT, *special_tokens])))
     return out
 
 

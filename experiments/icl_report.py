@@ -1,16 +1,21 @@
-"""The table and figure of in-context learning in miniature (GPT-3 figure 1.2), from a sweep.
+"""The tables and figure of in-context learning in miniature (GPT-3 figure 1.2), from a sweep.
 
     python -m experiments.sweep --config=experiments/configs/gpt.py:icl-s --name=icl --workdir=DIR
-    python -m experiments.icl_report --workdir=DIR [--figure=docs/figures/icl.png]
+    python -m experiments.icl_report --workdir=DIR [--figure=DIR/icl.png]
 
-Reads DIR/results.csv (a row per model size: the fewshot evaluator's test metrics; a run's
-newest DIR/RUN/evaluate-test-STEP.json from `python -m experiments.evaluate --workdir=DIR/RUN`
-takes precedence, so checkpoints can be scored again) and writes DIR/icl.md: exact-match
-accuracy, the share of answers that are an output of the queried task, and the mean
-per-token log-likelihood of the correct answer against K, the number of examples in the prompt, per size, with and without the task
-description, on held-out items of the pretraining tasks and on held-out tasks; and the
-figure: both against K, a line per size, solid with the description and dashed without it,
-a panel per metric and group.
+Reads DIR/results.csv (a row per run: the `icl` evaluator's test metrics; a run's newest
+DIR/RUN/evaluate-test-STEP.json from `python -m experiments.evaluate --workdir=DIR/RUN` takes
+precedence, so checkpoints can be scored again) and writes DIR/icl.md:
+
+  - the headline: exact match on held-out items, no description, the mean over the scrambling
+    and arithmetic tasks, against K, per size (mean ± sample std over seeds);
+  - the same per family (scrambling, arithmetic, the per-prompt labels, number words);
+  - the prompt variants at K = 8 (the spread over example orders, each line layout, JSON
+    answers that parse) and the in-context score on natural text;
+  - exact match, the share of answers of the queried task and the log-likelihood of the
+    correct answer, with and without the description, on held-out items and held-out tasks;
+
+and the figure: the headline and each group against K, a line per size.
 """
 
 import json
@@ -21,36 +26,47 @@ import sys
 from absl import app, flags
 
 from experiments import launch  # noqa: F401  (--workdir, shared by the experiments: the sweep's)
-from experiments.sweeps.results import read_results, run_dir
+from experiments.sweeps.results import cell, mean_std, read_results, run_dir
 
 flags.declare_key_flag("workdir")   # listed by --help
-flags.DEFINE_string("figure", "docs/figures/icl.png", "Where the figure goes.")
+flags.DEFINE_string("figure", "", "Where the figure goes (default: DIR/icl.png).")
 flags.DEFINE_string("axis", "size", "The swept column that names the models.")
 FLAGS = flags.FLAGS
 
+EVAL = "test/icl"     # the evaluator's metrics in results.csv
 GROUPS = {"items": "held-out items of pretraining tasks", "tasks": "held-out tasks"}
 METRICS = {"acc": "exact-match accuracy",
            "in_task": "answers of the queried task",
            "logp": "log-likelihood of the answer per token"}
+FAMILIES = ("scramble", "arithmetic", "mapping", "knowledge")
+VARIANTS = {"order/k8/min": "worst order", "order/k8/mean": "mean over orders",
+            "order/k8/max": "best order", "layout/arrow/k8/acc": "`x => y`",
+            "layout/colon/k8/acc": "`x: y`", "layout/qa/k8/acc": "`Q: x A: y`",
+            "layout/quoted/k8/acc": "quoted", "layout/json/k8/acc": "JSON",
+            "layout/json/k8/format_ok": "JSON parses", "context_score": "in-context score"}
+
+
+def read_rows(path: pathlib.Path, axis: str) -> list[dict]:
+    """results.csv's rows, each run's newest rescoring merged in."""
+    rows = read_results(path)
+    if not rows or axis not in rows[0]:
+        raise ValueError(f"{path} has no rows with a column {axis!r}")
+    return [{**row, **rescored(run_dir(path.parent, row, [axis]))} for row in rows]
 
 
 def read(path: pathlib.Path, axis: str, metric: str = "acc") -> tuple[list[int], dict]:
     """(the K measured, {(model, described, group): {K: mean of `metric` over seeds}})."""
-    rows = read_results(path)
-    if not rows or axis not in rows[0]:
-        raise ValueError(f"{path} has no rows with a column {axis!r}")
-    rows = [{**row, **rescored(run_dir(path.parent, row, [axis]))} for row in rows]
-    pattern = re.compile(rf"test/fewshot/k(\d+)(/nodesc)?/(items|tasks)/{metric}$")
+    pattern = re.compile(rf"{EVAL}/k(\d+)(/nodesc)?/(items|tasks)/{metric}$")
     curves: dict = {}
-    for row in rows:
+    for row in read_rows(path, axis):
         for key, value in row.items():
             m = pattern.match(key)
             if m and value not in ("", None):
                 k, described, group = int(m[1]), m[2] is None, m[3]
-                cell = curves.setdefault((row[axis], described, group), {}).setdefault(k, [])
-                cell.append(float(value))
+                cell_ = curves.setdefault((row[axis], described, group), {}).setdefault(k, [])
+                cell_.append(float(value))
     if not curves:
-        raise ValueError(f"{path} holds no test/fewshot/k*/... columns: did the runs end?")
+        raise ValueError(f"{path} holds no {EVAL}/k*/... columns: did the runs end?")
     ks = sorted({k for c in curves.values() for k in c})
     return ks, {key: {k: sum(v) / len(v) for k, v in c.items()} for key, c in curves.items()}
 
@@ -63,6 +79,45 @@ def rescored(run: pathlib.Path) -> dict:
         return {}
     data = json.loads(found[-1].read_text())
     return {f"test/{k}": str(v) for k, v in data.items() if k not in ("step", "split")}
+
+
+def _by_model(rows: list[dict], axis: str) -> dict[str, list[dict]]:
+    out: dict = {}
+    for row in rows:
+        out.setdefault(row[axis], []).append(row)
+    return out
+
+
+def _stat_table(rows: list[dict], axis: str, columns: dict[str, str], first: str) -> str:
+    """A row per model, a column per (key under EVAL: title): mean ± std over seeds."""
+    models = _by_model(rows, axis)
+    keys = [k for k in columns if any(f"{EVAL}/{k}" in r for r in rows)]
+    lines = [f"| {first} | " + " | ".join(columns[k] for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
+    for model, runs in models.items():
+        lines.append(f"| {model} | " + " | ".join(
+            cell(mean_std(r.get(f"{EVAL}/{k}") for r in runs), len(runs)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _shots(rows: list[dict], pattern: str) -> list[int]:
+    return sorted({int(m[1]) for r in rows for key in r if (m := re.fullmatch(pattern, key))})
+
+
+def headline_table(rows: list[dict], axis: str) -> str:
+    ks = _shots(rows, rf"{EVAL}/exact_match_k(\d+)")
+    return _stat_table(rows, axis, {f"exact_match_k{k}": f"K={k}" for k in ks}, "model")
+
+
+def family_tables(rows: list[dict], axis: str) -> str:
+    ks = _shots(rows, rf"{EVAL}/k(\d+)/nodesc/family/\w+/acc")
+    parts = []
+    for family in FAMILIES:
+        columns = {f"k{k}/nodesc/family/{family}/acc": f"K={k}" for k in ks}
+        if any(f"{EVAL}/{c}" in r for r in rows for c in columns):
+            parts += [f"Exact match, {family}, no description:", "",
+                      _stat_table(rows, axis, columns, "model"), ""]
+    return "\n".join(parts)
 
 
 def table(ks: list[int], curves: dict, metric: str = "acc") -> str:
@@ -81,17 +136,31 @@ def table(ks: list[int], curves: dict, metric: str = "acc") -> str:
     return "\n".join(lines)
 
 
-def plot(path: pathlib.Path, ks: list[int], by_metric: dict[str, dict]) -> None:
-    """by_metric: {metric: curves}, a row of panels per metric."""
+def plot(path: pathlib.Path, ks: list[int], by_metric: dict[str, dict],
+         headline: dict | None = None) -> None:
+    """by_metric: {metric: curves}, a row of panels per metric; headline: {model: {K: mean}},
+    a panel of its own above them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, grid = plt.subplots(len(by_metric), 2, figsize=(10, 3.6 * len(by_metric)),
-                             sharey="row", squeeze=False)
-    for axes, (metric, curves) in zip(grid, by_metric.items()):
+    top = int(bool(headline))     # the headline's row, when there is one
+    rows = len(by_metric) + top
+    fig, grid = plt.subplots(rows, 2, figsize=(10, 3.6 * rows), squeeze=False)
+    if headline:
+        ax = grid[0][0]
+        for i, (model, c) in enumerate(headline.items()):
+            ax.plot(range(len(c)), [c[k] for k in sorted(c)], "-o", label=model,
+                    color=plt.cm.viridis(i / max(len(headline) - 1, 1) * 0.85))
+            ax.set_xticks(range(len(c)), [str(k) for k in sorted(c)])
+        ax.set(title="scrambling + arithmetic, held-out, no description",
+               xlabel="examples in context (K)", ylabel="exact match")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        grid[0][1].axis("off")
+    for axes, (metric, curves) in zip(grid[top:], by_metric.items()):
         _panels(plt, axes, ks, curves)
         axes[0].set_ylabel(METRICS[metric])
-    grid[0][0].legend(fontsize=7)
+    grid[top][0].legend(fontsize=7)
     fig.suptitle("In-context learning in miniature (GPT-3 figure 1.2)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,15 +193,24 @@ def main(argv):
     if not (sweep / "results.csv").is_file():
         sys.exit(f"error: {sweep} holds no results.csv: --workdir names the directory of a "
                  "finished experiments.sweep")
-    by_metric, parts = {}, []
+    rows = read_rows(sweep / "results.csv", FLAGS.axis)
+    parts = ["Exact match, scrambling + arithmetic, held-out items, no description:", "",
+             headline_table(rows, FLAGS.axis), "", family_tables(rows, FLAGS.axis),
+             "Prompt variants at K=8 (no description) and the in-context score:", "",
+             _stat_table(rows, FLAGS.axis, VARIANTS, "model"), ""]
+    by_metric = {}
     for metric in METRICS:
         ks, by_metric[metric] = read(sweep / "results.csv", FLAGS.axis, metric)
         parts.append(table(ks, by_metric[metric], metric))
     text = "\n".join(parts)
     (sweep / "icl.md").write_text(text + "\n")
-    plot(pathlib.Path(FLAGS.figure), ks, by_metric)
+    headline = {model: {k: s[0] for k in _shots(runs, rf"{EVAL}/exact_match_k(\d+)")
+                        if (s := mean_std(r.get(f"{EVAL}/exact_match_k{k}") for r in runs))}
+                for model, runs in _by_model(rows, FLAGS.axis).items()}
+    figure = pathlib.Path(FLAGS.figure or sweep / "icl.png")
+    plot(figure, ks, by_metric, {m: c for m, c in headline.items() if c})
     print(text)
-    print(f"written: {sweep / 'icl.md'}, {FLAGS.figure}", file=sys.stderr)
+    print(f"written: {sweep / 'icl.md'}, {figure}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ and its last validation and test loss and perplexity, a line each.
 """
 
 import dataclasses
+import itertools
 import json
 import pathlib
 import sys
@@ -21,7 +22,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from data import icl_tasks, text
+from data import icl_tasks, prompts, text
 from experiments import launch
 from experiments.built import Built
 from models import gpt, hf
@@ -140,71 +141,128 @@ def check_lm_workdir(path: pathlib.Path) -> None:
                      f"(model settings {sorted(set(model) - fields)[:4]} are not GPT's)")
 
 
-def completer(cfg: gpt.GPTConfig, tokenizer, max_new_tokens: int, batch: int = 64):
-    """complete(params, prompts) -> the answer of each prompt: greedy cached generation
-    (gpt.generate_batch) to the end of the line, `batch` prompts at a time, all left padded to
-    the longest prompt's width so one program serves the whole call."""
+def _batches(lengths: list[int], batch: int, quantum: int, limit: int):
+    """Row indices in batches of `batch` of similar length (sorted by length), each with its
+    width: the longest length rounded up to a multiple of `quantum`, at most `limit`. Few
+    shapes to compile, little padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch):
+        rows = order[start:start + batch]
+        longest = max(lengths[i] for i in rows)
+        yield rows, max(longest, min(-(-longest // quantum) * quantum, limit))
+
+
+def completer(cfg: gpt.GPTConfig, tokenizer, max_new_tokens: int, batch: int = 64,
+              quantum: int = 128):
+    """complete(params, prompts) -> the line each prompt's continuation writes: greedy cached
+    generation (gpt.generate_batch) to the end of the line, `batch` prompts of similar length
+    at a time, left padded to a multiple of `quantum` tokens."""
     cfg = dataclasses.replace(cfg, dtype="float32", dropout=0.0, attn_dropout=0.0)
     stop = [i for i in range(tokenizer.vocab_size) if "\n" in tokenizer.decode([i])]
     stop.append(tokenizer.eot_id)
 
     def complete(params, prompts: list[str]) -> list[str]:
         encoded = tokenizer.encode_batch(prompts)
-        width = max(len(e) for e in encoded)
-        gpt.check_context(cfg, width, max_new_tokens)
-        answers = []
-        for start in range(0, len(encoded), batch):
-            rows = encoded[start:start + batch]
-            padded = rows + [rows[-1]] * (batch - len(rows))   # one shape for every batch
+        gpt.check_context(cfg, max(len(e) for e in encoded), max_new_tokens)
+        answers = [None] * len(prompts)
+        for rows, width in _batches([len(e) for e in encoded], batch, quantum,
+                                    cfg.n_ctx - max_new_tokens):
+            padded = [encoded[i] for i in rows]
+            padded += [padded[-1]] * (batch - len(rows))   # one shape for every batch
             out = gpt.generate_batch(cfg, params, padded, max_new_tokens, jax.random.key(0),
                                      temperature=0.0, stop_tokens=stop, width=width)
-            answers += [icl_tasks.answer_of(tokenizer.decode(o)) for o in out[:len(rows)]]
+            for i, o in zip(rows, out):
+                answers[i] = icl_tasks.answer_of(tokenizer.decode(o))
         return answers
     return complete
 
 
-def answer_scorer(cfg: gpt.GPTConfig, tokenizer, batch: int = 64):
+def answer_scorer(cfg: gpt.GPTConfig, tokenizer, batch: int = 64, quantum: int = 128):
     """answer_logp(params, prompts, answers) -> the mean log-likelihood per token of each
-    " answer\n" after its prompt (gpt.token_scores, right padded to one width)."""
+    " answer\n" after its prompt (gpt.token_scores, right padded, batched by length)."""
     cfg = dataclasses.replace(cfg, dtype="float32", dropout=0.0, attn_dropout=0.0)
 
     def answer_logp(params, prompts: list[str], answers: list[str]) -> list[float]:
         heads = tokenizer.encode_batch(prompts)
         tails = tokenizer.encode_batch([f"{icl_tasks.TARGET_DELIMITER}{a}"
                                         f"{icl_tasks.FEWSHOT_DELIMITER}" for a in answers])
-        width = max(len(h) + len(t) for h, t in zip(heads, tails)) - 1
-        gpt.check_context(cfg, width, 0)
-        out = []
-        for start in range(0, len(heads), batch):
-            rows = list(zip(heads, tails))[start:start + batch]
+        lengths = [len(h) + len(t) - 1 for h, t in zip(heads, tails)]
+        gpt.check_context(cfg, max(lengths), 0)
+        out = [None] * len(prompts)
+        for rows, width in _batches(lengths, batch, quantum, cfg.n_ctx):
             ids = np.zeros((batch, width + 1), np.int32)
-            for r, (h, t) in enumerate(rows):
-                ids[r, :len(h) + len(t)] = h + t
+            for r, i in enumerate(rows):
+                ids[r, :lengths[i] + 1] = heads[i] + tails[i]
             logp = np.asarray(gpt.token_scores(cfg, params, ids[:, :-1], ids[:, 1:])[0])
-            out += [float(logp[r, len(h) - 1:len(h) + len(t) - 1].mean())
-                    for r, (h, t) in enumerate(rows)]
+            for r, i in enumerate(rows):
+                out[i] = float(logp[r, len(heads[i]) - 1:lengths[i]].mean())
         return out
     return answer_logp
 
 
-def icl_eval_fns(cfg: gpt.GPTConfig, config, tokenizer) -> dict:
-    """What the fewshot evaluator needs: the task family's episodes and greedy completion,
-    with room for the longest answer of any task and its newline."""
+def position_losses(cfg: gpt.GPTConfig, tokenizer, texts: list[str], windows: int = 32,
+                    batch: int = 8):
+    """losses(params) -> the mean loss of the prediction at each context position 0 ..
+    n_ctx - 1 over the first `windows` windows of n_ctx + 1 tokens of `texts` (each followed
+    by <|endoftext|>)."""
+    cfg = dataclasses.replace(cfg, dtype="float32", dropout=0.0, attn_dropout=0.0)
+    stream, eot = [], tokenizer.eot_id
+    for ids in tokenizer.encode_batch(texts):
+        stream += ids + [eot]
+        if len(stream) >= windows * (cfg.n_ctx + 1):
+            break
+    n = min(windows, len(stream) // (cfg.n_ctx + 1))
+    if n < 1:
+        raise ValueError(f"the natural text holds {len(stream)} tokens, less than one window "
+                         f"of {cfg.n_ctx + 1}")
+    rows = np.asarray(stream[:n * (cfg.n_ctx + 1)], np.int32).reshape(n, cfg.n_ctx + 1)
+
+    def losses(params) -> np.ndarray:
+        logp = [np.asarray(gpt.token_scores(cfg, params, rows[s:s + batch, :-1],
+                                            rows[s:s + batch, 1:])[0])
+                for s in range(0, n, batch)]
+        return -np.concatenate(logp).mean(0)
+    return losses
+
+
+def icl_eval_fns(cfg: gpt.GPTConfig, config, tokenizer, must_fit: int = 16) -> dict:
+    """What the fewshot evaluator needs: the task family's episodes, greedy completion with
+    room for the longest answer in any layout and its newline, the answers' log-likelihood
+    and the losses per position on natural text (the test split's).
+
+    Episodes whose prompts the context cannot hold are left out, a task at a time: at K up
+    to `must_fit` that is an error, said now."""
     icl = config.data.get("icl")
-    targets = [" " + t.target(x) for t in icl_tasks.TASKS.values()
-               for x in icl_tasks.items_of(t.kind, icl)]
-    new_tokens = max(len(ids) for ids in tokenizer.encode_batch(targets)) + 1
-    for name, e in config.evals.items():   # the longest prompts must fit: say so now
-        if e.type == "fewshot":
-            eps = icl_tasks.episodes(icl, max(e.shots), True, e.queries)
-            width = max(len(ids) for ids in tokenizer.encode_batch([x.prompt for x in eps]))
-            if width + new_tokens > cfg.n_ctx:
-                raise ValueError(f"config.evals.{name}: a {max(e.shots)}-shot prompt of "
-                                 f"{width} tokens and its answer ({new_tokens} tokens) exceed "
-                                 f"the context model.n_ctx {cfg.n_ctx}")
-    return {"fewshot_episodes": lambda k, d, q: icl_tasks.episodes(icl, k, d, q),
+    specs = {name: e for name, e in config.evals.items() if e.type == "fewshot"}
+    layouts = {None, *(layout for e in specs.values() for layout in e.layouts)}
+    answers = {f"{icl_tasks.TARGET_DELIMITER}{prompts.layout_answer(x.answer, x.layout, x.kind)}"
+               for e in specs.values() for layout in layouts
+               for x in icl_tasks.episodes(icl, 0, True, e.queries, layout)}
+    new_tokens = max([len(ids) for ids in tokenizer.encode_batch(sorted(answers))] or [0]) + 1
+
+    def fitting(eps: list) -> list:
+        widths = tokenizer.encode_batch([x.prompt for x in eps])
+        too_long = {x.task for x, ids in zip(eps, widths) if len(ids) + new_tokens > cfg.n_ctx}
+        return [x for x in eps if x.task not in too_long]
+
+    def make(k, described, queries, layout=None, order=0):
+        return fitting(icl_tasks.episodes(icl, k, described, queries, layout, order))
+
+    for name, e in specs.items():   # the prompts that must fit: say so now
+        settings = [(k, True, None) for k in e.shots if k <= must_fit]
+        settings += [(e.variant_k, False, layout) for layout in e.layouts]
+        for k, described, layout in settings:
+            eps = icl_tasks.episodes(icl, k, described, e.queries, layout)
+            left = {x.task for x in fitting(eps)}
+            if dropped := sorted({x.task for x in eps} - left):
+                raise ValueError(f"config.evals.{name}: {k}-shot prompts of {dropped} and "
+                                 f"their answers ({new_tokens} tokens) exceed the context "
+                                 f"model.n_ctx {cfg.n_ctx}")
+    texts = [d["text"] for d in itertools.islice(icl_tasks.text_documents(icl, "test"), 200)]
+    return {"fewshot_episodes": make,
             "complete": completer(cfg, tokenizer, new_tokens),
-            "answer_logp": answer_scorer(cfg, tokenizer)}
+            "answer_logp": answer_scorer(cfg, tokenizer),
+            "position_losses": position_losses(cfg, tokenizer, texts)}
 
 
 def build(config) -> Built:

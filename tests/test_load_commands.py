@@ -166,7 +166,7 @@ def test_ensemble_takes_several_workdirs_and_the_former_runs(capsys):
 # ----------------------------------------------------------------------------- icl_report
 
 def test_icl_report_reads_the_sweep_named_by_workdir(parsed, tmp_path, capsys):
-    keys = [f"test/fewshot/k{k}{d}/{g}/{m}" for m in icl_report.METRICS for k in (0, 2)
+    keys = [f"test/icl/k{k}{d}/{g}/{m}" for m in icl_report.METRICS for k in (0, 2)
             for d in ("", "/nodesc") for g in icl_report.GROUPS]
     (tmp_path / "results.csv").write_text(
         ",".join(["size", "seed", *keys]) + "\n"

@@ -177,3 +177,46 @@ def test_fewshot_prompt_matches_lm_eval(tmp_path, monkeypatch, target_delimiter,
         assert prompts.fewshot_prompt(description, examples, query, target_delimiter,
                                       fewshot_delimiter) == want
         assert task.fewshot_context(doc, 0) == prompts.fewshot_prompt(description, [], query)
+
+
+# ----------------------------------------------------------------------------- layouts
+
+EXAMPLES = [("What is 4 plus 5?", "9"), ("What is 12 minus 30?", "-18")]
+
+
+@pytest.mark.parametrize("layout, want", [
+    ("equals", "What is 4 plus 5? = 9\nWhat is 12 minus 30? = -18\nWhat is 1 plus 1? ="),
+    ("arrow", "What is 4 plus 5? => 9\nWhat is 12 minus 30? => -18\nWhat is 1 plus 1? =>"),
+    ("colon", "What is 4 plus 5?: 9\nWhat is 12 minus 30?: -18\nWhat is 1 plus 1?:"),
+    ("qa", "Q: What is 4 plus 5? A: 9\nQ: What is 12 minus 30? A: -18\nQ: What is 1 plus 1? A:"),
+    ("quoted", '"What is 4 plus 5?" = "9"\n"What is 12 minus 30?" = "-18"\n'
+               '"What is 1 plus 1?" ='),
+])
+def test_layout_prompt_lines(layout, want):
+    got = prompts.layout_prompt("Add:\n", EXAMPLES, "What is 1 plus 1?", layout)
+    assert got == "Add:\n" + want
+    # Zero-shot: the description and the query's question only.
+    assert prompts.layout_prompt("", [], "x", layout) == want.rsplit("\n", 1)[1].replace(
+        "What is 1 plus 1?", "x")
+
+
+def test_json_layout_asks_for_json_and_reads_it_back():
+    got = prompts.layout_prompt("Add:\n", EXAMPLES, "What is 1 plus 1?", "json", int)
+    request = prompts.json_request({"answer": int})
+    assert got == ("Add:\n" + request + "\n" + 'What is 4 plus 5? = {"answer": 9}\n'
+                   'What is 12 minus 30? = {"answer": -18}\nWhat is 1 plus 1? =')
+    # Each example's answer is one the parser accepts; the reader gives its value as text.
+    lines = got.split("\n")[2:4]
+    assert [prompts.read_answer(x.split(" = ", 1)[1], "json", int) for x in lines] == ["9", "-18"]
+    assert prompts.read_answer(' {"answer": 2}', "json", int) == "2"
+    assert prompts.read_answer(' {"answer": "2"}', "json", int) is None      # wrong type
+    assert prompts.read_answer(" 2", "json", int) is None                      # not JSON
+    assert prompts.read_answer(' {"answer": "sticks"}', "json") == "sticks"
+
+
+def test_read_answer_strips_the_layout():
+    assert prompts.read_answer('  "sticks" ', "quoted") == "sticks"
+    assert prompts.read_answer(' "sticks', "quoted") == '"sticks'     # unclosed: kept as is
+    assert prompts.read_answer(" sticks ", "qa") == "sticks"
+    with pytest.raises(ValueError, match="unknown layout"):
+        prompts.layout_prompt("", [], "x", "yaml")

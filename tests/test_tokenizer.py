@@ -199,3 +199,29 @@ def test_gpt2_files_match_transformers(gpt2_dir):
     hf = transformers.GPT2Tokenizer.from_pretrained(str(d))
     for s in PARITY + random_strings(30, seed=4):
         assert ours.encode(s) == hf.encode(s, add_special_tokens=False), repr(s)
+
+
+# --------------------------------------------------------------------------- bytes as tokens
+
+
+def test_byte_tokenizer_round_trip(tmp_path):
+    """A token per byte, id = the byte's value, <|endoftext|> = 256, over GPT-2's byte map;
+    data.tokenizer="bytes" selects it, and its saved file loads as the same tokenizer."""
+    import ml_collections
+    from data import text
+    from data.tokenizer import byte_characters, byte_tokenizer
+    tok = byte_tokenizer()
+    assert (tok.vocab_size, tok.eot_id) == (257, 256)
+    assert byte_characters() == [bytes_to_unicode()[b] for b in range(256)]
+    for s in NASTY + random_strings(300, seed=3):
+        ids = tok.encode(s)
+        assert tok.decode(ids) == s, repr(s)
+        if EOT not in s:
+            assert ids == list(s.encode("utf-8")), repr(s)
+    assert tok.encode(f"ab{EOT}\n") == [97, 98, 256, 10]
+    tok.save(tmp_path / "tokenizer.json")
+    loaded = text.load_tokenizer(tmp_path)
+    texts = NASTY + random_strings(50, seed=4)
+    assert loaded.encode_batch(texts) == tok.encode_batch(texts)
+    chosen = text.get_tokenizer(ml_collections.ConfigDict(dict(tokenizer="bytes")))
+    assert chosen.to_str() == tok.to_str()

@@ -91,7 +91,9 @@ EVAL_TYPE_FIELDS = {
     "linear_probe": dict(images=1000, batch_size=512, seed=1234, train_images=3000,
                          val_images=500, Cs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
                          iters=100),
-    "fewshot": dict(shots=(0, 1, 2, 4, 8, 16), queries=16, per_task=True),
+    "fewshot": dict(shots=(0, 1, 2, 4, 8, 16), queries=16, per_task=True,
+                    families=("scramble", "arithmetic"), orders=0, layouts=(), variant_k=8,
+                    score_positions=(50, 500)),
     "bleu": dict(beam_size=4, alpha=0.6, extra_len=50, show=3, key="bleu"),
 }
 
@@ -149,6 +151,12 @@ DESCRIPTIONS = {
     "evals.*.images": "zeroshot / linear_probe: images scored",
     "evals.*.shots": "fewshot: the numbers of examples K in the prompt",
     "evals.*.queries": "fewshot: episodes per task",
+    "evals.*.per_task": "fewshot: metrics of every task too",
+    "evals.*.families": "fewshot: the task families of the headline exact_match_k{K}",
+    "evals.*.orders": "fewshot: orders of the same variant_k examples scored (0: none)",
+    "evals.*.layouts": "fewshot: line layouts scored at variant_k (data/prompts.py: LAYOUTS)",
+    "evals.*.variant_k": "fewshot: examples in the prompt variants",
+    "evals.*.score_positions": "fewshot: early and late position of the in-context score",
     "evals.*.beam_size": "bleu: beam width (1: greedy)",
     "evals.*.alpha": "bleu: length penalty of the beam search",
     "evals.*.show": "bleu: translations printed",

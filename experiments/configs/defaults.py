@@ -211,7 +211,8 @@ TEXT = dict(                     # data/text.py: the text corpora's fields
     encoding="utf-8",            # stdlib / files: how the files are decoded
     on_decode_error="skip",      # a file that does not decode: skip (one warning) | error
     max_docs=0,                  # first N non-empty documents of each split; 0 = all
-    tokenizer="",                # tokenizer.json, or a directory with vocab.json + merges.txt
+    tokenizer="",                # tokenizer.json, or a directory with vocab.json + merges.txt,
+                                 # or "bytes": a token per byte
     vocab_size=8192,             # BPE trained on the train split when `tokenizer` is ""
     cache_dir="~/.cache/flaxpapers",  # trained tokenizers and tokenized splits
 )
@@ -219,15 +220,16 @@ TEXT = dict(                     # data/text.py: the text corpora's fields
 ICL = dict(                      # data/icl_tasks.py: the in-context-learning mixture
     seed=0,
     numbers=100,                 # number items 0 .. numbers-1
-    words=200,                   # the most frequent lower-case words of the stdlib's source
-    heldout_frac=0.1,            # items of every task kept out of pretraining (the queries)
-    heldout_tasks="digits_en,fr_en,copy",   # tasks kept out of pretraining altogether
+    words=1000,                  # the most frequent words of 4-8 letters of Python's docs
+    heldout_frac=0.1,            # words, numbers and arithmetic questions kept out of pretraining
+    heldout_tasks="digits_en,fr_en",   # tasks kept out of pretraining altogether
     task_weight=0.5,             # the mixture's weights (normalised): task lists ...
     text_weight=0.5,             # ... and ordinary text
     train_chars=2_000_000,       # the mixture's size (val and test: val_chars each)
     val_chars=100_000,
-    min_lines=4,                 # lines per task list, drawn uniformly
-    max_lines=30,
+    min_lines=2,                 # lines per task list (K + 1), drawn uniformly
+    max_lines=40,
+    described=0.5,               # share of the task lists that begin with the description line
     text_chunk=2000,             # ordinary text comes in pieces of at most this many characters
 )
 

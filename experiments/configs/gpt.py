@@ -12,15 +12,15 @@
     gpt1        GPT-1: 12 x 768, context 512, post-norm, Adam 2.5e-4, batch 64
     gpt2-124m   GPT-2 small (and gpt2-355m, gpt2-774m, gpt2-1.5b): context 1024, batch 512
     gpt3-125m   ... gpt3-175b: GPT-3 Table 2.1 (width, depth, heads, lr, batch in tokens)
-    icl-s       in-context learning in miniature (GPT-3 figure 1.2): a 512-token BPE, context
-    icl-m       256, 200 steps of 8 x 256 tokens of the mixture (3:1) of task lists and text
-    icl-l       (data.source=icl, data/icl_tasks.py); at the end the few-shot evaluator scores
-                K = 0..16 examples with and without the task description. Sizes in ICL_SIZES;
-                each pretrains in minutes on 2 loaded CPU cores
+    icl-s       in-context learning in miniature (GPT-3 figure 1.2, section 3.9): bytes as
+    icl-m       tokens (data.tokenizer="bytes"), context 640, the same 300 x 16 x 640 tokens
+    icl-l       of the mixture (3:1) of task lists and text (data.source=icl,
+                data/icl_tasks.py) for every size, 100k to 1.4M parameters (ICL_SIZES); at the
+                end the evaluator `icl` scores K = 0..16 examples with and without the
+                description, example orders, line layouts and the in-context score
 
-Named sweep `icl` (SWEEPS below): the three ICL sizes, each pretrained and evaluated few-shot;
-experiments/icl_report.py then writes the table and docs/figures/icl.png. 33 min on 2 CPU cores
-(measured, README).
+Named sweep `icl` (SWEEPS below): the three ICL sizes, three seeds each, pretrained and
+evaluated few-shot; experiments/icl_report.py then writes the tables and the figure.
 """
 
 import ml_collections
@@ -37,13 +37,17 @@ GPT3_TRAIN = {"gpt3-125m": (6e-4, 0.5e6), "gpt3-350m": (3e-4, 0.5e6),
               "gpt3-6.7b": (1.2e-4, 2e6), "gpt3-13b": (1e-4, 2e6), "gpt3-175b": (0.6e-4, 3.2e6)}
 
 
-# In-context learning in miniature: (n_layer, n_head, d_model) per size.
-ICL_SIZES = {"icl-s": (2, 2, 32), "icl-m": (2, 2, 64), "icl-l": (4, 4, 64)}
+# In-context learning in miniature: (n_layer, n_head, d_model, peak lr) per size, each trained
+# on ICL_STEPS batches of ICL_BATCH windows of the 640-byte context.
+ICL_SIZES = {"icl-s": (2, 2, 48, 3e-3), "icl-m": (3, 4, 96, 2e-3), "icl-l": (4, 4, 160, 1.5e-3)}
+ICL_STEPS, ICL_BATCH, ICL_CTX = 300, 16, 640
 
 SWEEPS = {"icl": {
     "size": [{"label": name.split("-")[1], "model.n_layer": n_layer, "model.n_head": n_head,
-              "model.d_model": d_model} for name, (n_layer, n_head, d_model) in ICL_SIZES.items()],
-    "metric": "test/fewshot/k4/acc"}}
+              "model.d_model": d_model, "train.lr": lr}
+             for name, (n_layer, n_head, d_model, lr) in ICL_SIZES.items()],
+    "seeds": 3,
+    "metric": "test/icl/exact_match_k16"}}
 
 MICRO_MODEL = dict(vocab_size=512, n_ctx=64, n_layer=1, n_head=2, d_model=32, dropout=0.0,
                    attn_dropout=0.0)   # fields of defaults.gpt()
@@ -86,18 +90,23 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
             config.train.update(steps=4, batch_size=4, warmup_steps=1, eval_every=4,
                                 eval_steps=2, ckpt_every=4, log_every=2)
     elif arg in ICL_SIZES:
-        # GPT-3's few-shot evaluation of models pretrained on a mixture of task lists (a
-        # description line, then "input => output" lines of one task) and ordinary text. A
-        # 256-token context holds 16 examples of the longest task (checked before training).
-        n_layer, n_head, d_model = ICL_SIZES[arg]
-        model = defaults.gpt(vocab_size=512, n_ctx=256, n_layer=n_layer, n_head=n_head,
+        # GPT-3's few-shot evaluation of models pretrained on a mixture of task lists (an
+        # optional description line, then K + 1 lines of one task) and ordinary text. Bytes
+        # as tokens let a model see the letters it unscrambles; 640 bytes hold 16 examples of
+        # the longest task with the description (checked before training).
+        n_layer, n_head, d_model, lr = ICL_SIZES[arg]
+        model = defaults.gpt(vocab_size=257, n_ctx=ICL_CTX, n_layer=n_layer, n_head=n_head,
                              d_model=d_model, dropout=0.0, attn_dropout=0.0)
-        config.data.source = "icl"
-        config.data.icl = defaults.icl_data()
-        config.data.icl.task_weight, config.data.icl.text_weight = 0.75, 0.25
-        config.train = train_config(steps=200, batch_size=8, lr=5e-3, warmup_steps=20,
-                                    eval_every=100, eval_steps=4, ckpt_every=100, log_every=20)
-        config.evals.fewshot = eval_spec(type="fewshot", split="test", every=0, queries=8)
+        config.data.source, config.data.tokenizer = "icl", "bytes"
+        config.data.icl = defaults.icl_data(
+            task_weight=0.75, text_weight=0.25,
+            train_chars=ICL_STEPS * ICL_BATCH * ICL_CTX + 100_000)   # about one epoch
+        config.train = train_config(steps=ICL_STEPS, batch_size=ICL_BATCH, lr=lr,
+                                    warmup_steps=ICL_STEPS // 20, eval_every=ICL_STEPS // 2,
+                                    eval_steps=4, ckpt_every=ICL_STEPS // 2, log_every=20)
+        config.evals.icl = eval_spec(
+            type="fewshot", split="test", every=0, shots=(0, 1, 2, 4, 8, 16), queries=8,
+            orders=5, layouts=("arrow", "colon", "qa", "quoted", "json"), variant_k=8)
         config.sample.num_tokens = 0
     elif arg == "bench-cpu":
         # The CPU benchmark target (experiments/benchmark.py); attention in head-major layout

@@ -1,92 +1,211 @@
 """Zero-, one- and few-shot evaluation without gradient updates (GPT-3 section 2, figure 1.2).
 
 For every K of `shots`, with and without the task description, the experiment's episodes
-(prompts in the few-shot layout, their answers, their task and group) are completed by greedy
-generation and scored by exact match of the completed line, and the log-likelihood of the
-correct answer is measured (a graded signal where exact match is still 0). The experiment
-gives fit()
+(prompts in the few-shot layout with their answers) are completed by greedy generation and
+scored by exact match of the completed line after stripping; the log-likelihood of the correct
+answer is measured beside it (a graded signal where exact match is still 0). Prompt variants
+are further evaluation settings of the same model, at K = variant_k without the description:
+`orders` orders of the same K examples, and each of `layouts` (data/prompts.py: LAYOUTS, "json"
+a structured answer read by parse_json_answer). The in-context learning score (Olsson et al.
+2022) is the mean loss at a late position of natural text minus that at an early one.
 
-    eval_fns["fewshot_episodes"](k, with_description, queries) -> [episode]
-        each with .prompt, .answer, .task, .group ("items": held-out items of a pretraining
-        task, "tasks": a task held out of pretraining)
-    eval_fns["complete"](params, prompts) -> [the answer each prompt's continuation gives]
+The experiment gives fit()
+
+    eval_fns["fewshot_episodes"](k, with_description, queries, layout, order) -> [episode]
+        each with .prompt, .answer, .task, .family, .group ("items": held-out items of a
+        pretraining task, "tasks": a task held out of pretraining), .correct(line),
+        .read(line) (the answer in the line; None when it has none) and .in_task(answer);
+        layout None is each task's own, order 0 the examples as drawn
+    eval_fns["complete"](params, prompts) -> [the line each prompt's continuation writes]
     eval_fns["answer_logp"](params, prompts, answers) -> [log p(answer | prompt) per token]
         (optional)
+    eval_fns["position_losses"](params) -> mean loss per context position on natural text
+        (optional)
 
-and this evaluator logs, under its name (e.g. "fewshot"):
+and this evaluator logs, under its name NAME:
 
-    NAME/k{K}/acc                 with the description, every episode
-    NAME/k{K}/{items,tasks}/acc   with the description, one group
-    NAME/k{K}/nodesc/acc, NAME/k{K}/nodesc/{items,tasks}/acc    the same without it
-    NAME/k{K}/task/{task}/acc, .../nodesc/task/{task}/acc       per task (per_task=True)
-    NAME/k{K}/.../logp            beside each acc: the mean per-token log-likelihood of the
-                                  correct answer (and its newline), with answer_logp
-    NAME/k{K}/.../in_task         beside each acc: the share of answers that are an output of
-                                  the queried task (episode.outputs), right or wrong: whether
-                                  the prompt told the model which task it is
+    NAME/exact_match_k{K}         the mean over the headline families' tasks (scrambling and
+                                  arithmetic) of exact match on held-out items, no description;
+                                  NAME/exact_match_k{K}_desc with it
+    NAME/k{K}/acc, NAME/k{K}/nodesc/acc   every episode, with / without the description, and
+    .../{items,tasks}/acc, .../family/{family}/acc, .../task/{task}/acc (per_task=True)
+    .../logp, .../in_task         beside each acc: the mean per-token log-likelihood of the
+                                  correct answer (with answer_logp); the share of answers that
+                                  are an output of the queried task, right or wrong
+    NAME/order/k{K}/{mean,min,max,std}    the headline over the orders of the same examples
+    NAME/layout/{layout}/k{K}/acc         the headline in each layout
+    NAME/layout/json/k{K}/format_ok       the share of answers that parse as the JSON asked for
+    NAME/context_score            loss at score_positions[1] minus at score_positions[0]
+    NAME/context_loss_early, NAME/context_loss_late
 
 At K = 0 the two are GPT-2's p(output | input, task) and p(output | input).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from train.evaluators.base import Evaluator, register
 
 
-def _acc(hits: list[bool]) -> float:
-    return sum(hits) / len(hits)
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
 
 
-def fewshot_metrics(complete: Callable[[list[str]], list[str]],
-                    episodes: Callable[[int, bool], list], shots: Sequence[int],
-                    per_task: bool = False, prefix: str = "fewshot",
-                    answer_logp: Callable[[list[str], list[str]], list[float]] | None = None
-                    ) -> dict[str, float]:
-    """Exact-match accuracy of `complete`'s answers to the episodes of every K of `shots`,
-    with and without the description (and with answer_logp, the mean log-likelihood of the
-    correct answers). All prompts go to `complete` in one list, so it can batch them as it
-    likes."""
+@dataclasses.dataclass
+class _Cell:
+    """One evaluation setting: its episodes, and what is logged of it."""
+    head: str
+    episodes: list
+    logp: bool = False
+    lines: list = None
+    scores: list = None
+
+
+def _grid(prefix: str, k: int, described: bool) -> str:
+    return f"{prefix}/k{k}" + ("" if described else "/nodesc")
+
+
+def headline(rows: list, families: Sequence[str]) -> float | None:
+    """The mean over the tasks of `families` of their exact match on held-out items (None
+    when no row is of them)."""
+    tasks: dict[str, list[bool]] = {}
+    for r in rows:
+        if r.family in families and r.group == "items":
+            tasks.setdefault(r.task, []).append(r.hit)
+    return _mean(_mean(h) for h in tasks.values()) if tasks else None
+
+
+@dataclasses.dataclass
+class _Scored:
+    task: str
+    family: str
+    group: str
+    hit: bool
+    in_task: bool
+    read: bool
+
+
+def _scored(cell: _Cell) -> list[_Scored]:
+    out = []
+    for e, line in zip(cell.episodes, cell.lines):
+        answer = e.read(line)
+        out.append(_Scored(e.task, e.family, e.group, e.correct(line), e.in_task(answer),
+                           answer is not None))
+    return out
+
+
+def _grid_metrics(cell: _Cell, per_task: bool) -> dict[str, float]:
+    rows = _scored(cell)
+    keys = ([None] + sorted({r.group for r in rows})
+            + [f"family/{f}" for f in sorted({r.family for r in rows})]
+            + ([f"task/{t}" for t in dict.fromkeys(r.task for r in rows)] if per_task else []))
+    out = {}
+    for key in keys:
+        idx = [j for j, r in enumerate(rows)
+               if key in (None, r.group, f"family/{r.family}", f"task/{r.task}")]
+        name = cell.head if key is None else f"{cell.head}/{key}"
+        out[f"{name}/acc"] = _mean(rows[j].hit for j in idx)
+        out[f"{name}/in_task"] = _mean(rows[j].in_task for j in idx)
+        if cell.scores is not None:
+            out[f"{name}/logp"] = _mean(cell.scores[j] for j in idx)
+    return out
+
+
+def fewshot_metrics(complete: Callable[[list[str]], list[str]], episodes: Callable,
+                    shots: Sequence[int], per_task: bool = False, prefix: str = "fewshot",
+                    answer_logp: Callable[[list[str], list[str]], list[float]] | None = None,
+                    families: Sequence[str] = (), orders: int = 0,
+                    layouts: Sequence[str] = (), variant_k: int = 8) -> dict[str, float]:
+    """Exact match of `complete`'s lines to the episodes of every setting (module docstring).
+    episodes(k, described, layout=None, order=0) -> [episode]. Every distinct prompt goes to
+    `complete` once, all in one list, so it can batch them as it likes."""
     if not shots or any(int(k) < 0 for k in shots):
         raise ValueError(f"shots must be a non-empty list of K >= 0, got {list(shots)}")
-    runs = [(int(k), d, episodes(int(k), d)) for k in shots for d in (True, False)]
-    prompts = [e.prompt for _, _, eps in runs for e in eps]
-    answers = complete(prompts)
-    if len(answers) != len(prompts):
-        raise ValueError(f"complete returned {len(answers)} answers for {len(prompts)} prompts")
-    logps = (answer_logp(prompts, [e.answer for _, _, eps in runs for e in eps])
-             if answer_logp else None)
-    out, i = {}, 0
-    for k, described, eps in runs:
-        if not eps:
-            raise ValueError(f"no episodes at K={k}")
-        got = answers[i:i + len(eps)]
-        hits = [a == e.answer for a, e in zip(got, eps)]
-        kind = [a in e.outputs for a, e in zip(got, eps)]
-        scores = logps[i:i + len(eps)] if logps is not None else None
-        i += len(eps)
-        head = f"{prefix}/k{k}" + ("" if described else "/nodesc")
-        keys = [None] + sorted({e.group for e in eps}) + (sorted({e.task for e in eps})
-                                                          if per_task else [])
-        for key in keys:
-            rows = [j for j, e in enumerate(eps) if key in (None, e.group, e.task)]
-            name = (head if key is None else f"{head}/{key}" if key in ("items", "tasks")
-                    else f"{head}/task/{key}")
-            out[f"{name}/acc"] = _acc([hits[j] for j in rows])
-            if all(eps[j].outputs for j in rows):
-                out[f"{name}/in_task"] = _acc([kind[j] for j in rows])
-            if scores is not None:
-                out[f"{name}/logp"] = sum(scores[j] for j in rows) / len(rows)
+    if orders and not families or layouts and not families:
+        raise ValueError("prompt variants (orders, layouts) are scored on the headline "
+                         "families: name them (families)")
+    # A K whose prompts the context cannot hold has no episodes, and no metrics.
+    cells = [c for k in shots for d in (True, False)
+             if (c := _Cell(_grid(prefix, int(k), d), episodes(int(k), d), logp=True)).episodes]
+    if not cells:
+        raise ValueError(f"no episodes at any K of {list(shots)}")
+
+    def variant(head, **kw):
+        eps = [e for e in episodes(variant_k, False, **kw) if e.family in families]
+        cells.append(_Cell(head, eps))
+    for i in range(orders):
+        variant(f"{prefix}/order/{i}", order=i)
+    for layout in layouts:
+        variant(f"{prefix}/layout/{layout}/k{variant_k}", layout=layout)
+    _complete(cells, complete, answer_logp)
+
+    out = {}
+    for cell in cells:
+        if cell.logp:
+            out.update(_grid_metrics(cell, per_task))
+    for k in shots:
+        for d, suffix in ((False, ""), (True, "_desc")):
+            cell = next((c for c in cells if c.head == _grid(prefix, int(k), d)), None)
+            value = headline(_scored(cell), families) if cell and families else None
+            if value is not None:
+                out[f"{prefix}/exact_match_k{k}{suffix}"] = value
+    by_order = [headline(_scored(c), families) for c in cells if "/order/" in c.head]
+    if by_order and None not in by_order:
+        head = f"{prefix}/order/k{variant_k}"
+        out.update({f"{head}/mean": float(np.mean(by_order)), f"{head}/min": min(by_order),
+                    f"{head}/max": max(by_order), f"{head}/std": float(np.std(by_order))})
+    for cell in cells:
+        if "/layout/" in cell.head and cell.episodes:
+            rows = _scored(cell)
+            out[f"{cell.head}/acc"] = headline(rows, families)
+            if "/layout/json/" in cell.head:
+                out[f"{cell.head}/format_ok"] = _mean(r.read for r in rows)
     return out
+
+
+def _complete(cells: list[_Cell], complete, answer_logp) -> None:
+    """Fills each cell's lines (and scores where it asks for them): one call of `complete` on
+    the distinct prompts, one of answer_logp on the distinct (prompt, answer) pairs."""
+    prompts = list(dict.fromkeys(e.prompt for c in cells for e in c.episodes))
+    lines = complete(prompts)
+    if len(lines) != len(prompts):
+        raise ValueError(f"complete returned {len(lines)} answers for {len(prompts)} prompts")
+    line_of = dict(zip(prompts, lines))
+    pairs = list(dict.fromkeys((e.prompt, e.answer) for c in cells if c.logp
+                               for e in c.episodes)) if answer_logp else []
+    score_of = dict(zip(pairs, answer_logp([p for p, _ in pairs], [a for _, a in pairs])
+                        if pairs else []))
+    for c in cells:
+        c.lines = [line_of[e.prompt] for e in c.episodes]
+        if c.logp and answer_logp:
+            c.scores = [score_of[(e.prompt, e.answer)] for e in c.episodes]
+
+
+def context_score(losses: np.ndarray, positions: Sequence[int], prefix: str) -> dict:
+    """Olsson et al. 2022: the mean loss at the late position minus that at the early one
+    (negative: later tokens are predicted better, from what the context holds)."""
+    early, late = (int(p) for p in positions)
+    if not 0 <= early < late < len(losses):
+        raise ValueError(f"score_positions {tuple(positions)} must be early < late inside the "
+                         f"context of {len(losses)} positions")
+    return {f"{prefix}/context_score": float(losses[late] - losses[early]),
+            f"{prefix}/context_loss_early": float(losses[early]),
+            f"{prefix}/context_loss_late": float(losses[late])}
 
 
 @register("fewshot")
 class FewShot(Evaluator):
-    """Few-shot accuracy of a language model at each K of `shots` (see the module docstring);
-    `queries` episodes per task."""
+    """Few-shot exact match of a language model at each K of `shots`, the prompt variants and
+    the in-context learning score (see the module docstring); `queries` episodes per task."""
 
-    defaults = dict(shots=(0, 1, 2, 4, 8, 16), queries=16, per_task=True)
+    defaults = dict(shots=(0, 1, 2, 4, 8, 16), queries=16, per_task=True,
+                    families=("scramble", "arithmetic"), orders=0, layouts=(), variant_k=8,
+                    score_positions=(50, 500))
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -96,9 +215,16 @@ class FewShot(Evaluator):
                              f"{missing}: a language model on a task family (data.source=icl)")
 
     def run(self, state):
-        make, logp = self.ctx.fns["fewshot_episodes"], self.ctx.fns.get("answer_logp")
-        return fewshot_metrics(
-            lambda prompts: self.ctx.fns["complete"](state.params, prompts),
-            lambda k, d: make(k, d, int(self.cfg.queries)), tuple(self.cfg.shots),
-            bool(self.cfg.per_task), prefix=self.name,
-            answer_logp=logp and (lambda p, a: logp(state.params, p, a)))
+        fns, cfg = self.ctx.fns, self.cfg
+        make, logp = fns["fewshot_episodes"], fns.get("answer_logp")
+        out = fewshot_metrics(
+            lambda prompts: fns["complete"](state.params, prompts),
+            lambda k, d, layout=None, order=0: make(k, d, int(cfg.queries), layout, order),
+            tuple(cfg.shots), bool(cfg.per_task), prefix=self.name,
+            answer_logp=logp and (lambda p, a: logp(state.params, p, a)),
+            families=tuple(cfg.families), orders=int(cfg.orders), layouts=tuple(cfg.layouts),
+            variant_k=int(cfg.variant_k))
+        if "position_losses" in fns and cfg.score_positions:
+            out.update(context_score(fns["position_losses"](state.params),
+                                     cfg.score_positions, self.name))
+        return out
