@@ -207,8 +207,9 @@ CLAIM_SWEEPS = {
     "plain-vs-residual": {"model.name": ["resnet8", "resnet20", "resnet32"],
                           "model.overrides.shortcut": ["none", "A", "B"],
                           "seeds": 3, "metric": "test/top1"},
-    # Figure 1's protocol: no regularisation, each activation at its best rate of three.
-    "relu-vs-tanh": {"model.overrides.act": ["relu", "tanh"], "train.lr": [0.02, 0.05, 0.1],
+    # Figure 1's protocol: no regularisation, each activation at its best rate of four.
+    "relu-vs-tanh": {"model.overrides.act": ["relu", "tanh"],
+                     "train.lr": [0.01, 0.02, 0.05, 0.1],
                      "overrides": {"model.overrides.dropout": 0.0, "model.overrides.lrn": False},
                      "seeds": 3, "metric": "trainset/accuracy"},
     "alexnet-tricks": {"variant": [
