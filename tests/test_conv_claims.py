@@ -318,7 +318,8 @@ def test_clutter_label_rules():
 CLAIM_SWEEPS = {"plain-vs-residual": "claims-resnet", "relu-vs-tanh": "claims-alexnet",
                 "alexnet-tricks": "claims-alexnet", "googlenet-aux": "claims-googlenet",
                 "mobilenet-bottleneck": "claims-mobilenet",
-                "efficientnet-search": "claims-efficientnet"}
+                "efficientnet-search": "claims-efficientnet",
+                "efficientnet-scaling": "claims-efficientnet"}
 
 
 @pytest.mark.parametrize("name", sorted(CLAIM_SWEEPS))
@@ -365,6 +366,25 @@ def test_efficientnet_search_points_cost_about_twice_the_base():
     for a, b, g in presets.EFFICIENTNET_SEARCH:
         assert 1.85 <= a * b * b * g * g <= 2.1
         assert 1.85 <= flops(a, b, g) / f0 <= 2.15
+
+
+def test_efficientnet_single_scalings_match_the_compound_flops():
+    """Figure 8's comparison at equal cost: at each phi, depth, width and resolution alone
+    land within 20% of the compound model's FLOPs, and the cost grows with phi."""
+    from experiments.configs import convnets as presets
+    points = {p["label"]: p for p in presets.efficientnet_scaling()}
+
+    def flops(p):
+        return convnets.flops("efficientnet_tiny", p["data.image_size"], 11, 3,
+                              width_mult=p["model.overrides.width_mult"],
+                              depth_mult=p["model.overrides.depth_mult"], stem_stride=1)
+    costs = []
+    for phi in (1, 2, 3):
+        compound = flops(points[f"compound phi={phi}"])
+        costs.append(compound)
+        for single in ("depth", "width", "resolution"):
+            assert abs(flops(points[f"{single} phi={phi}"]) / compound - 1) < 0.2
+    assert flops(points["base"]) < costs[0] < costs[1] < costs[2]
 
 
 def test_clutter_is_a_classify_images_source():
