@@ -1,4 +1,4 @@
-"""Sentences around numbers, in English, French, German and Spanish, for translation.
+"""Sentences around numbers, in English, French, German, Spanish and Italian, for translation.
 
 A sentence is a template filled with numbers: an opener (none, "Yesterday,", "In {year},",
 "On {date},"), then `clauses` clauses joined by connectors ("and", "but", "because", "while"),
@@ -12,9 +12,9 @@ each clause holding one or two numbers of a kind:
 
 Every number is written out by `num2words` in each language (to="cardinal", "ordinal",
 "year", "currency"), so a translation must turn "three hundred and twelve" into "trois cent
-douze", "dreihundertzwölf" and "trescientos doce", and German moves the verb: to the end of a
-clause after "weil" / "während", before the subject after an opener ("Im Jahr ... stiegen
-zweihundert Fahrgäste in den Zug").
+douze", "dreihundertzwölf", "trescientos doce" and "trecentododici"; German moves the verb to
+the end of a clause after "weil" / "während", and before the subject after an opener ("Im
+Jahr ... stiegen zweihundert Fahrgäste in den Zug").
 
 Splits. A template (opener, clause, connector, clause, ...) belongs to one split, and so does
 each value of a count, ordinal, year or currency amount (days of the month, months and cents
@@ -35,7 +35,7 @@ import zlib
 
 import numpy as np
 
-LANGS = ("en", "fr", "de", "es")
+LANGS = ("en", "fr", "de", "es", "it")
 HELD_OUT = {"test": 0.10, "val": 0.05}   # fractions of templates and of numbers
 ORDINALS = (2, 1000)                     # from 2: French "premier" agrees in gender
 YEARS = (1100, 2100)
@@ -56,6 +56,7 @@ class Clause:
     en: str
     fr: str
     es: str
+    it: str
     de: tuple[str, str, str]
 
     def slots(self) -> list[str]:
@@ -63,82 +64,148 @@ class Clause:
 
 
 CLAUSES = (
-    Clause("{n} passengers boarded the train", "{n} passagers sont montés dans le train",
-           "{n} pasajeros subieron al tren", ("{n} Fahrgäste", "stiegen", "in den Zug")),
-    Clause("the library bought {n} books", "la bibliothèque a acheté {n} livres",
-           "la biblioteca compró {n} libros", ("die Bibliothek", "kaufte", "{n} Bücher")),
-    Clause("the gardeners planted {n} trees", "les jardiniers ont planté {n} arbres",
-           "los jardineros plantaron {n} árboles", ("die Gärtner", "pflanzten", "{n} Bäume")),
-    Clause("the museum welcomed {n} visitors", "le musée a accueilli {n} visiteurs",
-           "el museo recibió {n} visitantes", ("das Museum", "empfing", "{n} Besucher")),
-    Clause("{n} students passed the exam", "{n} étudiants ont réussi l'examen",
-           "{n} estudiantes aprobaron el examen", ("{n} Studenten", "bestanden", "die Prüfung")),
-    Clause("the truck drove {n} kilometres", "le camion a parcouru {n} kilomètres",
-           "el camión recorrió {n} kilómetros", ("der Lastwagen", "fuhr", "{n} Kilometer")),
-    Clause("the scientists counted {n} birds", "les scientifiques ont compté {n} oiseaux",
+    Clause("{n} passengers boarded the train",
+           "{n} passagers sont montés dans le train",
+           "{n} pasajeros subieron al tren",
+           "{n} passeggeri sono saliti sul treno",
+           ("{n} Fahrgäste", "stiegen", "in den Zug")),
+    Clause("the library bought {n} books",
+           "la bibliothèque a acheté {n} livres",
+           "la biblioteca compró {n} libros",
+           "la biblioteca ha comprato {n} libri",
+           ("die Bibliothek", "kaufte", "{n} Bücher")),
+    Clause("the gardeners planted {n} trees",
+           "les jardiniers ont planté {n} arbres",
+           "los jardineros plantaron {n} árboles",
+           "i giardinieri hanno piantato {n} alberi",
+           ("die Gärtner", "pflanzten", "{n} Bäume")),
+    Clause("the museum welcomed {n} visitors",
+           "le musée a accueilli {n} visiteurs",
+           "el museo recibió {n} visitantes",
+           "il museo ha accolto {n} visitatori",
+           ("das Museum", "empfing", "{n} Besucher")),
+    Clause("{n} students passed the exam",
+           "{n} étudiants ont réussi l'examen",
+           "{n} estudiantes aprobaron el examen",
+           "{n} studenti hanno superato l'esame",
+           ("{n} Studenten", "bestanden", "die Prüfung")),
+    Clause("the truck drove {n} kilometres",
+           "le camion a parcouru {n} kilomètres",
+           "el camión recorrió {n} kilómetros",
+           "il camion ha percorso {n} chilometri",
+           ("der Lastwagen", "fuhr", "{n} Kilometer")),
+    Clause("the scientists counted {n} birds",
+           "les scientifiques ont compté {n} oiseaux",
            "los científicos contaron {n} pájaros",
+           "gli scienziati hanno contato {n} uccelli",
            ("die Wissenschaftler", "zählten", "{n} Vögel")),
-    Clause("the factory produced {n} vehicles", "l'usine a produit {n} véhicules",
-           "la fábrica produjo {n} vehículos", ("die Fabrik", "produzierte", "{n} Fahrzeuge")),
+    Clause("the factory produced {n} vehicles",
+           "l'usine a produit {n} véhicules",
+           "la fábrica produjo {n} vehículos",
+           "la fabbrica ha prodotto {n} veicoli",
+           ("die Fabrik", "produzierte", "{n} Fahrzeuge")),
     Clause("the {o} runner crossed the finish line",
-           "le {o} coureur a franchi la ligne d'arrivée", "el {o} corredor cruzó la línea de meta",
+           "le {o} coureur a franchi la ligne d'arrivée",
+           "el {o} corredor cruzó la línea de meta",
+           "il {o} corridore ha tagliato il traguardo",
            ("der {o} Läufer", "überquerte", "die Ziellinie")),
-    Clause("the king's {o} son inherited the castle", "le {o} fils du roi a hérité du château",
+    Clause("the king's {o} son inherited the castle",
+           "le {o} fils du roi a hérité du château",
            "el {o} hijo del rey heredó el castillo",
+           "il {o} figlio del re ha ereditato il castello",
            ("der {o} Sohn des Königs", "erbte", "das Schloss")),
-    Clause("our team took {o} place", "notre équipe a pris la {o} place",
-           "nuestro equipo ocupó el {o} puesto", ("unser Team", "belegte", "den {on} Platz")),
+    Clause("our team took {o} place",
+           "notre équipe a pris la {o} place",
+           "nuestro equipo ocupó el {o} puesto",
+           "la nostra squadra ha conquistato il {o} posto",
+           ("unser Team", "belegte", "den {on} Platz")),
     Clause("the {o} concert of the festival delighted the audience",
            "le {o} concert du festival a enchanté le public",
            "el {o} concierto del festival encantó al público",
+           "il {o} concerto del festival ha entusiasmato il pubblico",
            ("das {o} Konzert des Festivals", "begeisterte", "das Publikum")),
-    Clause("the {o} floor of the tower remained empty", "le {o} étage de la tour est resté vide",
-           "el {o} piso de la torre quedó vacío", ("der {o} Stock des Turms", "blieb", "leer")),
-    Clause("the bridge was built in {y}", "le pont a été construit en {y}",
-           "el puente fue construido en {y}", ("die Brücke", "wurde", "im Jahr {y} gebaut")),
-    Clause("the company was founded in {y}", "l'entreprise a été fondée en {y}",
-           "la empresa fue fundada en {y}", ("die Firma", "wurde", "im Jahr {y} gegründet")),
-    Clause("my grandmother moved to the city in {y}", "ma grand-mère a déménagé en ville en {y}",
+    Clause("the {o} floor of the tower remained empty",
+           "le {o} étage de la tour est resté vide",
+           "el {o} piso de la torre quedó vacío",
+           "il {o} piano della torre è rimasto vuoto",
+           ("der {o} Stock des Turms", "blieb", "leer")),
+    Clause("the bridge was built in {y}",
+           "le pont a été construit en {y}",
+           "el puente fue construido en {y}",
+           "il ponte è stato costruito nel {y}",
+           ("die Brücke", "wurde", "im Jahr {y} gebaut")),
+    Clause("the company was founded in {y}",
+           "l'entreprise a été fondée en {y}",
+           "la empresa fue fundada en {y}",
+           "l'azienda è stata fondata nel {y}",
+           ("die Firma", "wurde", "im Jahr {y} gegründet")),
+    Clause("my grandmother moved to the city in {y}",
+           "ma grand-mère a déménagé en ville en {y}",
            "mi abuela se mudó a la ciudad en {y}",
+           "mia nonna si è trasferita in città nel {y}",
            ("meine Großmutter", "zog", "im Jahr {y} in die Stadt")),
-    Clause("the storm destroyed the harbour in {y}", "la tempête a détruit le port en {y}",
+    Clause("the storm destroyed the harbour in {y}",
+           "la tempête a détruit le port en {y}",
            "la tormenta destruyó el puerto en {y}",
+           "la tempesta ha distrutto il porto nel {y}",
            ("der Sturm", "zerstörte", "im Jahr {y} den Hafen")),
-    Clause("the ticket cost {m}", "le billet coûtait {m}", "el billete costaba {m}",
+    Clause("the ticket cost {m}",
+           "le billet coûtait {m}",
+           "el billete costaba {m}",
+           "il biglietto costava {m}",
            ("die Fahrkarte", "kostete", "{m}")),
-    Clause("my brother earned {m}", "mon frère a gagné {m}", "mi hermano ganó {m}",
+    Clause("my brother earned {m}",
+           "mon frère a gagné {m}",
+           "mi hermano ganó {m}",
+           "mio fratello ha guadagnato {m}",
            ("mein Bruder", "verdiente", "{m}")),
     Clause("the city invested {m} in the new school",
            "la ville a investi {m} dans la nouvelle école",
            "la ciudad invirtió {m} en la nueva escuela",
+           "la città ha investito {m} nella nuova scuola",
            ("die Stadt", "investierte", "{m} in die neue Schule")),
-    Clause("the painting was sold for {m}", "le tableau a été vendu pour {m}",
-           "el cuadro se vendió por {m}", ("das Gemälde", "wurde", "für {m} verkauft")),
-    Clause("the shop sold {n} umbrellas for {m}", "le magasin a vendu {n} parapluies pour {m}",
+    Clause("the painting was sold for {m}",
+           "le tableau a été vendu pour {m}",
+           "el cuadro se vendió por {m}",
+           "il quadro è stato venduto per {m}",
+           ("das Gemälde", "wurde", "für {m} verkauft")),
+    Clause("the shop sold {n} umbrellas for {m}",
+           "le magasin a vendu {n} parapluies pour {m}",
            "la tienda vendió {n} paraguas por {m}",
+           "il negozio ha venduto {n} ombrelli per {m}",
            ("der Laden", "verkaufte", "{n} Regenschirme für {m}")),
-    Clause("{n} soldiers came home in {y}", "{n} soldats sont rentrés chez eux en {y}",
+    Clause("{n} soldiers came home in {y}",
+           "{n} soldats sont rentrés chez eux en {y}",
            "{n} soldados volvieron a casa en {y}",
+           "{n} soldati sono tornati a casa nel {y}",
            ("{n} Soldaten", "kamen", "im Jahr {y} nach Hause")),
-    Clause("the {o} ship carried {n} sailors", "le {o} navire transportait {n} marins",
-           "el {o} barco llevaba {n} marineros", ("das {o} Schiff", "trug", "{n} Seeleute")),
+    Clause("the {o} ship carried {n} sailors",
+           "le {o} navire transportait {n} marins",
+           "el {o} barco llevaba {n} marineros",
+           "il {o} vascello trasportava {n} marinai",
+           ("das {o} Schiff", "trug", "{n} Seeleute")),
 )
 
 # (label, {lang: text}, German verb position in the clause that follows: main | first)
 OPENERS = (
-    ("none", dict(en="", fr="", es="", de=""), "main"),
-    ("yesterday", dict(en="Yesterday, ", fr="Hier, ", es="Ayer, ", de="Gestern "), "first"),
-    ("year", dict(en="In {y}, ", fr="En {y}, ", es="En {y}, ", de="Im Jahr {y} "), "first"),
+    ("none", dict(en="", fr="", es="", it="", de=""), "main"),
+    ("yesterday", dict(en="Yesterday, ", fr="Hier, ", es="Ayer, ", it="Ieri, ",
+                       de="Gestern "), "first"),
+    ("year", dict(en="In {y}, ", fr="En {y}, ", es="En {y}, ", it="Nel {y}, ",
+                  de="Im Jahr {y} "), "first"),
     ("date", dict(en="On the {d} of {month} {y}, ", fr="Le {d} {month} {y}, ",
-                  es="El {d} de {month} de {y}, ", de="Am {d} {month} {y} "), "first"),
+                  es="El {d} de {month} de {y}, ", it="Il {d} {month} {y}, ",
+                  de="Am {d} {month} {y} "), "first"),
 )
 
 # (label, {lang: text}, German verb position in the clause that follows: main | last)
 CONNECTORS = (
-    ("and", dict(en=" and ", fr=" et ", es=" y ", de=" und "), "main"),
-    ("but", dict(en=", but ", fr=", mais ", es=", pero ", de=", aber "), "main"),
-    ("because", dict(en=" because ", fr=" parce que ", es=" porque ", de=", weil "), "last"),
-    ("while", dict(en=" while ", fr=" alors que ", es=" mientras ", de=", während "), "last"),
+    ("and", dict(en=" and ", fr=" et ", es=" y ", it=" e ", de=" und "), "main"),
+    ("but", dict(en=", but ", fr=", mais ", es=", pero ", it=", ma ", de=", aber "), "main"),
+    ("because", dict(en=" because ", fr=" parce que ", es=" porque ", it=" perché ",
+                     de=", weil "), "last"),
+    ("while", dict(en=" while ", fr=" alors que ", es=" mientras ", it=" mentre ",
+                   de=", während "), "last"),
 )
 
 MONTHS = dict(
@@ -147,7 +214,9 @@ MONTHS = dict(
     fr="janvier février mars avril mai juin juillet août septembre octobre novembre décembre",
     de="Januar Februar März April Mai Juni Juli August September Oktober November Dezember",
     es="enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre "
-       "diciembre")
+       "diciembre",
+    it="gennaio febbraio marzo aprile maggio giugno luglio agosto settembre ottobre novembre "
+       "dicembre")
 CURRENCIES = ("EUR", "USD", "GBP")
 
 
@@ -195,14 +264,14 @@ def money(amount: int, cents: int, currency: str, lang: str) -> str:
 
 def date(day: int, month: int, y: int, lang: str) -> dict[str, str]:
     """The day as each language writes it in a date: English "the third of", French "trois"
-    (but "premier"), German "dritten" (dative), Spanish "tres"."""
+    (but "premier"), German "dritten" (dative), Spanish "tres", Italian "tre" (but "primo")."""
     from num2words import num2words
     if lang == "en":
         d = num2words(day, lang="en", to="ordinal")
     elif lang == "de":
         d = num2words(day, lang="de", to="ordinal") + "n"
-    elif lang == "fr" and day == 1:
-        d = "premier"
+    elif lang in ("fr", "it") and day == 1:
+        d = {"fr": "premier", "it": "primo"}[lang]
     else:
         d = num2words(day, lang=lang)
     return dict(d=d, month=MONTHS[lang].split()[month - 1], y=year(y, lang))
@@ -311,7 +380,8 @@ def words(lang: str, filled: dict) -> dict[str, str]:
 
 def render(lang: str, opener, clauses, connectors, values) -> str:
     """The sentence in lang: opener, clauses and connectors, German verbs placed as each
-    position asks; capitalised, with a full stop."""
+    position asks, Italian "il" elided before a vowel ("l'ottavo"); capitalised, with a full
+    stop."""
     text = opener[1][lang].format(**words(lang, values[0]))
     order = opener[2]
     for i, clause in enumerate(clauses):
@@ -326,6 +396,9 @@ def render(lang: str, opener, clauses, connectors, values) -> str:
         else:
             text += getattr(clause, lang).format(**slots)
         order = "main"
+    if lang == "it":
+        text = re.sub(r"\b([Ii])l ([aeiou])", lambda m: f"{'L' if m[1] == 'I' else 'l'}'{m[2]}",
+                      text)
     return text[:1].upper() + text[1:] + "."
 
 

@@ -192,7 +192,7 @@ def get_config(arg: str = "sentences") -> ml_collections.ConfigDict:
         config.model = model_config("tiny", d_model=64, n_head=4, n_layer=2, d_ff=256,
                                     vocab_size=1024, max_len=128)
         config.model.arch = "rnn" if arg == "rnn" else "transformer"
-        config.data.update(source="sentences", tgt_lang="fr,de,es", max_number=100_000,
+        config.data.update(source="sentences", tgt_lang="fr,de,es,it", max_number=1_000_000,
                            tokens_per_batch=2048, eval_tokens_per_batch=8192, pad_step=16)
         config.evals.val_bleu.steps = 2
         config.train = transformer_train_config(
