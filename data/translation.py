@@ -2,9 +2,9 @@
 
 Sources (data_cfg.source):
   sentences  offline, the default: English sentences built around cardinals, ordinals, years,
-           dates and amounts of money, into French, German and Spanish, each source led by its
-           target language's token (`<2de> ...`), split by template and by number
-           (data/number_sentences.py)
+           dates and amounts of money, into French, German, Spanish and Italian (data.tgt_lang,
+           a comma list), each source led by its target language's token (`<2de> ...`), split
+           by template and by number (data/number_sentences.py)
   numbers  offline, a quick smoke test: integers drawn without repeats from [0, max_number), written out by
            `num2words` in both languages ("three hundred and twelve thousand" -> "trois cent
            douze mille"); split BY NUMBER, so no val or test number is ever seen in training

@@ -10,7 +10,7 @@ to translate, and score it with BLEU.
         --workdir=DIR [--config.data.hf_config=fr-en --config.data.tgt_lang=fr ...]
 
 Default data: English sentences around numbers (cardinals, ordinals, years, dates, money) into
-French, German or Spanish, the target's token leading the source, split by template and by
+French, German, Spanish or Italian, the target's token leading the source, split by template and by
 number (data/number_sentences.py); `tiny`: English -> French number phrases; data.source=hf
 reads a translation dataset (wmt14, or local json / parquet files with a `translation` column
 of {lang: text}). One byte-level BPE serves every language and the Transformer shares its
@@ -43,12 +43,14 @@ from train.trainer import fit, preflight
 BOS_ID, EOS_ID = 1, 2     # data/translation.py: <pad>, <s>, </s> are 0, 1, 2
 
 
-ARCHS = {"transformer": (transformer, transformer.TransformerConfig, transformer.Transformer),
-         "rnn": (rnn_seq2seq, rnn_seq2seq.RNNConfig, rnn_seq2seq.RNNSearch)}
+# model.arch -> (its module, config class, model class, the config section of its sizes)
+ARCHS = {"transformer": (transformer, transformer.TransformerConfig, transformer.Transformer,
+                         "model"),
+         "rnn": (rnn_seq2seq, rnn_seq2seq.RNNConfig, rnn_seq2seq.RNNSearch, "rnn")}
 
 
 def arch(config) -> tuple:
-    """(module, config class, model class) of config.model.arch."""
+    """ARCHS[config.model.arch]."""
     name = config.model.get("arch", "transformer")
     if name not in ARCHS:
         raise ValueError(f"unknown model.arch {name!r}; choose from {', '.join(ARCHS)}")
@@ -58,14 +60,12 @@ def arch(config) -> tuple:
 def model_config(config):
     """The TransformerConfig of config.model, or with model.arch "rnn" the RNNConfig of
     config.rnn."""
-    module, cls, _ = arch(config)
-    fields = config.model.to_dict() if cls is transformer.TransformerConfig else \
-        config.rnn.to_dict()
-    fields.pop("arch", None)
+    module, cls, _, section = arch(config)
+    fields = {k: v for k, v in config[section].to_dict().items() if k != "arch"}
     try:
         cfg = cls(**fields)
     except TypeError as e:
-        raise ValueError(f"config.{'model' if module is transformer else 'rnn'}: {e}") from e
+        raise ValueError(f"config.{section}: {e}") from e
     module.check(cfg)
     if cfg.pad_id != 0:
         raise ValueError(f"model.pad_id must be 0, the tokenizer's <pad>, got {cfg.pad_id}")
@@ -124,7 +124,7 @@ def build(config, src_len: float = 0, tgt_len: float = 0) -> Built:
     of src_len source and tgt_len target tokens (0: the model's max_len; its module's
     flops_per_token); an example is a pair. predict_fn: the teacher-forced logits [batch,
     target, vocab]."""
-    module, _, model_cls = arch(config)
+    module, _, model_cls, _ = arch(config)
     cfg = model_config(config)
     model = model_cls(cfg)
     example = jnp.zeros((1, 8), jnp.int32)

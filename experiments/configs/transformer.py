@@ -1,10 +1,9 @@
 """Transformer translation presets: get_config("PRESET").
 
     sentences  the default: a 2-layer, 64-wide Transformer on the offline sentences (English
-               sentences around numbers -> French, German or Spanish, a target-language token
-               leading each source; data/number_sentences.py), joint BPE of 1,024 tokens,
-               batches of about 2,048 tokens a side, 2,000 steps; about 10 minutes on 2 CPU
-               cores
+               sentences around numbers up to a million -> French, German, Spanish or Italian,
+               a target-language token leading each source; data/number_sentences.py), joint
+               BPE of 1,024 tokens, batches of about 2,048 tokens a side, 2,000 steps
     rnn        the recurrent baseline (Bahdanau et al. 2015, models/rnn_seq2seq.py) of about
                the same parameters on the same data, the same optimiser and steps
                (model.arch = "rnn"; its sizes in config.rnn)
