@@ -24,6 +24,13 @@ numbers: neither its frame nor any of its held-out numbers was seen in training.
 
 Several target languages: each pair draws its target language, and the source begins with the
 token for it, `<2fr>` (Johnson et al. 2017), so one model translates into all of them.
+
+Sizing. The task is meant to end mid-range after the default run (experiments/configs/
+transformer.py:sentences, 2,000 steps), so that better and worse settings can both show. Into
+French, German and Spanish with counts and amounts below 100,000 the default Transformer reached
+test BLEU 85.7, near the ceiling; Italian as a fourth target and counts and amounts up to a
+million (data.tgt_lang, data.max_number) brought it to 72.4 (2-core AMD EPYC, other jobs at load
+8-10). data.clauses and data.train_size are the other knobs.
 """
 
 from __future__ import annotations
@@ -305,8 +312,8 @@ class Generator:
     """Draws the sentences of one split: a template of the split, filled with its numbers."""
 
     def __init__(self, split: str, seed: int, clauses: int = 2, max_number: int = 100_000):
-        if clauses < 1:
-            raise ValueError(f"data.clauses must be >= 1, got {clauses}")
+        if not 1 <= clauses <= len(CLAUSES):
+            raise ValueError(f"data.clauses must be between 1 and {len(CLAUSES)}, got {clauses}")
         if max_number < 100:
             raise ValueError(f"data.max_number must be >= 100 for sentences, got {max_number}")
         self.split, self.seed, self.clauses = split, seed, clauses
@@ -332,6 +339,21 @@ class Generator:
             if split_of(self.seed, "template", *t) == self.split:
                 return t
 
+    def fill(self, rng, slots: list[str], numbers: dict) -> dict:
+        """Values for the slots of one clause or opener: {"n": 212, "y": 1987, "m": (amount,
+        cents, currency), "date": (day, month)}; the held-out ones also go to numbers[kind]."""
+        filled = {}
+        for slot in slots:
+            if slot in ("n", "o", "y", "m"):
+                v = self.number(rng, slot)
+                numbers.setdefault("n" if slot == "m" else slot, []).append(v)
+                filled[slot] = v if slot != "m" else (
+                    v, int(rng.integers(1, 100)), CURRENCIES[int(rng.integers(len(CURRENCIES)))])
+            elif slot in ("d", "month"):
+                filled.setdefault("date", (int(rng.integers(1, DAYS + 1)),
+                                           int(rng.integers(1, 13))))
+        return filled
+
     def draw(self, rng, src_lang: str, tgt_langs: tuple[str, ...]) -> Sentence:
         t = self.template(rng)
         lang = tgt_langs[int(rng.integers(len(tgt_langs)))]
@@ -339,23 +361,8 @@ class Generator:
         clauses = [CLAUSES[c] for c in t[1::2]]
         connectors = [CONNECTORS[c] for c in t[2::2]]
         numbers: dict[str, list[int]] = {}
-        values = []              # per clause: {slot: (kind, args)}, opener first
-        for slots in [re.findall(r"\{(\w+)\}", opener[1]["en"])] + [c.slots() for c in clauses]:
-            filled = {}
-            for slot in slots:
-                if slot in ("n", "o", "y"):
-                    v = self.number(rng, slot)
-                    numbers.setdefault(slot, []).append(v)
-                    filled[slot] = v
-                elif slot == "m":
-                    v = self.number(rng, "m")
-                    numbers.setdefault("n", []).append(v)
-                    filled[slot] = (v, int(rng.integers(1, 100)),
-                                    CURRENCIES[int(rng.integers(len(CURRENCIES)))])
-                elif slot in ("d", "month"):
-                    filled.setdefault("date", (int(rng.integers(1, DAYS + 1)),
-                                               int(rng.integers(1, 13))))
-            values.append(filled)
+        values = [self.fill(rng, slots, numbers) for slots in
+                  [re.findall(r"\{(\w+)\}", opener[1]["en"])] + [c.slots() for c in clauses]]
         text = {lang_: render(lang_, opener, clauses, connectors, values)
                 for lang_ in (src_lang, lang)}
         return Sentence(t, numbers, lang, f"{lang_token(lang)} {text[src_lang]}", text[lang])

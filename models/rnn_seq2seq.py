@@ -54,9 +54,7 @@ PRESETS: dict[str, RNNConfig] = {
 
 
 def preset(name: str, **overrides) -> RNNConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown RNN preset {name!r}; choose from {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return transformer.pick_preset(PRESETS, "RNN", name, **overrides)
 
 
 def check(cfg: RNNConfig) -> None:

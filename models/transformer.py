@@ -67,10 +67,15 @@ PRESETS: dict[str, TransformerConfig] = {
 }
 
 
+def pick_preset(presets: dict, family: str, name: str, **overrides):
+    """presets[name] with `overrides` (also the recurrent baseline's presets)."""
+    if name not in presets:
+        raise ValueError(f"unknown {family} preset {name!r}; choose from {sorted(presets)}")
+    return dataclasses.replace(presets[name], **overrides)
+
+
 def preset(name: str, **overrides) -> TransformerConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown Transformer preset {name!r}; choose from {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return pick_preset(PRESETS, "Transformer", name, **overrides)
 
 
 def check(cfg: TransformerConfig) -> None:

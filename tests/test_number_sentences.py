@@ -113,7 +113,7 @@ def test_corpus_tokenizer_and_fraction(tmp_path):
     (dict(tgt_lang="fr,xx"), "not 'xx'"),
     (dict(tgt_lang="fr,en"), "data.src_lang 'en' is also in data.tgt_lang"),
     (dict(source="numbers", tgt_lang="fr,de"), "several target languages need"),
-    (dict(clauses=0), "data.clauses must be >= 1"),
+    (dict(clauses=0), "data.clauses must be between 1 and 24"),
 ])
 def test_sentence_errors(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
