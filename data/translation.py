@@ -1,7 +1,11 @@
 """Parallel corpora for translation -> one shared BPE -> batches of pairs of similar length.
 
 Sources (data_cfg.source):
-  numbers  offline: integers drawn without repeats from [0, max_number), written out by
+  sentences  offline, the default: English sentences built around cardinals, ordinals, years,
+           dates and amounts of money, into French, German, Spanish and Italian (data.tgt_lang,
+           a comma list), each source led by its target language's token (`<2de> ...`), split
+           by template and by number (data/number_sentences.py)
+  numbers  offline, a quick smoke test: integers drawn without repeats from [0, max_number), written out by
            `num2words` in both languages ("three hundred and twelve thousand" -> "trois cent
            douze mille"); split BY NUMBER, so no val or test number is ever seen in training
   hf       a Hugging Face translation dataset (wmt14 "de-en", "fr-en", ...): a column
@@ -12,6 +16,9 @@ Vaswani et al. section 5.1: source and target share one BPE vocabulary (here byt
 on both sides of the train split, cached on disk), and "sentence pairs were batched together by
 approximate sequence length. Each training batch contained a set of sentence pairs containing
 approximately 25000 source tokens and 25000 target tokens": LengthBatches.
+
+data.train_fraction keeps the first fraction of the training pairs, after the vocabulary is
+built from all of them, so that runs on less data share one vocabulary.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from filelock import FileLock
 
-from data import sources, text
+from data import number_sentences, sources, text
 from data.iterators import EpochBatches
 from data.tokenizer import Tokenizer, train_bpe
 
@@ -77,18 +84,49 @@ def number_pairs(max_number: int, sizes: dict[str, int], seed: int = 0, src_lang
     return out
 
 
-def cached_number_pairs(data_cfg) -> dict[str, Pairs]:
-    """number_pairs of data_cfg, kept as JSON in the cache dir (num2words takes tens of
-    seconds for 50,000 pairs)."""
+def sentence_pairs(data_cfg) -> dict[str, Pairs]:
+    """{split: Pairs} of number_sentences for data_cfg: the source led by the target's token."""
     d = data_cfg
-    check_number_langs(d.src_lang, d.tgt_lang)
-    sizes = dict(train=d.train_size, val=d.val_size, test=d.test_size)
-    path = (text._cache_dir(d) / "translation" / f"numbers-{text._digest(_identity(d, False))}"
-            f".json")
+    sizes = dict(val=d.val_size, test=d.test_size, train=d.train_size)
+    if min(sizes.values()) <= 0:
+        raise ValueError(f"every split needs at least one sentence, got sizes {sizes}")
+    out = {}
+    for split, n in sizes.items():
+        drawn = number_sentences.sentences(split, n, d.split_seed, d.src_lang,
+                                           target_langs(d), d.clauses, d.max_number)
+        out[split] = Pairs([x.src for x in drawn], [x.tgt for x in drawn])
+    return out
+
+
+def target_langs(data_cfg) -> tuple[str, ...]:
+    """data.tgt_lang as a tuple: "fr,de,es" -> ("fr", "de", "es"); several only for the
+    sentences, whose sources carry the target's token."""
+    langs = tuple(x.strip() for x in data_cfg.tgt_lang.split(","))
+    if len(langs) > 1 and data_cfg.source != "sentences":
+        raise ValueError(f"data.tgt_lang {data_cfg.tgt_lang!r}: several target languages need "
+                         f"data.source 'sentences' (it has {data_cfg.source!r})")
+    if data_cfg.src_lang in langs:
+        raise ValueError(f"data.src_lang {data_cfg.src_lang!r} is also in data.tgt_lang "
+                         f"{data_cfg.tgt_lang!r}")
+    return langs
+
+
+def cached_pairs(data_cfg) -> dict[str, Pairs]:
+    """The generated corpus of data_cfg (numbers or sentences), kept as JSON in the cache dir
+    (num2words takes a minute for 50,000 sentences)."""
+    d = data_cfg
+    path = (text._cache_dir(d) / "translation" / f"{d.source}-"
+            f"{text._digest(_identity(d, False))}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):
         if not path.exists():
-            pairs = number_pairs(d.max_number, sizes, d.split_seed, d.src_lang, d.tgt_lang)
+            if d.source == "numbers":
+                check_number_langs(d.src_lang, d.tgt_lang)
+                pairs = number_pairs(d.max_number, dict(train=d.train_size, val=d.val_size,
+                                                        test=d.test_size),
+                                     d.split_seed, d.src_lang, d.tgt_lang)
+            else:
+                pairs = sentence_pairs(d)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(json.dumps({k: [v.src, v.tgt] for k, v in pairs.items()}))
             os.replace(tmp, path)
@@ -154,8 +192,12 @@ def load_corpus(data_cfg) -> dict[str, Pairs]:
     d = data_cfg
     if d.src_lang == d.tgt_lang:
         raise ValueError(f"data.src_lang and data.tgt_lang are both {d.src_lang!r}")
+    target_langs(d)
     if d.source == "numbers":
-        corpus = cached_number_pairs(d)
+        check_number_langs(d.src_lang, d.tgt_lang)
+        corpus = cached_pairs(d)
+    elif d.source == "sentences":
+        corpus = cached_pairs(d)
     elif d.source == "hf":
         if not d.hf_dataset:
             raise ValueError("data.source 'hf' needs data.hf_dataset (a hub name such as "
@@ -163,7 +205,8 @@ def load_corpus(data_cfg) -> dict[str, Pairs]:
                              "data.hf_data_files)")
         corpus = {split: hf_pairs(d, split) for split in sources.SPLITS}
     else:
-        raise ValueError(f"unknown data.source {d.source!r}; choose numbers or hf")
+        raise ValueError(f"unknown data.source {d.source!r}; choose sentences, numbers or "
+                         f"hf")
     for split, pairs in corpus.items():
         if not len(pairs):
             raise ValueError(f"the {split} split of data.source {d.source!r} holds no sentence "
@@ -171,14 +214,28 @@ def load_corpus(data_cfg) -> dict[str, Pairs]:
     return corpus
 
 
+def check_fraction(fraction: float) -> None:
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"data.train_fraction must be in (0, 1], got {fraction}")
+
+
+def take_fraction(pairs: Pairs, fraction: float) -> Pairs:
+    """The first `fraction` of the pairs (at least one): data.train_fraction."""
+    check_fraction(fraction)
+    n = max(1, round(fraction * len(pairs)))
+    return Pairs(pairs.src[:n], pairs.tgt[:n], dict(pairs.dropped))
+
+
 # ----------------------------------------------------------------------------- vocabulary
 
 
 def _identity(data_cfg, vocab: bool = True) -> dict:
     """What the splits (and with vocab=True the BPE) depend on."""
-    keys = (("max_number", "train_size", "val_size", "test_size", "split_seed")
-            if data_cfg.source == "numbers" else
-            ("hf_dataset", "hf_config", "hf_data_files", "translation_column", "max_examples"))
+    keys = {"numbers": ("max_number", "train_size", "val_size", "test_size", "split_seed"),
+            "sentences": ("max_number", "train_size", "val_size", "test_size", "split_seed",
+                          "clauses")}.get(
+        data_cfg.source,
+        ("hf_dataset", "hf_config", "hf_data_files", "translation_column", "max_examples"))
     keys += ("vocab_size", "bpe_examples") if vocab else ()
     ident = {k: data_cfg[k] for k in ("source", "src_lang", "tgt_lang") + keys}
     if data_cfg.source == "hf":
@@ -189,12 +246,19 @@ def _identity(data_cfg, vocab: bool = True) -> dict:
     return dict(ident, format=_FORMAT)
 
 
-def joint_bpe(pairs: Pairs, vocab_size: int, limit: int = 0) -> Tokenizer:
+def joint_bpe(pairs: Pairs, vocab_size: int, limit: int = 0, extra_tokens=()) -> Tokenizer:
     """One byte-level BPE trained on both sides of `pairs` (the first `limit` pairs, 0: all);
-    <pad>, <s>, </s> are ids 0, 1, 2."""
+    <pad>, <s>, </s> are ids 0, 1, 2, then extra_tokens (the target-language tokens)."""
     n = len(pairs) if limit <= 0 else min(limit, len(pairs))
     return train_bpe((s for p in zip(pairs.src[:n], pairs.tgt[:n]) for s in p), vocab_size,
-                     special_tokens=(PAD, BOS, EOS))
+                     special_tokens=(PAD, BOS, EOS, *extra_tokens))
+
+
+def language_tokens(data_cfg) -> tuple[str, ...]:
+    """The target-language tokens the sources begin with (sentences only)."""
+    if data_cfg.source != "sentences":
+        return ()
+    return tuple(number_sentences.lang_token(lang) for lang in target_langs(data_cfg))
 
 
 def get_tokenizer(data_cfg, train: Pairs | None = None) -> Tokenizer:
@@ -210,7 +274,8 @@ def get_tokenizer(data_cfg, train: Pairs | None = None) -> Tokenizer:
         with FileLock(f"{path}.lock"):   # one process trains, the others wait and load
             if not path.exists():
                 pairs = train if train is not None else load_corpus(data_cfg)["train"]
-                joint_bpe(pairs, data_cfg.vocab_size, data_cfg.bpe_examples).save(path)
+                joint_bpe(pairs, data_cfg.vocab_size, data_cfg.bpe_examples,
+                          language_tokens(data_cfg)).save(path)
         tok = Tokenizer.load(path)
     check_specials(tok)
     return tok

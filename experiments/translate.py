@@ -1,14 +1,22 @@
-"""Train the Transformer (Vaswani et al. 2017) to translate, and score it with BLEU.
+"""Train the Transformer (Vaswani et al. 2017), or its recurrent baseline (Bahdanau et al. 2015),
+to translate, and score it with BLEU.
 
-    python -m experiments.translate --workdir=DIR          # transformer.py:tiny, offline
+    python -m experiments.translate --workdir=DIR          # transformer.py:sentences, offline
+    python -m experiments.translate --config=experiments/configs/transformer.py:rnn \
+        --workdir=DIR                                      # the recurrent baseline
+    python -m experiments.translate --config=experiments/configs/transformer.py:tiny \
+        --workdir=DIR                                      # number phrases: a quick check
     python -m experiments.translate --config=experiments/configs/transformer.py:base \
         --workdir=DIR [--config.data.hf_config=fr-en --config.data.tgt_lang=fr ...]
 
-Default data: English -> French number phrases written by num2words, split by number (no val or
-test number is in train); data.source=hf reads a translation dataset (wmt14, or local json /
-parquet files with a `translation` column of {lang: text}). One byte-level BPE serves both
-languages and the model shares its embedding between encoder, decoder and the pre-softmax
-projection (section 3.4); it is kept in DIR/tokenizer.json. Batches group pairs of similar
+Default data: English sentences around numbers (cardinals, ordinals, years, dates, money) into
+French, German, Spanish or Italian, the target's token leading the source, split by template and by
+number (data/number_sentences.py); `tiny`: English -> French number phrases; data.source=hf
+reads a translation dataset (wmt14, or local json / parquet files with a `translation` column
+of {lang: text}). One byte-level BPE serves every language and the Transformer shares its
+embedding between encoder, decoder and the pre-softmax projection (section 3.4); it is kept in
+DIR/tokenizer.json. model.arch = "rnn" trains RNNsearch (models/rnn_seq2seq.py, sized by
+config.rnn) through the same trainer, loss and evaluators. Batches group pairs of similar
 length, about data.tokens_per_batch tokens per side (section 5.1). Training: Adam (0.9, 0.98,
 1e-9), the noam schedule (eq. 3), label smoothing `config.label_smoothing` (section 5.4),
 residual dropout. Logged: training loss (label-smoothed) and `nll`; perplexity on val during
@@ -27,7 +35,7 @@ import numpy as np
 from data import translation
 from experiments import launch
 from experiments.built import Built
-from models import transformer
+from models import rnn_seq2seq, transformer
 from train import objectives, sharding
 from train.logging import read_metrics
 from train.trainer import fit, preflight
@@ -35,12 +43,30 @@ from train.trainer import fit, preflight
 BOS_ID, EOS_ID = 1, 2     # data/translation.py: <pad>, <s>, </s> are 0, 1, 2
 
 
-def model_config(config) -> transformer.TransformerConfig:
+# model.arch -> (its module, config class, model class, the config section of its sizes)
+ARCHS = {"transformer": (transformer, transformer.TransformerConfig, transformer.Transformer,
+                         "model"),
+         "rnn": (rnn_seq2seq, rnn_seq2seq.RNNConfig, rnn_seq2seq.RNNSearch, "rnn")}
+
+
+def arch(config) -> tuple:
+    """ARCHS[config.model.arch]."""
+    name = config.model.get("arch", "transformer")
+    if name not in ARCHS:
+        raise ValueError(f"unknown model.arch {name!r}; choose from {', '.join(ARCHS)}")
+    return ARCHS[name]
+
+
+def model_config(config):
+    """The TransformerConfig of config.model, or with model.arch "rnn" the RNNConfig of
+    config.rnn."""
+    module, cls, _, section = arch(config)
+    fields = {k: v for k, v in config[section].to_dict().items() if k != "arch"}
     try:
-        cfg = transformer.TransformerConfig(**config.model.to_dict())
+        cfg = cls(**fields)
     except TypeError as e:
-        raise ValueError(f"config.model: {e}") from e
-    transformer.check(cfg)
+        raise ValueError(f"config.{section}: {e}") from e
+    module.check(cfg)
     if cfg.pad_id != 0:
         raise ValueError(f"model.pad_id must be 0, the tokenizer's <pad>, got {cfg.pad_id}")
     if not 0.0 <= config.label_smoothing < 1.0:
@@ -48,7 +74,7 @@ def model_config(config) -> transformer.TransformerConfig:
     return cfg
 
 
-def translation_loss_fn(model: transformer.Transformer, label_smoothing: float):
+def translation_loss_fn(model, label_smoothing: float):
     """Label-smoothed cross-entropy over the target tokens (batch["weights"]), the decoder fed
     the target shifted right; also the plain per-token NLL (perplexity's) and accuracy."""
     def loss_fn(params, state, batch, rng):
@@ -78,25 +104,29 @@ def run_tokenizer(config, workdir, train_pairs=None):
     return translation.get_tokenizer(config.data, train_pairs)
 
 
-def make_translate(cfg: transformer.TransformerConfig):
+def make_translate(cfg):
     """(params, src [batch, len], beam_size, alpha, extra) -> token ids: greedy for beam 1,
     else beam search; output up to the source's length + extra tokens (the model's max_len)."""
+    module = rnn_seq2seq if isinstance(cfg, rnn_seq2seq.RNNConfig) else transformer
+
     def translate(params, src, beam_size, alpha, extra):
         max_len = min(src.shape[1] + extra, cfg.max_len)
         if beam_size == 1:
-            return transformer.greedy_decode(cfg, params, src, max_len=max_len, bos_id=BOS_ID,
-                                             eos_id=EOS_ID)
-        return transformer.beam_search(cfg, params, src, beam_size, alpha, max_len=max_len,
-                                       bos_id=BOS_ID, eos_id=EOS_ID)
+            return module.greedy_decode(cfg, params, src, max_len=max_len, bos_id=BOS_ID,
+                                        eos_id=EOS_ID)
+        return module.beam_search(cfg, params, src, beam_size, alpha, max_len=max_len,
+                                  bos_id=BOS_ID, eos_id=EOS_ID)
     return translate
 
 
 def build(config, src_len: float = 0, tgt_len: float = 0) -> Built:
-    """The Transformer of config.model, without loading data. FLOPs per target token of pairs
-    of src_len source and tgt_len target tokens (0: model.max_len; transformer.flops_per_token);
-    an example is a pair. predict_fn: the teacher-forced logits [batch, target, vocab]."""
+    """The model of config.model.arch, without loading data. FLOPs per target token of pairs
+    of src_len source and tgt_len target tokens (0: the model's max_len; its module's
+    flops_per_token); an example is a pair. predict_fn: the teacher-forced logits [batch,
+    target, vocab]."""
+    module, _, model_cls, _ = arch(config)
     cfg = model_config(config)
-    model = transformer.Transformer(cfg)
+    model = model_cls(cfg)
     example = jnp.zeros((1, 8), jnp.int32)
     src_len, tgt_len = src_len or cfg.max_len, tgt_len or cfg.max_len
 
@@ -105,7 +135,7 @@ def build(config, src_len: float = 0, tgt_len: float = 0) -> Built:
 
     return Built(cfg, model, lambda rng: model.init(rng, example, example),
                  translation_loss_fn(model, config.label_smoothing), predict_fn, "token",
-                 transformer.flops_per_token(cfg, src_len, tgt_len), units_per_example=tgt_len)
+                 module.flops_per_token(cfg, src_len, tgt_len), units_per_example=tgt_len)
 
 
 def setup(config, workdir) -> dict:
@@ -117,6 +147,7 @@ def setup(config, workdir) -> dict:
     if tok.vocab_size > cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but model.vocab_size is "
                          f"{cfg.vocab_size}")
+    corpus["train"] = translation.take_fraction(corpus["train"], d.train_fraction)
     encoded, report = translation.encode_splits(tok, corpus, cfg.max_len)
     if jax.process_index() == 0:
         print("\n".join(translation.report_lines(report, cfg.max_len)), file=sys.stderr)
@@ -166,6 +197,7 @@ def check_decoding(config) -> None:
 
 def main(config, workdir):
     check_decoding(config)
+    translation.check_fraction(config.data.train_fraction)
     preflight(config, workdir)
     fit(config, workdir=workdir, **setup(config, workdir))
     if jax.process_index() == 0:
@@ -178,4 +210,4 @@ def main(config, workdir):
 
 
 if __name__ == "__main__":
-    launch.run(main, "transformer.py:tiny")
+    launch.run(main, "transformer.py:sentences")

@@ -34,6 +34,7 @@ class TransformerConfig:
     vocab_size: int = 37000        # one BPE vocabulary for source and target (WMT 2014 En-De)
     d_model: int = 512
     n_head: int = 8                # h; d_k = d_v = d_model / h
+    d_k: int = 0                   # > 0: the head size d_k = d_v instead (Table 3 row B)
     n_layer: int = 6               # N, in the encoder and in the decoder
     d_ff: int = 2048
     dropout: float = 0.1           # P_drop: residual dropout, also on embedding + PE
@@ -53,7 +54,7 @@ class TransformerConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.d_k or self.d_model // self.n_head
 
 
 PRESETS: dict[str, TransformerConfig] = {
@@ -66,14 +67,21 @@ PRESETS: dict[str, TransformerConfig] = {
 }
 
 
+def pick_preset(presets: dict, family: str, name: str, **overrides):
+    """presets[name] with `overrides` (also the recurrent baseline's presets)."""
+    if name not in presets:
+        raise ValueError(f"unknown {family} preset {name!r}; choose from {sorted(presets)}")
+    return dataclasses.replace(presets[name], **overrides)
+
+
 def preset(name: str, **overrides) -> TransformerConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown Transformer preset {name!r}; choose from {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return pick_preset(PRESETS, "Transformer", name, **overrides)
 
 
 def check(cfg: TransformerConfig) -> None:
-    if cfg.d_model % cfg.n_head:
+    if cfg.d_k < 0:
+        raise ValueError(f"d_k must be >= 0 (0: d_model / n_head), got {cfg.d_k}")
+    if not cfg.d_k and cfg.d_model % cfg.n_head:
         raise ValueError(f"d_model {cfg.d_model} is not a multiple of n_head {cfg.n_head}")
     if cfg.positions not in ("sinusoidal", "learned"):
         raise ValueError(f"unknown positions {cfg.positions!r}; choose sinusoidal or learned")
@@ -216,12 +224,12 @@ def flops_per_token(cfg: TransformerConfig, src_len: float, tgt_len: float) -> f
     """Training FLOPs per target token, 6 N + 12 L d T per token of each stack (as GPT's
     count; layers.training_flops_per_token): the encoder's over the source tokens, the
     decoder's (its N with the tied output projection, V d) over the target tokens, plus the
-    attention over the source, 12 L d S per target token."""
+    attention over the source, 12 L d S per target token (d: the attention's width h d_k)."""
     n_enc, n_dec = encoder_decoder_params(cfg)
-    d, layers = cfg.d_model, cfg.n_layer
+    d, layers = cfg.n_head * cfg.head_dim, cfg.n_layer
     encoder = training_flops_per_token(n_enc, layers, d, src_len) * src_len
-    decoder = (training_flops_per_token(n_dec + cfg.vocab_size * d, layers, d, tgt_len)
-               + 12 * layers * d * src_len) * tgt_len
+    decoder = (training_flops_per_token(n_dec + cfg.vocab_size * cfg.d_model, layers, d,
+                                        tgt_len) + 12 * layers * d * src_len) * tgt_len
     return (encoder + decoder) / tgt_len
 
 
@@ -281,28 +289,31 @@ def check_lengths(cfg: TransformerConfig, max_len: int) -> None:
                          f"{cfg.max_len}")
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_len", "bos_id", "eos_id"))
-def _greedy(cfg, params, src_tokens, max_len, bos_id, eos_id):
-    logits, cache, step = prefill(cfg, params, src_tokens, max_len, bos_id, eos_id)
+@functools.partial(jax.jit, static_argnames=("cfg", "max_len", "bos_id", "eos_id",
+                                             "prefill_fn"))
+def _greedy(cfg, params, src_tokens, max_len, bos_id, eos_id, prefill_fn):
+    logits, cache, step = prefill_fn(cfg, params, src_tokens, max_len, bos_id, eos_id)
     return decoding.sample(logits, cache, step, num_steps=max_len, stop_tokens=(eos_id,),
                            pad_id=cfg.pad_id)
 
 
 def greedy_decode(cfg: TransformerConfig, params, src_tokens, *, max_len: int, bos_id: int,
-                  eos_id: int) -> jax.Array:
+                  eos_id: int, prefill_fn=prefill) -> jax.Array:
     """y_t = argmax P(y_t | y_<t, x) for a batch of sources (pad_id after their end), one
     jitted loop that stops when every row has produced eos_id. Returns int32 [batch, n] with
-    n <= max_len the longest output: each row's tokens, its eos_id, then pad_id."""
+    n <= max_len the longest output: each row's tokens, its eos_id, then pad_id. prefill_fn:
+    another encoder-decoder's `prefill` for its cfg (models/rnn_seq2seq.py)."""
     check_lengths(cfg, max_len)
     tokens, lengths = _greedy(cfg, nn.meta.unbox(params), jnp.asarray(src_tokens, jnp.int32),
-                              max_len, bos_id, eos_id)
+                              max_len, bos_id, eos_id, prefill_fn)
     return tokens[:, :int(jnp.max(lengths))]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "beam_size", "alpha", "max_len", "bos_id",
-                                             "eos_id", "length_penalty"))
-def _beam(cfg, params, src_tokens, beam_size, alpha, max_len, bos_id, eos_id, length_penalty):
-    logits, cache, step = prefill(cfg, params, src_tokens, max_len, bos_id, eos_id)
+                                             "eos_id", "length_penalty", "prefill_fn"))
+def _beam(cfg, params, src_tokens, beam_size, alpha, max_len, bos_id, eos_id, length_penalty,
+          prefill_fn):
+    logits, cache, step = prefill_fn(cfg, params, src_tokens, max_len, bos_id, eos_id)
     return decoding.beam_search(logits, cache, step, beam_size=beam_size, max_len=max_len,
                                 eos_id=eos_id, alpha=alpha, penalty=length_penalty,
                                 pad_id=cfg.pad_id)
@@ -310,15 +321,18 @@ def _beam(cfg, params, src_tokens, beam_size, alpha, max_len, bos_id, eos_id, le
 
 def beam_search(cfg: TransformerConfig, params, src_tokens, beam_size: int = 4,
                 alpha: float = 0.6, *, max_len: int, bos_id: int, eos_id: int,
-                length_penalty: decoding.LengthPenalty = "gnmt", return_scores: bool = False):
+                length_penalty: decoding.LengthPenalty = "gnmt", return_scores: bool = False,
+                prefill_fn=prefill):
     """The best of beam_size hypotheses per source by log P(y | x) / lp(y): lp is GNMT's
     ((5 + |y|) / 6)^alpha (section 6.1 of the paper: beam 4, alpha 0.6) or transformers'
     |y|^alpha (length_penalty="hf"), |y| counting the tokens generated, eos included.
     Batched and jitted (models/decode.py: beam_search). Returns int32 [batch, n], n <= max_len,
-    laid out as greedy_decode's, and with return_scores the scores [batch] too."""
+    laid out as greedy_decode's, and with return_scores the scores [batch] too; prefill_fn
+    as greedy_decode's."""
     check_lengths(cfg, max_len)
     seqs, scores = _beam(cfg, nn.meta.unbox(params), jnp.asarray(src_tokens, jnp.int32),
-                         beam_size, float(alpha), max_len, bos_id, eos_id, length_penalty)
+                         beam_size, float(alpha), max_len, bos_id, eos_id, length_penalty,
+                         prefill_fn)
     best = seqs[:, 0]
     ended = best == eos_id
     lengths = jnp.where(ended.any(axis=1), jnp.argmax(ended, axis=1) + 1, max_len)

@@ -157,7 +157,7 @@ def test_help_lists_every_config_key(command):
 
 
 DEFAULTS = {"pretrain_lm": "gpt.py:tiny", "classify_images": "convnets.py:resnet-digits",
-            "translate": "transformer.py:tiny", "clip": "clip.py:tiny",
+            "translate": "transformer.py:sentences", "clip": "clip.py:tiny",
             "finetune_gpt": "gpt1.py:finetune", "benchmark": "gpt.py:bench-cpu"}
 
 

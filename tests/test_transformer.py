@@ -24,6 +24,24 @@ def test_table_3_parameter_counts():
     assert abs(big - 213e6) / 213e6 < 0.01
 
 
+def test_smaller_d_k_keeps_d_model():
+    """Table 3 row B: d_k (= d_v here) set apart from d_model / h shrinks every attention
+    projection and nothing else."""
+    cfg = transformer.preset("tiny", d_k=5)
+    shapes = transformer.abstract_params(cfg)
+    attn = shapes["encoder"]["layer_0"]["attn"]
+    assert attn["qkv"]["kernel"].shape == (64, 4, 3, 5) and attn["out"]["kernel"].shape == (4, 5, 64)
+    full = transformer.preset("tiny")
+    attention = 3 * cfg.n_layer * (4 * 64 * 4 * (16 - 5) + 3 * 4 * (16 - 5))  # W and b of q k v o
+    assert transformer.count_params(full) - transformer.count_params(cfg) == attention
+    src = jnp.array([[5, 6, 7, 0]])
+    logits = transformer.Transformer(cfg).apply({"params": random_params(cfg)}, src, src)
+    assert logits.shape == (1, 4, cfg.vocab_size)
+    with pytest.raises(ValueError, match="d_k must be >= 0"):
+        transformer.check(transformer.preset("tiny", d_k=-1))
+    transformer.check(transformer.preset("tiny", n_head=3, d_k=8))   # h need not divide d_model
+
+
 def test_sinusoid_layouts():
     interleaved, halves = sinusoidal_positions(9, 6), sinusoidal_positions(9, 6, "halves")
     np.testing.assert_array_equal(halves[:, :3], interleaved[:, 0::2])    # the sines

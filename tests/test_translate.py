@@ -278,6 +278,21 @@ def test_tiny_run_logs_bleu_and_perplexity(tmp_path, capsys):
     assert "nothing to do" in capsys.readouterr().err
 
 
+def test_recurrent_baseline_trains_through_the_same_trainer_and_evaluators(tmp_path):
+    config, workdir = tiny_config(tmp_path, steps=6), tmp_path / "rnn"
+    config.model.arch = "rnn"
+    config.rnn.update(embed_dim=24, hidden=20, attn_dim=16, maxout=12)
+    config.data.train_fraction = 0.5
+    translate.main(config, str(workdir))
+    saved = json.loads((workdir / "data_report.json").read_text())
+    assert saved["train"]["pairs"] == 200                     # half of the 400 pairs
+    test = rows(workdir, "test")[-1]
+    assert test["step"] == 6 and 0.0 <= test["bleu"] <= 100.0 and test["perplexity"] < 320
+    train = rows(workdir, "train")
+    assert train[-1]["nll"] < train[0]["nll"]
+    assert json.loads((workdir / "config.json").read_text())["model"]["arch"] == "rnn"
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown preset"):
         configs.get_config("huge")
@@ -293,10 +308,57 @@ def test_config_errors(tmp_path):
     config.model.n_head = 3
     with pytest.raises(ValueError, match="not a multiple of n_head"):
         translate.setup(config, str(tmp_path / "c"))
+    config = tiny_config(tmp_path)
+    config.model.arch = "lstm"
+    with pytest.raises(ValueError, match="unknown model.arch 'lstm'; choose from transformer"):
+        translate.setup(config, str(tmp_path / "d"))
+    config = tiny_config(tmp_path)
+    config.data.train_fraction = 1.5
+    with pytest.raises(ValueError, match=r"data.train_fraction must be in \(0, 1\]"):
+        translate.main(config, str(tmp_path / "e"))
+    assert not (tmp_path / "e").exists()
     for preset in ("base", "big"):
         c = configs.get_config(preset)
         assert (c.train.optimizer, c.train.b2, c.train.eps, c.train.warmup_steps) == \
             ("adam", 0.98, 1e-9, 4000)
         assert c.data.tokens_per_batch == 25_000 and c.label_smoothing == 0.1
     assert configs.get_config("base").model.d_model == 512
+    default, rnn = configs.get_config(), configs.get_config("rnn")
+    assert (default.data.source, default.model.arch, rnn.model.arch) == (
+        "sentences", "transformer", "rnn")
+    assert rnn.data.to_dict() == default.data.to_dict() and rnn.train == default.train
     assert configs.get_config("big").model.dropout == 0.3
+
+
+# ----------------------------------------------------------------------------- named sweeps
+
+
+@pytest.mark.parametrize("name, runs, varied", [
+    ("A", 12, {"model.n_head": {1, 2, 8, 16}}),
+    ("B", 6, {"model.d_k": {4, 8}}),
+    ("C", 18, {"model.n_layer": {1, 2, 4}, "model.d_model": {32, 64, 128},
+               "model.d_ff": {128, 256, 512}}),
+    ("D", 12, {"model.dropout": {0.0, 0.1, 0.2}, "label_smoothing": {0.0, 0.1, 0.2}}),
+    ("E", 3, {"model.positions": {"learned"}}),
+    ("base_row", 3, {"model.n_head": {4}}),
+    ("baseline", 6, {"model.arch": {"transformer", "rnn"}}),
+    ("data_size", 24, {"data.train_fraction": {0.125, 0.25, 0.5, 1.0},
+                       "model.arch": {"transformer", "rnn"}}),
+])
+def test_table_3_baseline_and_data_size_sweeps_expand_to_valid_configs(tmp_path, name, runs,
+                                                                       varied):
+    """Each named sweep on the sentences: 3 seeds per setting, every run's config parsed by the
+    experiment's flags (nothing trained); the sweep varies what it names and follows the
+    model (train.noam_width tracks d_model)."""
+    from experiments import sweep
+    from experiments.sweeps.grid import flat
+    config = pathlib.Path(configs.__file__)
+    plan = sweep.plan(["sweep", f"--config={config}:sentences", f"--workdir={tmp_path}",
+                       f"--name={name}"])
+    assert len(plan.runs) == runs and plan.metric == "test/bleu"
+    assert {r.requested["seed"] for r in plan.runs} == {0, 1, 2}
+    requested = [flat(r.requested) for r in plan.runs]
+    for key, values in varied.items():
+        assert {f[key] for f in requested} == values, key
+    assert all(f["train.noam_width"] == f["model.d_model"] for f in requested)
+    assert all(f["data.source"] == "sentences" for f in requested)

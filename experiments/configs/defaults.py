@@ -1,9 +1,10 @@
 """Plain copies of the model presets and data defaults that the configs start from, so that
 loading a config imports no jax, flax, models, data or train (`--help` and a config error answer
 in a second). Each table mirrors its source, field for field, and tests/test_cli.py checks that
-they agree: the GPT, Transformer and CLIP presets (models/gpt.py, models/transformer.py,
-models/clip.py, models/vit.py), EfficientNet's scaling bases (models/efficientnet.py), and the
-text, in-context-learning and transfer-task data defaults (data/text.py, data/icl_tasks.py,
+they agree (the RNNsearch presets: tests/test_rnn_seq2seq.py): the GPT, Transformer, RNNsearch
+and CLIP presets (models/gpt.py, models/transformer.py, models/rnn_seq2seq.py, models/clip.py,
+models/vit.py), EfficientNet's scaling bases (models/efficientnet.py), and the text,
+in-context-learning and transfer-task data defaults (data/text.py, data/icl_tasks.py,
 data/code_tasks.py).
 """
 
@@ -71,6 +72,7 @@ TRANSFORMER = dict(              # models/transformer.py: TransformerConfig
     vocab_size=37000,            # one BPE vocabulary for source and target
     d_model=512,
     n_head=8,                    # h; d_k = d_v = d_model / h
+    d_k=0,                       # > 0: the head size d_k = d_v instead (Table 3 row B)
     n_layer=6,                   # N, in the encoder and in the decoder
     d_ff=2048,
     dropout=0.1,                 # P_drop: residual dropout, also on embedding + PE
@@ -98,6 +100,30 @@ TRANSFORMER_PRESETS = {
 
 def transformer(name: str = "", **overrides) -> ml_collections.ConfigDict:
     return _fields(TRANSFORMER, TRANSFORMER_PRESETS, "Transformer", name, overrides)
+
+
+RNN = dict(                      # models/rnn_seq2seq.py: RNNConfig (Bahdanau et al. 2015)
+    vocab_size=30000,            # one BPE vocabulary for source and target
+    embed_dim=620,               # m, the word embedding
+    hidden=1000,                 # n, the decoder's state and each encoder direction
+    attn_dim=1000,               # n', the alignment model's hidden layer
+    maxout=500,                  # l, the deep output's units
+    dropout=0.0,                 # on the embeddings and the deep output (not in the paper)
+    max_len=256,                 # longest source or target sequence
+    pad_id=0,
+    dtype="float32",
+    param_dtype="float32",
+)
+
+RNN_PRESETS = {
+    "rnnsearch": {},
+    "tiny": dict(vocab_size=1024, embed_dim=64, hidden=72, attn_dim=64, maxout=64, dropout=0.1,
+                 max_len=128),
+}
+
+
+def rnn(name: str = "", **overrides) -> ml_collections.ConfigDict:
+    return _fields(RNN, RNN_PRESETS, "RNN", name, overrides)
 
 
 # ----------------------------------------------------------------------------- CLIP

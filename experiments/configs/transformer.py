@@ -1,13 +1,25 @@
 """Transformer translation presets: get_config("PRESET").
 
-    tiny    a 2-layer, 64-wide Transformer on the offline English -> French number phrases
-            (num2words), joint BPE of 512 tokens, batches of about 1,024 tokens a side;
-            minutes on 2 CPU cores
-    base    the paper's base model (Table 3: N 6, d_model 512, d_ff 2048, h 8, P_drop 0.1,
-            eps_ls 0.1, 100K steps) on WMT 2014 English -> German through HF `datasets`,
-            37,000 shared BPE tokens, batches of about 25,000 source + 25,000 target tokens,
-            Adam (0.9, 0.98, 1e-9), the noam schedule with 4,000 warmup steps, beam 4, alpha 0.6
-    big     the big model (d_model 1024, d_ff 4096, h 16, P_drop 0.3, 300K steps)
+    sentences  the default: a 2-layer, 64-wide Transformer on the offline sentences (English
+               sentences around numbers up to a million -> French, German, Spanish or Italian,
+               a target-language token leading each source; data/number_sentences.py), joint
+               BPE of 1,024 tokens, batches of about 2,048 tokens a side, 2,000 steps; test
+               BLEU 72.4 in 10 min on 2 CPU cores shared with other jobs
+    rnn        the recurrent baseline (Bahdanau et al. 2015, models/rnn_seq2seq.py) of about
+               the same parameters on the same data, the same optimiser and steps
+               (model.arch = "rnn"; its sizes in config.rnn); test BLEU 65.0 in 19 min
+    tiny       the quick smoke run: the same Transformer on English -> French number phrases
+               (num2words), joint BPE of 512 tokens, batches of about 1,024 tokens a side;
+               3 minutes on 2 CPU cores; test BLEU 99.98, at the ceiling
+    base       the paper's base model (Table 3: N 6, d_model 512, d_ff 2048, h 8, P_drop 0.1,
+               eps_ls 0.1, 100K steps) on WMT 2014 English -> German through HF `datasets`,
+               37,000 shared BPE tokens, batches of about 25,000 source + 25,000 target
+               tokens, Adam (0.9, 0.98, 1e-9), the noam schedule with 4,000 warmup steps,
+               beam 4, alpha 0.6
+    big        the big model (d_model 1024, d_ff 4096, h 16, P_drop 0.3, 300K steps)
+
+model.arch picks the model: "transformer" (config.model) or "rnn" (config.rnn, whose
+vocab_size and max_len follow config.model's, as data.vocab_size does).
 
 Benchmark presets (experiments/benchmark.py; BENCH_PRESETS below):
     bench-cpu     the base model's training step (label-smoothed cross-entropy, Adam), batch 16
@@ -18,11 +30,14 @@ Benchmark presets (experiments/benchmark.py; BENCH_PRESETS below):
                   --peer: MarianMTModel.generate
 
 A base config is built first; each preset then overrides model, data and train fields.
-Named sweeps (SWEEPS below): the paper's Table 3 ablations in miniature, one command each, on
-tiny. Times on 2 CPU cores are estimates from the README's 3 min for one run of the default
-command, times the number of runs: label_smoothing and positions 2 runs, about 6 min each;
-heads 4 runs, about 12 min; beam 1 training run (3 min) and two evaluation-only runs of the
-test split.
+
+Named sweeps (SWEEPS below), one command each. On tiny (run; docs/papers/transformer.md):
+label_smoothing and positions 2 runs, about 6 min each; heads 4 runs, about 12 min; beam 1
+training run (3 min) and two evaluation-only runs of the test split. On sentences (not yet
+run): Table 3's rows A-E and its base row, the recurrent baseline and the data-size curve, 3
+seeds each; at about 10 minutes a Transformer run and 19 a recurrent one (the two presets'
+times at load 8-13), A 12 runs (2 h), B 6 (1 h), C 18 (3 h), D 12 (2 h), E 3 and base_row 3
+(30 min each), baseline 6 (1.5 h), data_size 24 (6 h).
 """
 
 import ml_collections
@@ -49,18 +64,57 @@ SWEEPS = {
              "overrides": {"init_from": "{sweep_dir}/train", "train.steps": 0}},
 }
 
+# Table 3 on the sentences (not yet run), each row one command of 3 seeds:
+#   python -m experiments.sweep --config=experiments/configs/transformer.py:sentences \
+#       --name=A --workdir=DIR
+# The miniature's base: N 2, d_model 64, d_ff 256, h 4, d_k = d_v 16, P_drop 0.1, eps_ls 0.1,
+# sinusoids (base_row: its 3 seeds). A: h 1, 2, 8, 16 at constant compute (d_k = d_v =
+# d_model / h); B: smaller d_k (4, 8; d_v shrinks with it, the heads sharing one size here);
+# C: N 1 and 4, d_model 32 and 128 (d_k = d_model / h, the lr's sqrt(d_model) following), d_ff
+# 128 and 512; D: P_drop 0 and 0.2, eps_ls 0 and 0.2; E: learned positions.
+TABLE_3 = {
+    "A": {"model.n_head": [1, 2, 8, 16]},
+    "B": {"model.d_k": [4, 8]},
+    "C": {"row": [{"label": "N=1", "model.n_layer": 1}, {"label": "N=4", "model.n_layer": 4},
+                  {"label": "d_model=32", "model.d_model": 32},
+                  {"label": "d_model=128", "model.d_model": 128},
+                  {"label": "d_ff=128", "model.d_ff": 128},
+                  {"label": "d_ff=512", "model.d_ff": 512}]},
+    "D": {"row": [{"label": "P_drop=0", "model.dropout": 0.0},
+                  {"label": "P_drop=0.2", "model.dropout": 0.2},
+                  {"label": "eps_ls=0", "label_smoothing": 0.0},
+                  {"label": "eps_ls=0.2", "label_smoothing": 0.2}]},
+    "E": {"model.positions": ["learned"]},
+    "base_row": {},
+}
+# The recurrent baseline against the Transformer, and both against the amount of training data
+# (data.train_fraction of the 50,000 pairs; one vocabulary for all, the same steps).
+MODELS = [{"label": "transformer", "model.arch": "transformer"},
+          {"label": "rnn", "model.arch": "rnn"}]
+SWEEPS.update({name: {**axes, "seeds": 3, "metric": "test/bleu"}
+               for name, axes in TABLE_3.items()})
+SWEEPS.update({
+    "baseline": {"model": MODELS, "seeds": 3, "metric": "test/bleu"},
+    "data_size": {"data.train_fraction": [0.125, 0.25, 0.5, 1.0], "model": MODELS,
+                  "seeds": 3, "metric": "test/bleu"},
+})
+
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict(dict(
-        source="numbers",          # numbers (offline, num2words) | hf
+        source="numbers",          # sentences | numbers (offline, num2words) | hf
         src_lang="en",
-        tgt_lang="fr",
-        # numbers: integers drawn from [0, max_number) without repeats, split by number
+        tgt_lang="fr",             # sentences: several, "fr,de,es" (a token per language)
+        # numbers: integers drawn from [0, max_number) without repeats, split by number;
+        # sentences: counts and amounts drawn from [2, max_number), split by template and
+        # number (data/number_sentences.py)
         max_number=1_000_000,
+        clauses=2,                 # sentences: clauses per sentence
         train_size=50_000,
         val_size=500,
         test_size=1000,
         split_seed=0,              # which numbers go to which split (not the training seed)
+        train_fraction=1.0,        # the first fraction of the training pairs (after the BPE)
         # hf: a translation dataset, a `translation` column of {lang: text} per example
         hf_dataset="",             # a hub name ("wmt14") or a builder ("json", "parquet")
         hf_config="",              # e.g. "de-en", "fr-en"
@@ -105,17 +159,27 @@ def transformer_train_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def follow_model(config: ml_collections.ConfigDict) -> None:
-    """train.noam_width and data.vocab_size follow a --config.model.d_model / vocab_size
-    override (each can still be set on its own)."""
+    """train.noam_width, data.vocab_size and the recurrent model's vocab_size and max_len
+    follow a --config.model.d_model / vocab_size / max_len override (each can still be set on
+    its own)."""
     config.train.noam_width = config.model.get_ref("d_model").identity()
     config.data.vocab_size = config.model.get_ref("vocab_size").identity()
+    if "rnn" in config:
+        config.rnn.vocab_size = config.model.get_ref("vocab_size").identity()
+        config.rnn.max_len = config.model.get_ref("max_len").identity()
+
+
+def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
+    """The Transformer's fields (models/transformer.py) and `arch`: which model trains."""
+    return ml_collections.ConfigDict(dict(arch="transformer",
+                                          **defaults.transformer(name, **overrides)))
 
 
 BENCH_PRESETS = ("bench-cpu", "bench-decode")
-PRESETS = ("tiny", "base", "big", *BENCH_PRESETS)
+PRESETS = ("sentences", "rnn", "tiny", "base", "big", *BENCH_PRESETS)
 
 
-def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+def get_config(arg: str = "sentences") -> ml_collections.ConfigDict:
     check_preset(arg, PRESETS)
     if arg in BENCH_PRESETS:
         return bench_config(arg)
@@ -123,9 +187,20 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data = data_config()
     config.label_smoothing = 0.1     # section 5.4: eps_ls
     config.evals = evals_config()
-    if arg == "tiny":
-        model = defaults.transformer("tiny", d_model=64, n_head=4, n_layer=2, d_ff=256,
-                                     max_len=32)
+    config.rnn = defaults.rnn("rnnsearch" if arg in ("base", "big") else "tiny")
+    if arg in ("sentences", "rnn"):
+        config.model = model_config("tiny", d_model=64, n_head=4, n_layer=2, d_ff=256,
+                                    vocab_size=1024, max_len=128)
+        config.model.arch = "rnn" if arg == "rnn" else "transformer"
+        config.data.update(source="sentences", tgt_lang="fr,de,es,it", max_number=1_000_000,
+                           tokens_per_batch=2048, eval_tokens_per_batch=8192, pad_step=16)
+        config.evals.val_bleu.steps = 2
+        config.train = transformer_train_config(
+            steps=2000, batch_size=64, lr=0.3, warmup_steps=200,
+            eval_every=500, eval_steps=4, ckpt_every=500, log_every=50)
+    elif arg == "tiny":
+        config.model = model_config("tiny", d_model=64, n_head=4, n_layer=2, d_ff=256,
+                                    max_len=32)
         config.data.update(tokens_per_batch=1024, eval_tokens_per_batch=4096)
         config.evals.val_bleu.steps = 2
         # lr scale 0.3 (peak 2.7e-3 at d_model 64): at the paper's scale 1 (peak 8.8e-3) the
@@ -135,14 +210,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         config.train = transformer_train_config(
             steps=1000, batch_size=64, lr=0.3, warmup_steps=200,
             eval_every=500, eval_steps=4, ckpt_every=500, log_every=50)
-    elif arg in ("base", "big"):
-        model = defaults.transformer(arg)
+    else:
+        config.model = model_config(arg)
         config.data.update(source="hf", hf_dataset="wmt14", hf_config="de-en", src_lang="en",
                            tgt_lang="de")
         config.train = transformer_train_config(
             steps=100_000 if arg == "base" else 300_000, batch_size=512,
             eval_every=5000, eval_steps=20, ckpt_every=5000, log_every=100)
-    config.model = model
     follow_model(config)
     return config
 
@@ -154,7 +228,7 @@ def bench_config(arg: str) -> ml_collections.ConfigDict:
     lengths; bench.workload "translate_decode" times decoding instead of training). No dropout,
     as the GPT and ConvNet benchmarks, so that both sides compute the same function."""
     config = get_config("base")
-    config.model = defaults.transformer("base", dropout=0.0, attention_impl="xla_custom")
+    config.model = model_config("base", dropout=0.0, attention_impl="xla_custom")
     config.train = transformer_train_config(steps=50, batch_size=16, eval_every=1000,
                                             ckpt_every=1000)
     follow_model(config)
