@@ -1,7 +1,8 @@
 """Train CLIP from scratch on captioned digit scenes and evaluate it zero-shot and by linear probe.
 
     python -m experiments.clip --config=experiments/configs/clip.py:tiny --workdir=DIR \
-        [--config.model.learn_temperature=False] [--config.model.image_encoder=clip-rn-tiny]
+        [--config.model.learn_temperature=False] [--config.model.image_encoder=clip-rn-tiny] \
+        [--config.model.objective=bag_of_words|caption]
 
 Training pairs are one- or two-digit MNIST scenes with template captions; the digit pairs in
 data.images.HELDOUT_PAIRS never appear together in training. After training, on test-split
@@ -9,7 +10,9 @@ handwriting and for each task in config.eval.tasks: zero-shot top-1 with the fir
 any one prompt on average and with the prompt ensemble, and a linear probe on the frozen image
 features. The first task (held-out pairs by default) is the headline zeroshot_top1 /
 linear_probe_top1. Writes DIR/metrics.jsonl and DIR/results.md. --config.data.source=hf reads
-an image-caption dataset through HF `datasets` instead of the digit scenes.
+an image-caption dataset through HF `datasets` instead of the digit scenes. The objective is
+CLIP's contrastive one or a figure 2 baseline (models/clip.py); experiments.zeroshot scores a
+finished run on any image folder.
 """
 
 import functools

@@ -157,27 +157,38 @@ def gpt2_from_pretrained(path) -> tuple[gpt.GPTConfig, dict]:
 
 
 # --------------------------------------------------------------------------- CLIP
+def pre_norm_block(t: dict, prefix: str, qkv: tuple, out: str, norms: tuple, mlp: tuple,
+                   width: int, heads: int) -> dict[tuple, np.ndarray]:
+    """A CLIP residual attention block in torch's layout (Linear weights [out, in]) -> our
+    pre-norm Block: `qkv` the fused [in, 3 * width] kernel and [3 * width] bias (q | k | v),
+    `out`, `norms` and `mlp` the names of the output projection, the two LayerNorms and the
+    two FFN layers under `prefix`."""
+    (ln1, ln2), (fc, proj) = norms, mlp
+    kernel, bias = qkv
+    return {
+        ("ln_1", "scale"): pop(t, f"{prefix}{ln1}.weight"),
+        ("ln_1", "bias"): pop(t, f"{prefix}{ln1}.bias"),
+        ("attn", "qkv", "kernel"): heads_lead(kernel, heads),
+        ("attn", "qkv", "bias"): heads_lead(bias, heads),
+        ("attn", "out", "kernel"): pop(t, f"{prefix}{out}.weight").T.reshape(heads, -1, width),
+        ("attn", "out", "bias"): pop(t, f"{prefix}{out}.bias"),
+        ("ln_2", "scale"): pop(t, f"{prefix}{ln2}.weight"),
+        ("ln_2", "bias"): pop(t, f"{prefix}{ln2}.bias"),
+        ("ffn", "fc", "kernel"): pop(t, f"{prefix}{fc}.weight").T,
+        ("ffn", "fc", "bias"): pop(t, f"{prefix}{fc}.bias"),
+        ("ffn", "proj", "kernel"): pop(t, f"{prefix}{proj}.weight").T,
+        ("ffn", "proj", "bias"): pop(t, f"{prefix}{proj}.bias"),
+    }
+
+
 def clip_block(t: dict, prefix: str, width: int, heads: int) -> dict[tuple, np.ndarray]:
     """A CLIPEncoderLayer (separate q/k/v, torch Linear weights [out, in]) -> our pre-norm Block
     with its fused qkv kernel [in, heads, 3, head_dim]."""
-    dh = width // heads
     attn = f"{prefix}self_attn."
-    qkv_w = [pop(t, f"{attn}{n}_proj.weight").T for n in "qkv"]
-    qkv_b = [pop(t, f"{attn}{n}_proj.bias") for n in "qkv"]
-    return {
-        ("ln_1", "scale"): pop(t, f"{prefix}layer_norm1.weight"),
-        ("ln_1", "bias"): pop(t, f"{prefix}layer_norm1.bias"),
-        ("attn", "qkv", "kernel"): heads_lead(np.concatenate(qkv_w, axis=1), heads),
-        ("attn", "qkv", "bias"): heads_lead(np.concatenate(qkv_b), heads),
-        ("attn", "out", "kernel"): pop(t, f"{attn}out_proj.weight").T.reshape(heads, dh, width),
-        ("attn", "out", "bias"): pop(t, f"{attn}out_proj.bias"),
-        ("ln_2", "scale"): pop(t, f"{prefix}layer_norm2.weight"),
-        ("ln_2", "bias"): pop(t, f"{prefix}layer_norm2.bias"),
-        ("ffn", "fc", "kernel"): pop(t, f"{prefix}mlp.fc1.weight").T,
-        ("ffn", "fc", "bias"): pop(t, f"{prefix}mlp.fc1.bias"),
-        ("ffn", "proj", "kernel"): pop(t, f"{prefix}mlp.fc2.weight").T,
-        ("ffn", "proj", "bias"): pop(t, f"{prefix}mlp.fc2.bias"),
-    }
+    qkv = (np.concatenate([pop(t, f"{attn}{n}_proj.weight").T for n in "qkv"], axis=1),
+           np.concatenate([pop(t, f"{attn}{n}_proj.bias") for n in "qkv"]))
+    return pre_norm_block(t, prefix, qkv, "self_attn.out_proj", ("layer_norm1", "layer_norm2"),
+                          ("mlp.fc1", "mlp.fc2"), width, heads)
 
 
 def clip_config(hf: dict) -> clip.CLIPConfig:
@@ -338,22 +349,9 @@ def open_clip_config(path) -> tuple[clip.CLIPConfig, dict]:
 
 def open_clip_block(t: dict, prefix: str, width: int, heads: int) -> dict[tuple, np.ndarray]:
     """A residual attention block (torch MultiheadAttention: fused in_proj [3 w, w]) -> ours."""
-    dh = width // heads
-    return {
-        ("ln_1", "scale"): pop(t, f"{prefix}ln_1.weight"),
-        ("ln_1", "bias"): pop(t, f"{prefix}ln_1.bias"),
-        ("attn", "qkv", "kernel"): heads_lead(pop(t, f"{prefix}attn.in_proj_weight").T, heads),
-        ("attn", "qkv", "bias"): heads_lead(pop(t, f"{prefix}attn.in_proj_bias"), heads),
-        ("attn", "out", "kernel"):
-            pop(t, f"{prefix}attn.out_proj.weight").T.reshape(heads, dh, width),
-        ("attn", "out", "bias"): pop(t, f"{prefix}attn.out_proj.bias"),
-        ("ln_2", "scale"): pop(t, f"{prefix}ln_2.weight"),
-        ("ln_2", "bias"): pop(t, f"{prefix}ln_2.bias"),
-        ("ffn", "fc", "kernel"): pop(t, f"{prefix}mlp.c_fc.weight").T,
-        ("ffn", "fc", "bias"): pop(t, f"{prefix}mlp.c_fc.bias"),
-        ("ffn", "proj", "kernel"): pop(t, f"{prefix}mlp.c_proj.weight").T,
-        ("ffn", "proj", "bias"): pop(t, f"{prefix}mlp.c_proj.bias"),
-    }
+    qkv = (pop(t, f"{prefix}attn.in_proj_weight").T, pop(t, f"{prefix}attn.in_proj_bias"))
+    return pre_norm_block(t, prefix, qkv, "attn.out_proj", ("ln_1", "ln_2"),
+                          ("mlp.c_fc", "mlp.c_proj"), width, heads)
 
 
 def clip_from_open_clip(path) -> tuple[clip.CLIPConfig, dict]:
