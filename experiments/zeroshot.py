@@ -14,7 +14,7 @@ its central square taken at the model's sizes, then normalised with its mean and
 
 IMAGES is a folder with one subfolder per class (the class name is the folder's, underscores
 read as spaces), or an HF image dataset with a label column: hf:NAME, hf:imagefolder:DIR,
-hf:parquet:FILES (--split, --image_column, --label_column).
+hf:parquet:FILES (--hf_split, --image_column, --label_column).
 
 --templates: a named set (photo: "a photo of a {}.", digits, imagenet7, none: the bare class
 name) or a file of templates, one per line with "{}" for the class name. Several templates are
@@ -23,7 +23,7 @@ text embeddings. A model trained with a predictive objective (bag_of_words, capt
 class by its prompts' mean log-likelihood given the image instead.
 
 --probe_shots=K adds a linear probe: L2-regularised logistic regression (C = --probe_C) on the
-image features I_f of K images per class (drawn with --seed), scored on all the others.
+image features I_f of K images per class (drawn with --probe_seed), scored on all the others.
 
 Prints one JSON line: top1, top5, images (the number scored), classes, templates, and with a
 probe probe_top1, probe_shots, probe_images.
@@ -43,6 +43,7 @@ from absl import app, flags
 
 from data import augment, images
 from data.tokenizer import Tokenizer, from_clip_files, from_open_clip_vocab
+from experiments import clip as experiment
 from experiments import launch, tool_flags  # noqa: F401  (launch defines --workdir)
 from models import clip, hf
 from train import checkpoint, objectives
@@ -56,14 +57,14 @@ flags.DEFINE_string("templates", "photo", "A template file (one per line, {} for
 flags.DEFINE_integer("probe_shots", 0, "Images per class for a linear probe (0: none).",
                      lower_bound=0)
 flags.DEFINE_float("probe_C", 1.0, "The probe's inverse L2 strength C.", lower_bound=0.0)
-flags.DEFINE_integer("seed", 0, "Which images the probe trains on.")
+flags.DEFINE_integer("probe_seed", 0, "Which images the probe trains on.")
 flags.DEFINE_string("bpe_vocab", "", "open_clip's BPE merges file (default: the installed "
                     "open_clip's bpe_simple_vocab_16e6.txt.gz).")
-flags.DEFINE_string("split", "", "An HF dataset's split (default: the only one, else test, "
+flags.DEFINE_string("hf_split", "", "An HF dataset's split (default: the only one, else test, "
                     "validation or train).")
 flags.DEFINE_string("image_column", "image", "An HF dataset's image column.")
 flags.DEFINE_string("label_column", "label", "An HF dataset's label column.")
-flags.DEFINE_integer("batch_size", 64, "Images per forward pass.", lower_bound=1)
+flags.DEFINE_integer("image_batch", 64, "Images per forward pass.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -85,12 +86,10 @@ class Loaded:
 
 # --------------------------------------------------------------------------- models
 def _our_run(path: pathlib.Path) -> Loaded:
-    from experiments import clip as experiment
-    from experiments.evaluate import load_run
-
-    config, _ = load_run(path)
-    if not (path / "tokenizer.json").exists():
-        raise FileNotFoundError(f"{path}/tokenizer.json not found: not a CLIP run")
+    config, _ = launch.load_run(path, named=False)
+    if "embed_dim" not in (config.get("model") or {}) or not (path / "tokenizer.json").exists():
+        raise ValueError(f"{path} is not a run of experiments.clip (config.json and "
+                         "tokenizer.json)")
     cfg = experiment.model_config(config)
     saved = checkpoint.read_newest(path / "checkpoints", keys=("params", "model_state"))
     size = cfg.vision.image_size
@@ -248,11 +247,11 @@ def main(argv):
     tool_flags.quiet_libraries()
     hf_options = {}
     if FLAGS.data.startswith("hf:"):
-        hf_options = dict(split=FLAGS.split, image_column=FLAGS.image_column,
+        hf_options = dict(split=FLAGS.hf_split, image_column=FLAGS.image_column,
                           label_column=FLAGS.label_column)
     try:
         result = zeroshot(FLAGS.workdir, FLAGS.data, FLAGS.templates, FLAGS.probe_shots,
-                          FLAGS.probe_C, FLAGS.seed, FLAGS.bpe_vocab, FLAGS.batch_size,
+                          FLAGS.probe_C, FLAGS.probe_seed, FLAGS.bpe_vocab, FLAGS.image_batch,
                           **hf_options)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

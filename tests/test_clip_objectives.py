@@ -12,6 +12,7 @@ import optax
 import pytest
 from flax import linen as nn
 
+from conftest import digit_folder
 from models import clip
 from train import objectives
 
@@ -114,9 +115,10 @@ def test_a_few_steps_lower_each_loss(objective):
     assert losses[-1] < 0.9 * losses[0], losses
 
 
-def test_zeroshot_evaluator_scores_by_likelihood(tmp_path):
+def test_zeroshot_evaluator_scores_by_likelihood(tmp_path, tmp_path_factory):
     """A run trained with the caption objective reports zero-shot accuracy (by the prompts'
-    log-likelihoods) and the probe, and no temperature."""
+    log-likelihoods) and the probe, and no temperature; experiments.zeroshot scores an image
+    folder with it the same way."""
     from experiments import clip as experiment
     from experiments.configs import clip as configs
     config = configs.get_config("tiny")
@@ -134,3 +136,7 @@ def test_zeroshot_evaluator_scores_by_likelihood(tmp_path):
     assert 0.0 <= test["zeroshot_top1"] <= 1.0 and 0.0 <= test["linear_probe_top1"] <= 1.0
     assert "logit_scale" not in test
     assert any("token_top1" in r for r in rows if r["split"] == "train")
+    from experiments import zeroshot
+    r = zeroshot.zeroshot(tmp_path, str(digit_folder(tmp_path_factory.mktemp("digits"))),
+                          "photo")
+    assert r["images"] == 6 and 0.0 <= r["top1"] <= 1.0

@@ -260,36 +260,73 @@ def test_open_clip_import_gives_the_same_model(hf_clip, tmp_path):
         hf.open_clip_config(tmp_path)
 
 
+def open_clip_directory(open_clip, cfg: dict, path: pathlib.Path, seed: int):
+    """A random open_clip CLIP of `cfg`, weights and BatchNorm variances moved off their init,
+    saved as an open_clip directory; returns the torch model."""
+    from safetensors.torch import save_file
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand_like(b))
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(path / "open_clip_model.safetensors"))
+    return model
+
+
+def assert_open_clip_logits(open_clip, model, m, texts, side: int, context: int):
+    """Our tokens and logits of the loaded model `m` are open_clip's."""
+    tokens = open_clip.tokenizer.SimpleTokenizer(context_length=context)(texts)
+    tok = m.tokenizer
+    assert np.array_equal(tokens.numpy(), images.tokenize(tok, texts, context, tok.sot_id,
+                                                          tok.eot_id))
+    x = np.random.default_rng(0).standard_normal((2, 3, side, side)).astype(np.float32)
+    with torch.no_grad():
+        want, _ = model.get_logits(torch.from_numpy(x), tokens)
+    got, _ = zeroshot.class_logits(m, x.transpose(0, 2, 3, 1), tokens.numpy()[:, None])
+    np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-3, rtol=0)
+    assert np.ptp(want.numpy()) > 0.1
+
+
 def test_open_clip_reference(tmp_path):
     """With open_clip installed: its released vocabulary tokenises as open_clip does, and a
     small open_clip CLIP saved as safetensors gives open_clip's tokens and logits."""
     open_clip = pytest.importorskip("open_clip")
-    from safetensors.torch import save_file
     ours = tokenizer.from_open_clip_vocab(zeroshot.default_bpe_vocab())
     ref = open_clip.tokenizer.SimpleTokenizer()
     for text in ["A photo of a Dog!", "  it's 2024's... ok?", "naïve café déjà-vu 123abc"]:
         assert ours.encode(text) == ref.encode(text), text
     assert (ours.sot_id, ours.eot_id, ours.vocab_size) == (49406, 49407, 49408)
-    torch.manual_seed(3)
     cfg = {"embed_dim": 20, "quick_gelu": False,
            "vision_cfg": {"image_size": 30, "layers": 2, "width": 36, "patch_size": 6,
                           "head_width": 12, "mlp_ratio": 1.5},
            "text_cfg": {"context_length": 19, "vocab_size": 49408, "width": 40, "heads": 4,
                         "layers": 2}}
-    model = open_clip.CLIP(**cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(tmp_path / "open_clip_model.safetensors"))
+    model = open_clip_directory(open_clip, cfg, tmp_path, seed=3)
+    assert_open_clip_logits(open_clip, model, zeroshot.load_model(tmp_path),
+                            ["a photo of a dog.", "a diagram"], 30, 19)
+
+
+def test_open_clip_resnet_reference(tmp_path):
+    """An open_clip RN50 CLIP (random weights, 64 px) read with its ResNet tower and BatchNorm
+    statistics gives open_clip's logits."""
+    open_clip = pytest.importorskip("open_clip")
+    cfg = {"embed_dim": 1024, "quick_gelu": True,
+           "vision_cfg": {"image_size": 64, "layers": [3, 4, 6, 3], "width": 64},
+           "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 40, "heads": 4,
+                        "layers": 1}}
+    model = open_clip_directory(open_clip, cfg, tmp_path, seed=4)
     m = zeroshot.load_model(tmp_path)
-    texts = ["a photo of a dog.", "a diagram"]
-    tokens = open_clip.tokenizer.SimpleTokenizer(context_length=19)(texts)
-    assert np.array_equal(tokens.numpy(), images.tokenize(m.tokenizer, texts, 19,
-                                                          m.tokenizer.sot_id, m.tokenizer.eot_id))
-    x = np.random.default_rng(0).standard_normal((2, 3, 30, 30)).astype(np.float32)
-    with torch.no_grad():
-        want, _ = model.get_logits(torch.from_numpy(x), tokens)
-    got, _ = zeroshot.class_logits(m, x.transpose(0, 2, 3, 1), tokens.numpy()[:, None])
-    np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-4, rtol=0)
+    assert m.model.cfg.image_encoder == "clip-rn50" and "batch_stats" in m.variables
+    assert_open_clip_logits(open_clip, model, m, ["a dog", "two cats"], 64, 12)
+
+
+def test_flags_coexist_with_the_other_commands_that_read_runs():
+    """Its flags are defined at import, beside those of the other tools a process may load."""
+    from experiments import ensemble, evaluate, evaluate_lm, generate, icl_report  # noqa: F401
+    assert {"data", "templates", "probe_shots", "probe_seed", "hf_split"} <= set(
+        __import__("absl").flags.FLAGS)
