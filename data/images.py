@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -114,6 +114,38 @@ PAIR_PROMPTS = (
     ("{x} on the left and {y} on the right.", "numeral"),
     ("the number {x} to the left of the number {y}.", "word"),
 )
+# Zero-shot templates for class names ("{}" is the name), by set: CLIP's default prompt
+# (section 3.1.4), the digit prompts above with the class name as the mention, and the 7
+# templates OpenAI's ImageNet prompt-engineering notebook selects from its 80.
+TEMPLATE_SETS = {
+    "photo": ("a photo of a {}.",),
+    "digits": tuple(dict.fromkeys(t.replace("{x}", "{}") for t, _ in DIGIT_PROMPTS)),
+    "imagenet7": ("itap of a {}.", "a bad photo of the {}.", "a origami {}.",
+                  "a photo of the large {}.", "a {} in a video game.", "art of the {}.",
+                  "a photo of the small {}."),
+    "none": ("{}",),
+}
+
+
+def read_templates(spec: str) -> tuple[str, ...]:
+    """A named set of TEMPLATE_SETS ("none": the bare class name), or a file of templates, one
+    per line, each with one "{}"."""
+    if spec in TEMPLATE_SETS:
+        return TEMPLATE_SETS[spec]
+    import pathlib
+
+    path = pathlib.Path(spec).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--templates {spec!r} is neither a file nor a named set "
+                         f"({', '.join(TEMPLATE_SETS)})")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    bad = [line for line in lines if line.count("{}") != 1]
+    if not lines or bad:
+        raise ValueError(f"{path}: every line must be a template with one {{}} (for the class "
+                         f"name); {'no lines' if not lines else f'got {bad[0]!r}'}")
+    return tuple(lines)
+
+
 # Unordered pairs held out of training in both orders: never drawn together in a training scene.
 HELDOUT_PAIRS = ((0, 6), (1, 7), (2, 5), (3, 8), (4, 9))
 
@@ -340,6 +372,94 @@ class HubBatches(EpochBatches):
                 "tokens": self.encode([str(c) for c in rows[self.columns[1]]])}
 
 
+# --------------------------------------------------------------------------- labelled image sets
+# Images to classify zero-shot, read one at a time at any size: an image folder with one
+# subfolder per class, or an HF image dataset with a label column.
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+@dataclasses.dataclass
+class LabelledImages:
+    read: Callable[[int], object]   # i -> PIL image i (a corrupt file: one error naming it)
+    labels: np.ndarray              # int [n]
+    classes: list[str]              # names, underscores read as spaces
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def readable_name(name: str) -> str:
+    """A folder or label name as words: "golden_retriever" -> "golden retriever"."""
+    return str(name).replace("_", " ").strip()
+
+
+def image_folder(path) -> LabelledImages:
+    """FOLDER/CLASS/IMAGE: the subfolders (sorted) are the classes, their image files (by
+    suffix, sorted) the examples."""
+    import pathlib
+
+    root = pathlib.Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder of class subfolders")
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files, labels = [], []
+    for label, folder in enumerate(folders):
+        found = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise ValueError(f"{root} holds no images in class subfolders (FOLDER/CLASS/IMAGE, "
+                         f"suffixes {', '.join(IMAGE_SUFFIXES)})")
+    return LabelledImages(lambda i: open_image({"path": str(files[i])}, str(files[i])),
+                          np.asarray(labels, np.int32), [readable_name(d.name) for d in folders])
+
+
+def hf_labelled_images(spec: str, split: str = "", image_column: str = "image",
+                       label_column: str = "label") -> LabelledImages:
+    """An HF image dataset named "NAME" (the hub) or "BUILDER:PATH" ("imagefolder:DIR",
+    "parquet:FILES", files comma-separated or a glob): split `split`, else the only one, else
+    test, validation or train, whichever it has first."""
+    builder, _, where = spec.partition(":")
+    kwargs = {}
+    if where:
+        import pathlib
+
+        kwargs = ({"data_dir": where} if pathlib.Path(where).expanduser().is_dir() else
+                  {"data_files": where.split(",")})
+    dsd = load_image_classification(builder, image_column, label_column, **kwargs)
+    names = list(dsd)
+    if not split:
+        split = names[0] if len(names) == 1 else next(
+            (s for s in ("test", "validation", "train") if s in dsd), names[0])
+    if split not in dsd:
+        raise ValueError(f"dataset {spec!r} has no split {split!r}; has {names}")
+    ds = dsd[split]
+    images = undecoded(ds, image_column)
+    return LabelledImages(lambda i: open_image(images[int(i)][image_column], f"row {i}"),
+                          np.asarray(ds[label_column], np.int32),
+                          [readable_name(c) for c in class_names(ds, label_column)])
+
+
+def labelled_images(spec: str, **hf_options) -> LabelledImages:
+    """"hf:NAME" or "hf:BUILDER:PATH" (hf_labelled_images), else an image folder."""
+    if spec.startswith("hf:"):
+        return hf_labelled_images(spec[3:], **hf_options)
+    return image_folder(spec)
+
+
+def resize_shorter_side(image, side: int):
+    """A PIL image with its shorter side scaled to `side` (bicubic) and the longer one to
+    int(side * long / short), as torchvision's Resize(side) and transformers' CLIP image
+    processor compute it."""
+    from PIL import Image
+
+    w, h = image.size
+    short, long = min(w, h), max(w, h)
+    long = int(side * long / short)
+    size = (side, long) if w <= h else (long, side)
+    return image if size == (w, h) else image.resize(size, Image.BICUBIC)
+
+
 # --------------------------------------------------------------------------- image classification
 # Every source gives {split: {"images": float32 [n, H, W, C], "labels": int32 [n]}} for
 # "train", "val" and "test", and the class names.
@@ -409,18 +529,24 @@ def select_classes(split: dict, classes: Sequence[int]) -> dict:
     return {"images": split["images"][keep], "labels": relabel[split["labels"][keep]]}
 
 
-def take_per_class(split: dict, n: int, seed: int = 0) -> dict:
-    """n examples of each class, drawn at random: the few-shot training sets of transfer
-    learning. A class with fewer than n examples is an error."""
+def per_class_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of n examples of each class, drawn at random with `seed`. A class with
+    fewer than n examples is an error."""
     rng = np.random.default_rng(seed)
     picked = []
-    for c in np.unique(split["labels"]):
-        idx = np.flatnonzero(split["labels"] == c)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
         if len(idx) < n:
             raise ValueError(f"class {c} has {len(idx)} training examples, fewer than "
                              f"per_class={n}")
         picked.append(rng.choice(idx, n, replace=False))
-    keep = np.sort(np.concatenate(picked))
+    return np.sort(np.concatenate(picked))
+
+
+def take_per_class(split: dict, n: int, seed: int = 0) -> dict:
+    """n examples of each class, drawn at random: the few-shot training sets of transfer
+    learning. A class with fewer than n examples is an error."""
+    keep = per_class_indices(split["labels"], n, seed)
     return {k: v[keep] for k, v in split.items()}
 
 

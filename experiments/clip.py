@@ -1,7 +1,8 @@
 """Train CLIP from scratch on captioned digit scenes and evaluate it zero-shot and by linear probe.
 
     python -m experiments.clip --config=experiments/configs/clip.py:tiny --workdir=DIR \
-        [--config.model.learn_temperature=False] [--config.model.image_encoder=clip-rn-tiny]
+        [--config.model.learn_temperature=False] [--config.model.image_encoder=clip-rn-tiny] \
+        [--config.model.objective=bag_of_words|caption]
 
 Training pairs are one- or two-digit MNIST scenes with template captions; the digit pairs in
 data.images.HELDOUT_PAIRS never appear together in training. After training, on test-split
@@ -9,7 +10,9 @@ handwriting and for each task in config.eval.tasks: zero-shot top-1 with the fir
 any one prompt on average and with the prompt ensemble, and a linear probe on the frozen image
 features. The first task (held-out pairs by default) is the headline zeroshot_top1 /
 linear_probe_top1. Writes DIR/metrics.jsonl and DIR/results.md. --config.data.source=hf reads
-an image-caption dataset through HF `datasets` instead of the digit scenes.
+an image-caption dataset through HF `datasets` instead of the digit scenes. The objective is
+CLIP's contrastive one or a figure 2 baseline (models/clip.py); experiments.zeroshot scores a
+finished run on any image folder.
 """
 
 import functools
@@ -45,18 +48,31 @@ def model_config(config) -> clip.CLIPConfig:
 
 def clip_loss_fn(model: clip.CLIP):
     """The trainer's loss_fn on {"images", "tokens"}: CLIP's symmetric cross-entropy, plus the
-    temperature and in-batch retrieval accuracies. Under jit with the batch sharded over
-    devices, logits = I_e T_e^T is over the global batch: every image meets every text. A
-    ResNet tower's BatchNorm (state: batch_stats) normalises with the batch's statistics in
-    training and updates its running averages; in evaluation (rng None) it uses them."""
+    temperature and in-batch retrieval accuracies, or the loss of a predictive objective
+    (model.cfg.objective). Under jit with the batch sharded over devices, logits = I_e T_e^T
+    is over the global batch: every image meets every text. A ResNet tower's BatchNorm (state:
+    batch_stats) normalises with the batch's statistics in training and updates its running
+    averages; in evaluation (rng None) it uses them."""
+    cfg = model.cfg
+
     def loss_fn(params, state, batch, rng):
         variables = {"params": params, **state}
+        images, tokens = batch["images"], batch["tokens"]
         if rng is not None and state:
-            (_, _, logits), updates = model.apply(variables, batch["images"], batch["tokens"],
-                                                  train=True, mutable=list(state))
+            out, updates = model.apply(variables, images, tokens, train=True,
+                                       mutable=list(state))
             state = {**state, **updates}
         else:
-            _, _, logits = model.apply(variables, batch["images"], batch["tokens"])
+            out = model.apply(variables, images, tokens)
+        if cfg.objective == "bag_of_words":
+            words = clip.caption_mask(tokens, cfg.text.eot_token_id)
+            return objectives.bag_of_words_loss(out, tokens, words), ({}, state)
+        if cfg.objective == "caption":
+            predicted = clip.caption_mask(tokens, cfg.text.eot_token_id, with_eot=True)
+            metrics = {"token_top1": objectives.accuracy(out[:, :-1], tokens[:, 1:],
+                                                         predicted[:, 1:])}
+            return objectives.caption_loss(out, tokens, predicted), (metrics, state)
+        logits = out[2]
         labels = jnp.arange(logits.shape[0])
         scale = model.apply({"params": params}, method="logit_scale")
         metrics = {"logit_scale": scale, "temperature": 1.0 / scale,
@@ -176,12 +192,16 @@ def eval_functions(config, cfg: clip.CLIPConfig, scenes, encode, stats) -> dict:
         texts = [p for c in classes for p in images.class_prompts(c, prompts)]
         return encode(texts).reshape(len(classes), len(prompts), -1)
 
-    return dict(
-        tasks=tasks, labelled=labelled, prompt_tokens=prompt_tokens,
-        image_embeds=lambda v, x: model.apply(v, x, method="encode_image"),
-        text_embeds=lambda v, t: model.apply(v, t, method="encode_text"),
+    fns = dict(
+        tasks=tasks, labelled=labelled, prompt_tokens=prompt_tokens, objective=cfg.objective,
         # I_f, before W_i: the probe's features
         image_features=lambda v, x: model.apply(v, x, method="image_features"))
+    if cfg.objective == "contrastive":
+        fns.update(image_embeds=lambda v, x: model.apply(v, x, method="encode_image"),
+                   text_embeds=lambda v, t: model.apply(v, t, method="encode_text"))
+    else:
+        fns["log_likelihood"] = functools.partial(clip.log_likelihood, model)
+    return fns
 
 
 def results_table(row: dict, tasks: list[str], scenes) -> str:
@@ -197,8 +217,9 @@ def results_table(row: dict, tasks: list[str], scenes) -> str:
             f"| {r['zeroshot_top1_single_prompt']:.1%} | {r['zeroshot_top1_prompt_mean']:.1%} "
             f"| {r['zeroshot_top1']:.1%} ({len(prompts)} prompts) "
             f"| {r['linear_probe_top1']:.1%} ({r['linear_probe_C']:g}) |")
-    scale = row["logit_scale"]
-    lines.append(f"\nFinal logit scale exp(t) = {scale:.2f} (temperature {1 / scale:.4f}).")
+    if "logit_scale" in row:
+        scale = row["logit_scale"]
+        lines.append(f"\nFinal logit scale exp(t) = {scale:.2f} (temperature {1 / scale:.4f}).")
     return "\n".join(lines) + "\n"
 
 
@@ -252,8 +273,7 @@ def main(config, workdir):
     rows = [r for r in read_metrics(workdir) if r["split"] == "test"]
     row = rows[-1] if rows else {}
     tasks = [t for t in config.eval.tasks.split(",") if t]
-    if jax.process_index() == 0 and {"zeroshot_top1", "linear_probe_top1",
-                                     "logit_scale"} <= row.keys():
+    if jax.process_index() == 0 and {"zeroshot_top1", "linear_probe_top1"} <= row.keys():
         table = results_table(row, tasks, scenes)
         (pathlib.Path(workdir) / "results.md").write_text(table)
         print(table)

@@ -18,11 +18,11 @@ import pathlib
 import sys
 
 import jax
-import ml_collections
 from absl import app, flags
 
 from data.tokenizer import loading_only
 from experiments import launch, tool_flags  # noqa: F401  (launch defines --workdir)
+from experiments.launch import load_run
 from train import evaluators, sharding
 from train.checkpoint import Checkpointer, abstract_like, average_newest
 from train.trainer import build
@@ -32,17 +32,6 @@ flags.DEFINE_enum("split", "test", ["val", "test"], "Which evaluators to run.")
 flags.DEFINE_integer("average_last", 0, "Evaluate the mean of the newest N intact checkpoints "
                      "(0 or 1: the newest alone).", lower_bound=0)
 FLAGS = flags.FLAGS
-
-
-def load_run(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, str]:
-    path = workdir / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{workdir} holds no config.json: not a workdir of ours")
-    saved = json.loads(path.read_text())
-    experiment = saved.pop("provenance", {}).get("experiment", "")
-    if not experiment.startswith("experiments."):
-        raise ValueError(f"{path} does not record which experiment wrote it")
-    return ml_collections.ConfigDict(saved), experiment
 
 
 def evaluate(workdir, split: str = "test", average_last: int = 0) -> dict:

@@ -13,6 +13,7 @@ naming the cause ("error: ..."), after the traceback.
 
 import difflib
 import errno
+import json
 import logging as py_logging
 import os
 import pathlib
@@ -20,6 +21,7 @@ import sys
 import traceback
 from typing import Callable
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -42,6 +44,19 @@ HELP = ("-h", "--help", "--helpshort", "--helpfull")
 
 class ConfigError(ValueError):
     """Config input that cannot run: the message is the one line the user sees."""
+
+
+def load_run(workdir: pathlib.Path, named: bool = True) -> tuple[ml_collections.ConfigDict, str]:
+    """(the config a run saved, the module that wrote it); `named`: that module must be an
+    experiment (a run started from Python records its caller)."""
+    path = workdir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{workdir} holds no config.json: not a workdir of ours")
+    saved = json.loads(path.read_text())
+    experiment = saved.pop("provenance", {}).get("experiment", "")
+    if named and not experiment.startswith("experiments."):
+        raise ValueError(f"{path} does not record which experiment wrote it")
+    return ml_collections.ConfigDict(saved), experiment
 
 
 def config_argument(argv: list[str]) -> str | None:

@@ -1,4 +1,5 @@
 """Import of Hugging Face / PyTorch checkpoints (config.json + model.safetensors; never pickle).
+open_clip directories (open_clip_config.json + open_clip_model.safetensors) are read here too.
 
 One function per family. Each maps the reference tensor names onto our parameter tree and
 checks every shape against the tree our model would initialise, so a checkpoint of another
@@ -13,7 +14,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import load_file
 
-from models import clip, gpt, transformer, vit
+from models import clip, convnets, gpt, transformer, vit
 from models.layers import sinusoidal_positions
 
 ACTIVATION_NAMES = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
@@ -156,27 +157,38 @@ def gpt2_from_pretrained(path) -> tuple[gpt.GPTConfig, dict]:
 
 
 # --------------------------------------------------------------------------- CLIP
+def pre_norm_block(t: dict, prefix: str, qkv: tuple, out: str, norms: tuple, mlp: tuple,
+                   width: int, heads: int) -> dict[tuple, np.ndarray]:
+    """A CLIP residual attention block in torch's layout (Linear weights [out, in]) -> our
+    pre-norm Block: `qkv` the fused [in, 3 * width] kernel and [3 * width] bias (q | k | v),
+    `out`, `norms` and `mlp` the names of the output projection, the two LayerNorms and the
+    two FFN layers under `prefix`."""
+    (ln1, ln2), (fc, proj) = norms, mlp
+    kernel, bias = qkv
+    return {
+        ("ln_1", "scale"): pop(t, f"{prefix}{ln1}.weight"),
+        ("ln_1", "bias"): pop(t, f"{prefix}{ln1}.bias"),
+        ("attn", "qkv", "kernel"): heads_lead(kernel, heads),
+        ("attn", "qkv", "bias"): heads_lead(bias, heads),
+        ("attn", "out", "kernel"): pop(t, f"{prefix}{out}.weight").T.reshape(heads, -1, width),
+        ("attn", "out", "bias"): pop(t, f"{prefix}{out}.bias"),
+        ("ln_2", "scale"): pop(t, f"{prefix}{ln2}.weight"),
+        ("ln_2", "bias"): pop(t, f"{prefix}{ln2}.bias"),
+        ("ffn", "fc", "kernel"): pop(t, f"{prefix}{fc}.weight").T,
+        ("ffn", "fc", "bias"): pop(t, f"{prefix}{fc}.bias"),
+        ("ffn", "proj", "kernel"): pop(t, f"{prefix}{proj}.weight").T,
+        ("ffn", "proj", "bias"): pop(t, f"{prefix}{proj}.bias"),
+    }
+
+
 def clip_block(t: dict, prefix: str, width: int, heads: int) -> dict[tuple, np.ndarray]:
     """A CLIPEncoderLayer (separate q/k/v, torch Linear weights [out, in]) -> our pre-norm Block
     with its fused qkv kernel [in, heads, 3, head_dim]."""
-    dh = width // heads
     attn = f"{prefix}self_attn."
-    qkv_w = [pop(t, f"{attn}{n}_proj.weight").T for n in "qkv"]
-    qkv_b = [pop(t, f"{attn}{n}_proj.bias") for n in "qkv"]
-    return {
-        ("ln_1", "scale"): pop(t, f"{prefix}layer_norm1.weight"),
-        ("ln_1", "bias"): pop(t, f"{prefix}layer_norm1.bias"),
-        ("attn", "qkv", "kernel"): heads_lead(np.concatenate(qkv_w, axis=1), heads),
-        ("attn", "qkv", "bias"): heads_lead(np.concatenate(qkv_b), heads),
-        ("attn", "out", "kernel"): pop(t, f"{attn}out_proj.weight").T.reshape(heads, dh, width),
-        ("attn", "out", "bias"): pop(t, f"{attn}out_proj.bias"),
-        ("ln_2", "scale"): pop(t, f"{prefix}layer_norm2.weight"),
-        ("ln_2", "bias"): pop(t, f"{prefix}layer_norm2.bias"),
-        ("ffn", "fc", "kernel"): pop(t, f"{prefix}mlp.fc1.weight").T,
-        ("ffn", "fc", "bias"): pop(t, f"{prefix}mlp.fc1.bias"),
-        ("ffn", "proj", "kernel"): pop(t, f"{prefix}mlp.fc2.weight").T,
-        ("ffn", "proj", "bias"): pop(t, f"{prefix}mlp.fc2.bias"),
-    }
+    qkv = (np.concatenate([pop(t, f"{attn}{n}_proj.weight").T for n in "qkv"], axis=1),
+           np.concatenate([pop(t, f"{attn}{n}_proj.bias") for n in "qkv"]))
+    return pre_norm_block(t, prefix, qkv, "self_attn.out_proj", ("layer_norm1", "layer_norm2"),
+                          ("mlp.fc1", "mlp.fc2"), width, heads)
 
 
 def clip_config(hf: dict) -> clip.CLIPConfig:
@@ -238,6 +250,159 @@ def clip_from_pretrained(path) -> tuple[clip.CLIPConfig, dict]:
     t = {k: val for k, val in t.items() if not k.endswith("position_ids")}  # index buffers
     check_all_used(t, path)
     return cfg, check_and_build(flat, clip.abstract_params(cfg))
+
+
+def _side(size, what: str, where) -> int:
+    """An image processor's size: an int, {"shortest_edge": n} or a square {"height", "width"}."""
+    if isinstance(size, dict):
+        if "shortest_edge" in size:
+            return int(size["shortest_edge"])
+        if size.get("height") is not None and size.get("height") == size.get("width"):
+            return int(size["height"])
+        raise ValueError(f"{where}: {what} {size} is not a shorter side or a square")
+    return int(size)
+
+
+def clip_image_processing(path, image_size: int) -> dict:
+    """{"resize", "crop", "mean", "std"} of a transformers CLIP directory's image processor
+    (preprocessor_config.json, or processor_config.json's "image_processor"): the shorter side
+    resized to `resize` (bicubic), the central crop x crop square, normalised per channel.
+    Sizes it does not give are `image_size`; mean and std None where it gives none (then
+    CLIP's released statistics, data.images.CLIP_MEAN / CLIP_STD, apply)."""
+    path = pathlib.Path(path)
+    cfg = {}
+    if (path / "preprocessor_config.json").exists():
+        cfg = json.loads((path / "preprocessor_config.json").read_text())
+    elif (path / "processor_config.json").exists():
+        cfg = json.loads((path / "processor_config.json").read_text()).get("image_processor", {})
+    where = path / "preprocessor_config.json"
+    for flag in ("do_resize", "do_center_crop", "do_normalize", "do_rescale"):
+        if cfg.get(flag) is False:
+            raise ValueError(f"{where}: {flag} false; only CLIP's resize, centre crop, rescale "
+                             "and normalisation are read")
+    crop = _side(cfg.get("crop_size", image_size), "crop_size", where)
+    return {"resize": _side(cfg.get("size", crop), "size", where), "crop": crop,
+            "mean": cfg.get("image_mean"), "std": cfg.get("image_std")}
+
+
+# --------------------------------------------------------------------------- open_clip
+OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS = "open_clip_config.json", "open_clip_model.safetensors"
+# Tower options a plain open_clip CLIP has at these values; any other is refused by name.
+OPEN_CLIP_VISION = dict(image_size=224, layers=12, width=768, patch_size=16, head_width=64,
+                        mlp_ratio=4.0, ls_init_value=None, patch_dropout=0.0,
+                        attentional_pool=False, no_ln_pre=False, pool_type="tok",
+                        final_ln_after_pool=False, output_tokens=False, timm_model_name=None)
+OPEN_CLIP_TEXT = dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12,
+                      mlp_ratio=4.0, ls_init_value=None, pool_type="argmax", proj_type="linear",
+                      proj_bias=False, no_causal_mask=False, embed_cls=False, pad_id=0,
+                      output_tokens=False, hf_model_name=None, eos_id=49407)
+
+
+def _open_clip_tower(given: dict, known: dict, which: str) -> dict:
+    unknown = sorted(set(given) - set(known))
+    changed = [k for k in known if k in given and given[k] != known[k] and k not in (
+        "image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio",
+        "context_length", "vocab_size", "heads", "eos_id")]
+    if unknown or changed:
+        raise ValueError(f"open_clip {which} options {unknown + changed} are not a plain CLIP "
+                         "tower; only those of the released models are read")
+    return {**known, **given}
+
+
+def open_clip_config(path) -> tuple[clip.CLIPConfig, dict]:
+    """(our CLIPConfig, open_clip's preprocess_cfg) of an open_clip directory's
+    open_clip_config.json ({"model_cfg": ..., "preprocess_cfg": ...}, or a bare model config)."""
+    file = pathlib.Path(path) / OPEN_CLIP_CONFIG
+    if not file.exists():
+        raise FileNotFoundError(f"{file} not found: expected an open_clip model directory")
+    raw = json.loads(file.read_text())
+    m = raw.get("model_cfg", raw)
+    extra = sorted(set(m) - {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg",
+                             "cast_dtype", "init_logit_scale"})
+    if extra:
+        raise ValueError(f"{file}: model options {extra} are not a plain open_clip CLIP")
+    act = "quick_gelu" if m.get("quick_gelu") else "gelu"
+    t = _open_clip_tower(m.get("text_cfg", {}), OPEN_CLIP_TEXT, "text_cfg")
+    v = m.get("vision_cfg", {})
+    text = clip.TextConfig(vocab_size=t["vocab_size"], n_ctx=t["context_length"],
+                           d_model=t["width"], n_layer=t["layers"], n_head=t["heads"],
+                           d_ff=int(t["width"] * t["mlp_ratio"]), act=act)
+    if isinstance(v.get("layers"), (list, tuple)):   # the modified ResNet
+        width, layers = v.get("width", 64), tuple(v["layers"])
+        names = [n for n, (ls, w, *_) in convnets.CLIP_RESNETS.items() if (ls, w) == (layers,
+                                                                                   width)]
+        if not names:
+            raise ValueError(f"{file}: a ResNet of layers {list(layers)}, width {width} is "
+                             f"none of {sorted(convnets.CLIP_RESNETS)}")
+        cfg = clip.CLIPConfig(embed_dim=m["embed_dim"], image_encoder=names[0],
+                              vision=vit.ViTConfig(image_size=v.get("image_size", 224)),
+                              text=text)
+    else:
+        v = _open_clip_tower(v, OPEN_CLIP_VISION, "vision_cfg")
+        vision = vit.ViTConfig(image_size=v["image_size"], patch_size=v["patch_size"],
+                               d_model=v["width"], n_layer=v["layers"],
+                               n_head=v["width"] // v["head_width"],
+                               d_ff=int(v["width"] * v["mlp_ratio"]), act=act)
+        cfg = clip.CLIPConfig(embed_dim=m["embed_dim"], vision=vision, text=text)
+    return cfg, raw.get("preprocess_cfg", {})
+
+
+def open_clip_block(t: dict, prefix: str, width: int, heads: int) -> dict[tuple, np.ndarray]:
+    """A residual attention block (torch MultiheadAttention: fused in_proj [3 w, w]) -> ours."""
+    qkv = (pop(t, f"{prefix}attn.in_proj_weight").T, pop(t, f"{prefix}attn.in_proj_bias"))
+    return pre_norm_block(t, prefix, qkv, "attn.out_proj", ("ln_1", "ln_2"),
+                          ("mlp.c_fc", "mlp.c_proj"), width, heads)
+
+
+def clip_from_open_clip(path) -> tuple[clip.CLIPConfig, dict]:
+    """An open_clip CLIP directory (open_clip_config.json + open_clip_model.safetensors, the
+    names of OpenAI's release) -> (CLIPConfig, variables: params, and batch_stats for a ResNet
+    image tower). Text features are read at the largest token id (CLIP's end of text)."""
+    path = pathlib.Path(path)
+    cfg, _ = open_clip_config(path)
+    file = path / OPEN_CLIP_WEIGHTS
+    if not file.exists():
+        raise FileNotFoundError(f"{file} not found (pickle checkpoints are not read)")
+    t = {k: np.asarray(v, np.float32) for k, v in load_file(file).items()}
+    x = cfg.text
+    flat = {
+        ("text_encoder", "token_embedding", "embedding"): pop(t, "token_embedding.weight"),
+        ("text_encoder", "positions", "embedding"): pop(t, "positional_embedding"),
+        ("text_encoder", "ln_final", "scale"): pop(t, "ln_final.weight"),
+        ("text_encoder", "ln_final", "bias"): pop(t, "ln_final.bias"),
+        ("W_t",): pop(t, "text_projection"),              # [width, embed]: x @ text_projection
+        ("t",): pop(t, "logit_scale").reshape(()),
+    }
+    towers = [("text_encoder", "transformer", x.n_layer, x.d_model, x.n_head)]
+    variables = {}
+    if cfg.image_encoder == "vit":
+        v = cfg.vision
+        flat.update({
+            ("image_encoder", "patch_embed", "kernel"):
+                pop(t, "visual.conv1.weight").transpose(2, 3, 1, 0),   # OIHW -> HWIO
+            ("image_encoder", "class_embedding"): pop(t, "visual.class_embedding"),
+            ("image_encoder", "positions", "embedding"): pop(t, "visual.positional_embedding"),
+            ("image_encoder", "ln_pre", "scale"): pop(t, "visual.ln_pre.weight"),
+            ("image_encoder", "ln_pre", "bias"): pop(t, "visual.ln_pre.bias"),
+            ("image_encoder", "ln_post", "scale"): pop(t, "visual.ln_post.weight"),
+            ("image_encoder", "ln_post", "bias"): pop(t, "visual.ln_post.bias"),
+            ("W_i",): pop(t, "visual.proj"),
+        })
+        towers.append(("image_encoder", "visual.transformer", v.n_layer, v.d_model, v.n_head))
+    else:
+        visual = {k: t.pop(k) for k in [k for k in t if k.startswith("visual.")]}
+        _, tower = convnets.from_open_clip(cfg.image_encoder, visual)
+        flat.update({("image_encoder",) + k: val
+                     for k, val in flatten_dict(tower["params"]).items()})
+        variables = {name: {"image_encoder": tree} for name, tree in tower.items()
+                     if name != "params"}
+    for ours, theirs, n_layer, width, heads in towers:
+        for layer in range(n_layer):
+            block = open_clip_block(t, f"{theirs}.resblocks.{layer}.", width, heads)
+            flat.update({(ours, f"block_{layer}") + k: val for k, val in block.items()})
+    t.pop("attn_mask", None)   # the causal mask, a buffer some files keep
+    check_all_used(t, file)
+    return cfg, {"params": check_and_build(flat, clip.abstract_params(cfg)), **variables}
 
 
 # --------------------------------------------------------------------------- GPT-1

@@ -2,6 +2,8 @@ import os
 import sys
 import pathlib
 
+import numpy as np
+
 # Tests run on the CPU, deterministically, whatever machine they are on.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # A small test spends most of its time in XLA:CPU's compiler, not in the program it compiles:
@@ -23,3 +25,17 @@ def pytest_xdist_auto_num_workers(config):
     """`-n auto`: a worker per core, at most 4 (each holds JAX, torch and its compiled programs)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cores or 1, 4))
+
+
+def digit_folder(path: pathlib.Path, classes=(0, 1, 2), per_class: int = 2) -> pathlib.Path:
+    """An image folder of MNIST digits (28x28 grey PNGs), one subfolder per digit named as a
+    word: the zero-shot command's input for a model trained on digit scenes."""
+    from PIL import Image
+    from data import images
+    pixels, labels = images.mnist_digits()
+    for d in classes:
+        folder = path / images.WORDS[d]
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, k in enumerate(np.flatnonzero(labels == d)[:per_class]):
+            Image.fromarray(pixels[k]).save(folder / f"{i}.png")
+    return path

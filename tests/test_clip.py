@@ -14,7 +14,7 @@ from flax import linen as nn
 from models import clip
 from train import objectives, optim
 from train.evaluators import clip_evals
-from conftest import simulated_devices_env
+from conftest import digit_folder, simulated_devices_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -228,7 +228,7 @@ def test_linear_probe_on_device_matches_scikit_learn():
 
 
 # --------------------------------------------------------------------------- experiment
-def test_experiment_end_to_end(tmp_path):
+def test_experiment_end_to_end(tmp_path, tmp_path_factory):
     from experiments import clip as experiment
     from experiments.configs import clip as configs
 
@@ -258,6 +258,12 @@ def test_experiment_end_to_end(tmp_path):
                 "digits/zeroshot_top1", "digits/linear_probe_top1"):
         assert 0.0 <= test[0][key] <= 1.0, key
     assert "| heldout_pairs | 10 | 10.0% |" in (tmp_path / "results.md").read_text()
+    # The trained run classifies an image folder zero-shot with its tokenizer and statistics.
+    from experiments import zeroshot
+    folder = digit_folder(tmp_path_factory.mktemp("digits"))
+    r = zeroshot.zeroshot(tmp_path, str(folder), "digits", probe_shots=1)
+    assert (r["images"], r["classes"], r["templates"], r["probe_images"]) == (6, 3, 6, 3)
+    assert 0.0 <= r["top1"] <= r["top5"] == 1.0
     # The same command with more steps resumes the run (the tokenizer's end-of-text id, which
     # setup writes into the config, must not read as another model's settings).
     experiment.main(tiny(5), tmp_path)

@@ -96,6 +96,26 @@ def clip_loss(logits):
     return (loss_i + loss_t) / 2
 
 
+def bag_of_words_loss(log_probs, tokens, words):
+    """CLIP figure 2's bag-of-words baseline: cross-entropy between the caption's normalised
+    word counts q_w = count(w) / |caption| and the predicted P(w | I),
+
+        loss = -mean_n sum_w q_w log P(w | I_n) = -mean_n (1/|T_n|) sum_{t in T_n} log P(T_n,t | I_n)
+
+    log_probs [n, V]; tokens [n, T]; words [n, T] True at the caption's words (not SOT, EOT
+    or padding)."""
+    picked = jnp.take_along_axis(log_probs.astype(jnp.float32), tokens, axis=-1)
+    words = words.astype(jnp.float32)
+    return -jnp.mean(jnp.sum(picked * words, -1) / jnp.maximum(jnp.sum(words, -1), 1.0))
+
+
+def caption_loss(logits, tokens, predicted):
+    """CLIP figure 2's Transformer language model: -log P(T_t | T_<t, I) averaged over the
+    predicted tokens (teacher forcing). logits [n, T, V] at position t predict tokens[t + 1];
+    predicted [n, T] True where a token is a target (after SOT, up to EOT)."""
+    return lm_loss(logits[:, :-1], tokens[:, 1:], predicted[:, 1:])
+
+
 def task_lm_loss(lm_logits, tokens, lengths):
     """L1 on the task inputs themselves (GPT-1 section 3.2): every token after the first of each
     sequence, padding excluded. lm_logits [..., T, V], tokens [..., T], lengths [...]."""

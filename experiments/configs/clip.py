@@ -14,10 +14,19 @@
 Ablations are flags: --config.model.learn_temperature=False keeps t at log(1/0.07);
 --config.model.vision.act=gelu --config.model.text.act=gelu swaps QuickGELU for GELU.
 
-Named sweeps (SWEEPS below), on tiny: `temperature` (t learned or fixed, 2 seeds each) and
-`image_encoder` (the tiny ViT or the tiny modified ResNet, 2 seeds each), 4 runs each: about
-28 min each on 2 CPU cores, an estimate from the per-run time above (the README has no
-measured time for CLIP runs).
+    tiny-fast   tiny for 600 steps of 64 pairs, zero-shot on 200 val images every 100 steps:
+                the efficiency sweep's runs. Measured on the 2-core AMD EPYC while other jobs
+                ran (load average 11-15): 3.2 min (193 s wall, 1m36s of training steps) for
+                the contrastive objective, 4.5 min (273 s, 2m16s) for the caption one
+
+--config.model.objective chooses figure 2's objective: contrastive (CLIP), bag_of_words or
+caption (models/clip.py).
+
+Named sweeps (SWEEPS below), none of them run yet: `temperature` on tiny (t learned or fixed,
+3 seeds each, 6 runs), `image_encoder` on tiny (the tiny ViT or the tiny modified ResNet, 2
+seeds each), `efficiency` on tiny-fast (the three objectives, 3 seeds each, 9 runs: zero-shot
+accuracy against images seen); `prompting` is evaluation only (PROMPTING: experiments.zeroshot
+with --templates none, photo, imagenet7 on one trained run).
 """
 
 import ml_collections
@@ -28,16 +37,29 @@ from experiments.configs.common import (base_config, check_preset, eval_spec, me
 
 EXPERIMENT = "clip"
 
-# The temperature ablation: t learned (the paper) or fixed at log(1/0.07), two seeds each:
+# The temperature ablation: t learned (the paper) or fixed at log(1/0.07), three seeds each:
 #   python -m experiments.sweep --config=experiments/configs/clip.py:tiny --name=temperature \
 #       --workdir=DIR
 # The image encoder: the tiny ViT or the tiny modified ResNet, same text tower and training:
 #   python -m experiments.sweep --config=experiments/configs/clip.py:tiny --name=image_encoder \
 #       --workdir=DIR
-SWEEPS = {"temperature": {"model.learn_temperature": [True, False], "seeds": 2,
+# Figure 2's efficiency comparison: the three objectives, three seeds each, zero-shot on val
+# every 100 steps (x batch 64 = images seen), on the tiny-fast preset:
+#   python -m experiments.sweep --config=experiments/configs/clip.py:tiny-fast \
+#       --name=efficiency --workdir=DIR
+SWEEPS = {"temperature": {"model.learn_temperature": [True, False], "seeds": 3,
                           "metric": "test/zeroshot_top1"},
           "image_encoder": {"model.image_encoder": ["vit", "clip-rn-tiny"], "seeds": 2,
-                            "metric": "test/zeroshot_top1"}}
+                            "metric": "test/zeroshot_top1"},
+          "efficiency": {"model.objective": ["contrastive", "bag_of_words", "caption"],
+                         "seeds": 3, "metric": "test/zeroshot_top1"}}
+# Prompting (section 3.1.4) needs no training: one trained model, scored three ways by
+#   python -m experiments.zeroshot --workdir=RUN --data=FOLDER --templates=none
+#   python -m experiments.zeroshot --workdir=RUN --data=FOLDER --templates=photo
+#   python -m experiments.zeroshot --workdir=RUN --data=FOLDER --templates=imagenet7
+# (the bare class name, one prompt, an ensemble of seven); the digit runs' own evaluator
+# reports the first prompt, the mean single prompt and the ensemble of each task.
+PROMPTING = ("none", "photo", "imagenet7")
 
 # Paper section 2.5 / tables 19 and 20: learning rate per model (batch 32,768, 32 epochs).
 PAPER_LR = {"vit-b-32": 5e-4, "vit-b-16": 5e-4, "vit-l-14": 4e-4, "vit-l-14-336": 2e-5,
@@ -90,7 +112,7 @@ def evals_config() -> ml_collections.ConfigDict:
                              train_images=3000, val_images=500)))
 
 
-PRESETS = ("tiny", "tiny-rn", *PAPER_LR)
+PRESETS = ("tiny", "tiny-rn", "tiny-fast", *PAPER_LR)
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -99,12 +121,16 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data = data_config()
     config.eval = eval_config()
     config.evals = evals_config()
-    if arg in ("tiny", "tiny-rn"):
+    if arg in ("tiny", "tiny-rn", "tiny-fast"):
         model = defaults.clip("tiny")
         if arg == "tiny-rn":
             model.image_encoder = "clip-rn-tiny"
         config.train = clip_train_config(steps=2500, batch_size=128, lr=5e-3, warmup_steps=100,
                                     eval_every=500, ckpt_every=500)
+        if arg == "tiny-fast":
+            config.train.update(steps=600, batch_size=64, warmup_steps=50, eval_every=100,
+                                ckpt_every=200)
+            config.evals.val_zeroshot.images = 200
     elif arg in PAPER_LR:
         model = defaults.clip(arg)
         # Mixed precision, as the paper trains; parameters stay float32.

@@ -166,6 +166,7 @@ CLIP = dict(                     # models/clip.py: CLIPConfig (vision, text: the
     init_temperature=0.07,       # t = log(1 / 0.07) at initialisation
     max_logit_scale=100.0,
     learn_temperature=True,      # False: t stays at log(1 / init_temperature) (ablation)
+    objective="contrastive",     # contrastive | bag_of_words | caption (figure 2's baselines)
 )
 
 # The modified ResNets' joint-space width and resolution (models/convnets.py: CLIP_RESNETS).

@@ -3,7 +3,10 @@
 zeroshot: each class is described by prompts ("a photo of the number {x}."); the classifier's
 weights are the text embeddings of those prompts, and an image gets the class whose embedding
 is most similar to its own. Prompt ensembling (section 3.1.4) averages the normalised embeddings
-of a class's prompts and normalises again, building the ensemble in embedding space.
+of a class's prompts and normalises again, building the ensemble in embedding space. A model
+trained with a predictive objective (figure 2's bag of words or caption model) scores each
+prompt by its log-likelihood given the image instead; its ensemble averages the prompts'
+log-likelihoods.
 
 linear_probe (section 3.2): L2-regularised logistic regression on frozen image features
 (standardised with the train split's statistics), C = 1 / lambda chosen on a validation split,
@@ -13,7 +16,9 @@ regularisation to the weakest, each fit warm-started from the previous one.
 The experiment provides (Context.fns): `tasks` (names, the first one logged without prefix),
 `labelled(task, split, n) -> (images, labels)`, `image_embeds(variables, images)` (I_e),
 `image_features(variables, images)` (I_f), `text_embeds(variables, tokens)` (T_e) and
-`prompt_tokens(task) -> [classes, prompts, context]`.
+`prompt_tokens(task) -> [classes, prompts, context]`; for a predictive objective
+(`objective` not "contrastive"), `log_likelihood(variables, images, tokens) -> [n, m]` in place
+of the two embeddings.
 """
 
 import jax
@@ -45,17 +50,23 @@ class _CLIPEvaluator(Evaluator):
         self.batch_size = -(-int(self.cfg.batch_size) // dp) * dp
         repl = jax.sharding.NamedSharding(program.mesh, jax.sharding.PartitionSpec())
         self._jit = {}
-        for name in ("image_embeds", "image_features", "text_embeds"):
+        states = (program.state_shardings.params, program.state_shardings.model_state)
+        for name in ("image_embeds", "image_features", "text_embeds", "log_likelihood"):
+            if name not in self.ctx.fns:
+                continue
             fn = self.ctx.fns[name]
-            # variables: the parameters and the model state (a ResNet tower's BatchNorm).
+            # variables: the parameters and the model state (a ResNet tower's BatchNorm);
+            # log_likelihood's texts (its last argument) go to every device whole.
             self._jit[name] = jax.jit(
-                lambda params, model_state, x, fn=fn: fn({"params": params, **model_state}, x),
-                in_shardings=(program.state_shardings.params,
-                              program.state_shardings.model_state, program.batch_sharding),
+                lambda params, model_state, x, *texts, fn=fn: fn(
+                    {"params": params, **model_state}, x, *texts),
+                in_shardings=(*states, program.batch_sharding,
+                              *([repl] if name == "log_likelihood" else [])),
                 out_shardings=repl)
 
-    def embed(self, name, state, x):
-        fn = lambda batch: self._jit[name](state.params, state.model_state, batch)  # noqa: E731
+    def embed(self, name, state, x, *texts):
+        fn = lambda batch: self._jit[name](state.params, state.model_state, batch,  # noqa: E731
+                                           *texts)
         return labelled_in_batches(fn, self.ctx.program, x, self.batch_size)
 
     def tasks(self):
@@ -74,16 +85,27 @@ class ZeroShot(_CLIPEvaluator):
         out = {}
         for i, task in enumerate(self.tasks()):
             x, labels = self.ctx.fns["labelled"](task, self.split, int(self.cfg.images))
-            i_e = self.embed("image_embeds", state, x)
             tokens = np.asarray(self.ctx.fns["prompt_tokens"](task))
-            t_e = self.embed("text_embeds", state, tokens.reshape(-1, tokens.shape[-1]))
-            t_e = t_e.reshape(*tokens.shape[:2], -1)
-            single = [zeroshot_top1(i_e, t_e[:, j], labels) for j in range(t_e.shape[1])]
-            r = {"zeroshot_top1": zeroshot_top1(i_e, _normalize(t_e.mean(axis=1)), labels),
+            scores, ensemble = self.class_scores(state, x, tokens)
+            single = [float(accuracy(scores[:, :, j], labels)) for j in range(scores.shape[2])]
+            r = {"zeroshot_top1": float(accuracy(ensemble, np.asarray(labels))),
                  "zeroshot_top1_single_prompt": single[0],
                  "zeroshot_top1_prompt_mean": float(np.mean(single))}
             out.update({self.prefix(i, task, k): v for k, v in r.items()})
         return out
+
+    def class_scores(self, state, x, tokens):
+        """(scores [n, classes, prompts] of each prompt alone, [n, classes] of the ensemble):
+        <I_e, T_e> and the re-normalised mean of a class's prompt embeddings (contrastive), or
+        each prompt's log-likelihood given the image and their mean (a predictive objective)."""
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        if "log_likelihood" in self._jit:
+            scores = self.embed("log_likelihood", state, x, flat).reshape(
+                len(x), *tokens.shape[:2])
+            return scores, scores.mean(axis=2)
+        i_e = self.embed("image_embeds", state, x)
+        t_e = self.embed("text_embeds", state, flat).reshape(*tokens.shape[:2], -1)
+        return np.einsum("nd,cpd->ncp", i_e, t_e), i_e @ _normalize(t_e.mean(axis=1)).T
 
 
 def probe_path(train, val, test, Cs, num_classes: int, iters: int = 100):
