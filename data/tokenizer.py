@@ -203,13 +203,10 @@ CLIP_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 CLIP_MERGES = 49152 - 256 - 2   # open_clip keeps the first 48,894 merges of its file
 
 
-def byte_characters() -> list[str]:
-    """GPT-2's printable character for each byte, in the vocabulary's order: bytes that print
-    as themselves first (in byte order), then the others as chr(256 + k)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return [chr(b) for b in printable] + [chr(256 + k) for k in range(len(others))]
+def vocabulary_byte_characters() -> list[str]:
+    """byte_characters() in the order of GPT-2's and CLIP's vocabularies: bytes that print as
+    themselves first (in byte order), then the others (chr(256 + k)): code-point order."""
+    return sorted(byte_characters())
 
 
 def _clip_pipeline(tok: tokenizers.Tokenizer, sot: str, eot: str) -> tokenizers.Tokenizer:
@@ -272,7 +269,7 @@ def from_open_clip_vocab(bpe_path, vocab_size: int = CLIP_MERGES + 512 + 2) -> T
     bad = [m for m in merges if len(m) != 2]
     if bad:
         raise ValueError(f"{bpe_path}: a merge line must hold two symbols, got {bad[0]}")
-    chars = byte_characters()
+    chars = vocabulary_byte_characters()
     tokens = [*chars, *(c + "</w>" for c in chars), *("".join(m) for m in merges),
               OPEN_CLIP_SOT, OPEN_CLIP_EOT]
     return clip_bpe({t: i for i, t in enumerate(tokens)}, merges, OPEN_CLIP_SOT, OPEN_CLIP_EOT)

@@ -27,7 +27,7 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 def write_vocab(path: pathlib.Path) -> int:
     """CLIP's vocabulary layout (bytes, bytes + </w>, merges, start, end) with merges that
     build WORDS letter by letter; returns its size."""
-    chars = tokenizer.byte_characters()
+    chars = tokenizer.vocabulary_byte_characters()
     merges = []
     for word in WORDS:
         parts = list(word[:-1]) + [word[-1] + "</w>"]
