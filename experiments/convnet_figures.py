@@ -25,6 +25,8 @@ import sys
 
 from absl import app, flags
 
+from experiments import figures
+from experiments.figures import axes_of, fmt_ms
 from experiments.sweeps.results import group, mean_of, mean_std, read_results, run_dir
 from models import convnets
 from train.metrics import read_metrics
@@ -63,7 +65,7 @@ def transfer_markdown(shots, table) -> str:
 
 
 def plot_transfer(path: pathlib.Path, shots, table) -> None:
-    plt = _pyplot()
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for s, t in table.items():
         xs = [i for i, n in enumerate(shots) if t[n] is not None]
@@ -74,7 +76,7 @@ def plot_transfer(path: pathlib.Path, shots, table) -> None:
     ax.set_title("LeNet-5 pretrained on digits 0-4, transferred to 5-9", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    figures.save(fig, path)
 
 
 def run_flops(run_dir: pathlib.Path) -> tuple[float, int, dict]:
@@ -95,46 +97,54 @@ def scaling_rows(sweep_dir: pathlib.Path, rows: list[dict]) -> list[dict]:
         group = [r for r in rows if r["scaling"] == label]
         flops, params, shape = run_flops(run_dir(sweep_dir, group[0], ["scaling"]))
         out.append(dict(label=label, flops=flops, params=params, **shape,
-                        top1=mean_of(group, "test/top1"), top5=mean_of(group, "test/top5"),
-                        seeds=len(group)))
+                        top1=mean_std(r.get("test/top1") for r in group),
+                        top5=mean_std(r.get("test/top5") for r in group),
+                        wall=mean_std(r.get("wall_s") for r in group), seeds=len(group)))
     return out
 
 
 def scaling_markdown(table: list[dict]) -> str:
     base = next((t["flops"] for t in table if t["label"] == "base"), table[0]["flops"])
     lines = ["| scaling | depth mult | width mult | resolution | MFLOPs / image | x base | "
-             "parameters | test top-1 | test top-5 |", "|---|---|---|---|---|---|---|---|---|"]
+             "parameters | seeds | test top-1 (%) | test top-5 (%) | wall (s) / run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in table:
+        wall = "" if t["wall"] is None else f"{t['wall'][0]:.0f}"
         lines.append(f"| {t['label']} | {t['depth']:.3g} | {t['width']:.3g} | "
                      f"{t['resolution']} | {t['flops'] / 1e6:.1f} | {t['flops'] / base:.2f} | "
-                     f"{t['params']:,} | {pct(t['top1'])} | {pct(t['top5'])} |")
+                     f"{t['params']:,} | {t['seeds']} | {fmt_ms(t['top1'])} | "
+                     f"{fmt_ms(t['top5'])} | {wall} |")
     return "\n".join(lines) + "\n"
 
 
+def scaling_family(label: str) -> str:
+    """"compound phi=2" -> "compound"; the base belongs to every family."""
+    return label.split(" ")[0]
+
+
 def plot_scaling(path: pathlib.Path, table: list[dict]) -> None:
-    plt = _pyplot()
+    """Test top-1 (mean ± std over seeds) against FLOPs: a line per way of scaling, each
+    starting at the base (the paper's figure 8)."""
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    for t in table:
-        if t["top1"] is None:
-            continue
-        ax.scatter(t["flops"] / 1e6, 100 * t["top1"], s=40)
-        ax.annotate(t["label"], (t["flops"] / 1e6, 100 * t["top1"]), fontsize=8,
-                    xytext=(5, 3), textcoords="offset points")
+    base = [t for t in table if t["label"] == "base" and t["top1"]]
+    for family in dict.fromkeys(scaling_family(t["label"]) for t in table
+                                if t["label"] != "base"):
+        points = base + [t for t in table
+                         if scaling_family(t["label"]) == family and t["top1"]]
+        ax.errorbar([t["flops"] / 1e6 for t in points], [100 * t["top1"][0] for t in points],
+                    yerr=[100 * t["top1"][1] for t in points], marker="o", capsize=3,
+                    label=family)
     ax.set_xlabel("forward MFLOPs per image (XLA cost analysis)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("EfficientNet in miniature on the colour task: one scaling each", fontsize=9)
+    ax.set_ylabel("test top-1 (%), mean ± std over seeds")
+    ax.set_title("EfficientNet in miniature: scaling one dimension or all three", fontsize=9)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    ax.legend(fontsize=8)
+    figures.save(fig, path)
 
 
 # ----------------------------------------------------------------------------- claims
 TARGET_ERROR = 0.25    # AlexNet, figure 1: steps to reach 25% training error
-
-
-def axes_of(rows: list[dict]) -> list[str]:
-    """The swept columns of a results.csv (those before `seed`)."""
-    columns = list(rows[0])
-    return columns[:columns.index("seed")]
 
 
 def curve(run: pathlib.Path, split: str, key: str) -> dict[int, float]:
@@ -145,13 +155,6 @@ def curve(run: pathlib.Path, split: str, key: str) -> dict[int, float]:
 
 def steps_to(errors: dict[int, float], target: float = TARGET_ERROR) -> int | None:
     return next((s for s in sorted(errors) if errors[s] <= target), None)
-
-
-def fmt_ms(s, scale: float = 100.0, digits: int = 1) -> str:
-    if s is None:
-        return ""
-    mean, std, n = s
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
 def claim_rows(sweep_dir: pathlib.Path, rows: list[dict]) -> list[dict]:
@@ -201,7 +204,7 @@ def claims_markdown(axes: list[str], table: list[dict]) -> str:
 def plot_claims(path: pathlib.Path, axes: list[str], table: list[dict], title: str) -> None:
     """Training (top) and held-out (bottom) error against steps; a panel per value of the
     second axis, a line per value of the first."""
-    plt = _pyplot()
+    plt = figures.pyplot()
     panels = list(dict.fromkeys(t["setting"][1] if len(axes) > 1 else "" for t in table))
     fig, grid = plt.subplots(2, len(panels), figsize=(3.6 * len(panels) + 0.6, 6.0),
                              squeeze=False, sharey="row")
@@ -221,20 +224,7 @@ def plot_claims(path: pathlib.Path, axes: list[str], table: list[dict], title: s
     grid[1][0].set_ylabel("held-out error (%)")
     grid[0][-1].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path: pathlib.Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    figures.save(fig, path)
 
 
 def main(argv):

@@ -21,6 +21,8 @@ The experiment provides (Context.fns): `tasks` (names, the first one logged with
 of the two embeddings.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,12 +112,19 @@ class ZeroShot(_CLIPEvaluator):
 
 def probe_path(train, val, test, Cs, num_classes: int, iters: int = 100):
     """(val accuracies, test accuracies) of the probe for each C of Cs (ascending), fitted with
-    warm starts. sklearn's objective C * sum(nll) + ||W||^2 / 2, divided by C n."""
+    warm starts. sklearn's objective C * sum(nll) + ||W||^2 / 2, divided by C n. Compiled once
+    per shape: a sweep of probes of the same sizes (the evaluator's every evaluation, the
+    K-shot draws) reuses it."""
     (x, y), (xv, yv), (xt, yt) = train, val, test
     mean, std = x.mean(0), x.std(0) + 1e-8
     x, xv, xt = ((a - mean) / std for a in (x, xv, xt))
-    n = len(x)
+    lams = jnp.asarray([1.0 / (c * len(x)) for c in Cs], jnp.float32)
+    val_acc, test_acc = _probe_path(x, y, xv, yv, xt, yt, lams, num_classes, iters)
+    return np.asarray(val_acc), np.asarray(test_acc)
 
+
+@functools.partial(jax.jit, static_argnums=(7, 8))
+def _probe_path(x, y, xv, yv, xt, yt, lams, num_classes: int, iters: int):
     def loss(w, lam):
         logits = x @ w["W"] + w["b"]
         nll = jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
@@ -139,13 +148,8 @@ def probe_path(train, val, test, Cs, num_classes: int, iters: int = 100):
         (w, _), _ = jax.lax.scan(body, (w, solver.init(w)), None, length=iters)
         return w, (probe_accuracy(w, xv, yv), probe_accuracy(w, xt, yt))
 
-    @jax.jit
-    def path(lams):
-        w0 = {"W": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
-        return jax.lax.scan(fit, w0, lams)[1]
-
-    val_acc, test_acc = path(jnp.asarray([1.0 / (c * n) for c in Cs], jnp.float32))
-    return np.asarray(val_acc), np.asarray(test_acc)
+    w0 = {"W": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
+    return jax.lax.scan(fit, w0, lams)[1]
 
 
 @register("linear_probe")
