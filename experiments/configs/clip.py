@@ -22,9 +22,9 @@ Ablations are flags: --config.model.learn_temperature=False keeps t at log(1/0.0
 --config.model.objective chooses figure 2's objective: contrastive (CLIP), bag_of_words or
 caption (models/clip.py).
 
-Named sweeps (SWEEPS below), none of them run yet: `temperature` on tiny (t learned or fixed,
-3 seeds each, 6 runs), `image_encoder` on tiny (the tiny ViT or the tiny modified ResNet, 2
-seeds each), `efficiency` on tiny-fast (the three objectives, 3 seeds each, 9 runs: zero-shot
+Named sweeps (SWEEPS below; results on docs/papers/clip.md): `temperature` on tiny-fast (t
+learned or fixed, 3 seeds each, 6 runs of 2,000 steps), `image_encoder` on tiny (the tiny ViT or the tiny modified ResNet, 2
+seeds each), `efficiency` on tiny-fast (the three objectives, 3 seeds each, 9 runs of 2,000 steps: zero-shot
 accuracy against images seen); `prompting` is evaluation only (PROMPTING: experiments.zeroshot
 with --templates none, photo, imagenet7 on one trained run).
 """
