@@ -33,13 +33,10 @@ import numpy as np
 from absl import app, flags
 
 from data import images
-from data.tokenizer import Tokenizer
 from experiments import clip as experiment
-from experiments import figures, launch
+from experiments import figures, launch, zeroshot
 from experiments.figures import axes_of, fmt_ms
 from experiments.sweeps.results import group, mean_std, read_results, run_dir
-from models import clip
-from train import checkpoint
 from train.evaluators import clip_evals
 from train.metrics import read_metrics
 
@@ -188,25 +185,20 @@ class Run:
     """A contrastive run of experiments.clip: its model, tokenizer and labelled test scenes."""
 
     def __init__(self, path: pathlib.Path):
-        config, _ = launch.load_run(path, named=False)
-        if "embed_dim" not in (config.get("model") or {}):
-            raise ValueError(f"{path} is not a run of experiments.clip")
-        self.cfg = experiment.model_config(config)
+        loaded = zeroshot.load_model(path)     # a run of ours: its checkpoint and tokenizer
+        self.cfg, self.variables = loaded.model.cfg, loaded.variables
         if self.cfg.objective != "contrastive":
             raise ValueError(f"{path}: objective {self.cfg.objective!r}; prompting and shots "
                              "compare the contrastive model's prompts and features")
-        saved = checkpoint.read_newest(path / "checkpoints", keys=("params", "model_state"))
-        self.variables = {"params": saved["params"], **saved.get("model_state", {})}
-        if not (path / "tokenizer.json").exists():
-            raise FileNotFoundError(f"{path} has no tokenizer.json: not a run of experiments.clip")
-        tokenizer = Tokenizer.load(path / "tokenizer.json", sot=experiment.SOT)
+        config, _ = launch.load_run(path, named=False)
+        tokenizer = loaded.tokenizer
         self.encode = functools.partial(
             images.tokenize, tokenizer, context_length=self.cfg.text.n_ctx,
             sot_id=tokenizer.token_id(experiment.SOT), eot_id=tokenizer.eot_id)
         self.scenes = images.DigitScenes(experiment.scene_config(config))
         stats = images.MNIST_MEAN, images.MNIST_STD
         self.fns = experiment.eval_functions(config, self.cfg, self.scenes, self.encode, stats)
-        model = clip.CLIP(self.cfg)
+        model = loaded.model
         self._jit = {m: jax.jit(functools.partial(model.apply, method=m))
                      for m in ("encode_image", "encode_text", "image_features")}
 
@@ -407,7 +399,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", "", "The figure (default docs/figures/clip-NAME.png).")
     flags.DEFINE_integer("draws", 5, "shots: draws of the K training scenes per class.",
                          lower_bound=1)
-    flags.DEFINE_float("probe_C", 1.0, "shots: the probes' inverse L2 strength C.",
-                       lower_bound=0.0)
     flags.mark_flag_as_required("sweep_dir")
     app.run(main)
