@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from models.kernels import conv_1x1_as_matmul
+from models.kernels import conv_1x1_as_matmul, max_pool_as_shifts
 
 Padding = int | Literal["same", "valid"]
 
@@ -239,6 +239,8 @@ def max_pool(x, f: int, s: int | None = None, p: int = 0, ceil_mode: bool = Fals
     if p > f // 2:
         raise ValueError(f"padding {p} exceeds half the {f}x{f} window (torch refuses it too)")
     pads = _pool_pads(x, f, s, p, ceil_mode, "max")
+    if jax.default_backend() == "cpu":
+        return max_pool_as_shifts(x, f, s, tuple(map(tuple, pads)))
     return nn.max_pool(x, (f, f), (s, s), padding=pads)
 
 

@@ -2,8 +2,8 @@
 
 models/attention.py writes attention as the paper does and dispatches here for implementation
 "xla_custom" (CPUs); the dense layers and the tied output projection compute through
-`token_matmul`; models/conv.py's convolutions through `conv_1x1_as_matmul` (1x1 as matmuls, depthwise as
-shifted sums on CPUs).
+`token_matmul`; models/conv.py's convolutions through `conv_1x1_as_matmul` (1x1 as matmuls,
+depthwise as shifted sums on CPUs) and its max pooling, on CPUs, through `max_pool_as_shifts`.
 """
 
 import functools
@@ -111,8 +111,7 @@ def conv_1x1_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None,
     if (rhs.shape[:2] == (1, 1) and feature_group_count == 1 and plain and nhwc
             and all(tuple(p) == (0, 0) for p in padding)):
         s_h, s_w = window_strides
-        return jax.lax.dot_general(lhs[:, ::s_h, ::s_w, :], rhs[0, 0], (((3,), (0,)), ((), ())),
-                                   precision=precision)
+        return pointwise_matmul(lhs[:, ::s_h, ::s_w, :], rhs[0, 0], precision)
     if (feature_group_count > 1 and feature_group_count == lhs.shape[-1] == rhs.shape[-1]
             and rhs.shape[2] == 1 and plain and nhwc and not isinstance(padding, str)
             and jax.default_backend() == "cpu"):
@@ -121,6 +120,30 @@ def conv_1x1_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                         rhs_dilation, dimension_numbers,
                                         feature_group_count=feature_group_count,
                                         precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def pointwise_matmul(x, w, precision=None):
+    """x [n, h, w, c_in] @ w [c_in, c_out], with the kernel gradient written as
+    x^T [c_in, n h w] @ dy [n h w, c_out] on 2-D operands. JAX's transpose rule computes it as
+    dy^T x and then transposes the [c_out, c_in] result, an order that oneDNN and XLA:CPU run
+    3-5x slower for ResNet's 1x1 shapes."""
+    return _pointwise_forward(x, w, precision)[0]
+
+
+def _pointwise_forward(x, w, precision):
+    return jax.lax.dot_general(x, w, (((3,), (0,)), ((), ())), precision=precision), (x, w)
+
+
+def _pointwise_backward(precision, residuals, dy):
+    x, w = residuals
+    dx = jax.lax.dot_general(dy, w, (((3,), (1,)), ((), ())), precision=precision)
+    dw = jax.lax.dot_general(x.reshape(-1, x.shape[3]), dy.reshape(-1, dy.shape[3]),
+                             (((0,), (0,)), ((), ())), precision=precision)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+pointwise_matmul.defvjp(_pointwise_forward, _pointwise_backward)
 
 
 def depthwise_as_shifts(x, w, strides, padding):
@@ -136,3 +159,55 @@ def depthwise_as_shifts(x, w, strides, padding):
         for v in range(f_w):
             y = y + x[:, u:u + s_h * (h - 1) + 1:s_h, v:v + s_w * (wd - 1) + 1:s_w] * w[u, v, 0]
     return y
+
+
+def _windows(x, f: int, s: int, out: tuple[int, int]):
+    """The f*f strided views x[:, s i + u, s j + v] of an already padded x, with their (u, v)."""
+    (h, w) = out
+    for u in range(f):
+        for v in range(f):
+            yield u, v, x[:, u:u + s * (h - 1) + 1:s, v:v + s * (w - 1) + 1:s]
+
+
+def _pool_geometry(x, f, s, pads):
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    return xp, ((xp.shape[1] - f) // s + 1, (xp.shape[2] - f) // s + 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool_as_shifts(x, f: int, s: int, pads: tuple):
+    """Max pooling of x [n, H, W, C] over f x f windows, stride s, padding `pads` ((top,
+    bottom), (left, right)) of -inf: the maximum of the f*f strided views.
+
+    Its gradient goes to the first maximum of each window in row-major order (as lax's
+    select-and-scatter and torch's max_pool2d route it), written as masks and interior pads:
+    XLA:CPU expands select-and-scatter into a reduce-window that carries an iota per dimension
+    and a scatter, several times the whole pooling's memory traffic."""
+    return _max_pool_forward(x, f, s, pads)[0]
+
+
+def _max_pool_forward(x, f, s, pads):
+    xp, out = _pool_geometry(x, f, s, pads)
+    y = functools.reduce(jnp.maximum, (view for _, _, view in _windows(xp, f, s, out)))
+    return y, (x, y)
+
+
+def _max_pool_backward(f, s, pads, residuals, dy):
+    x, y = residuals
+    xp, (h, w) = _pool_geometry(x, f, s, pads)
+    taken = jnp.zeros(y.shape, bool)
+    dxp = jnp.zeros(xp.shape, dy.dtype)
+    zero = jnp.zeros((), dy.dtype)
+    for u, v, view in _windows(xp, f, s, (h, w)):
+        hit = (view == y) & ~taken
+        taken = taken | hit
+        # dy where this tap was the window's maximum, placed at s i + u, s j + v
+        placed = jax.lax.pad(jnp.where(hit, dy, zero), zero,
+                             ((0, 0, 0), (u, xp.shape[1] - u - s * (h - 1) - 1, s - 1),
+                              (v, xp.shape[2] - v - s * (w - 1) - 1, s - 1), (0, 0, 0)))
+        dxp = dxp + placed
+    (top, _), (left, _) = pads
+    return (dxp[:, top:top + x.shape[1], left:left + x.shape[2]],)
+
+
+max_pool_as_shifts.defvjp(_max_pool_forward, _max_pool_backward)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import flax.linen as nn
 from flax.traverse_util import flatten_dict
 
 from models import conv, convnets, efficientnet, inception
@@ -133,6 +134,25 @@ def test_depthwise_conv_runs_as_shifted_sums_with_the_convolutions_values(f, s):
     assert_same_outputs_and_gradients(layer.apply, reference, variables, x, g)
     primitives = str(jax.make_jaxpr(jax.grad(lambda v: layer.apply(v, x).sum()))(variables))
     assert "conv_general_dilated" not in primitives
+
+
+@pytest.mark.parametrize("n,f,s,p,ceil", [(9, 3, 2, 1, False), (8, 3, 2, 0, True),
+                                          (7, 2, 2, 1, True), (6, 3, 1, 1, False),
+                                          (11, 2, 2, 0, True)])
+def test_max_pool_runs_as_shifts_with_lax_values_and_gradients(n, f, s, p, ceil):
+    """On a CPU max pooling is the maximum of f*f strided views, whose gradient goes to each
+    window's first maximum as lax's select-and-scatter sends it: checked on ReLU outputs, whose
+    zeros tie in many windows, on an odd-sized input whose last window the stride cuts."""
+    rng = np.random.default_rng(n)
+    x = np.maximum(rng.standard_normal((2, n, n + 2, 3), np.float32), 0.0)
+    pads = tuple(map(tuple, conv._pool_pads(x, f, s, p, ceil, "max")))
+    y_shape = jax.eval_shape(lambda _, x: conv.max_pool(x, f, s, p, ceil), {}, x).shape
+    g = rng.standard_normal(y_shape, np.float32)
+    assert_same_outputs_and_gradients(
+        lambda _, x: conv.max_pool(x, f, s, p, ceil),
+        lambda _, x: nn.max_pool(x, (f, f), (s, s), padding=pads), {}, x, g)
+    primitives = str(jax.make_jaxpr(jax.grad(lambda x: conv.max_pool(x, f, s, p, ceil).sum()))(x))
+    assert "reduce_window" not in primitives and "select_and_scatter" not in primitives
 
 
 def test_depthwise_separable_params():
