@@ -21,21 +21,31 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _status_bytes(field: str) -> int | None:
+    """A size from /proc/self/status (Linux), None without it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The process's lifetime peak of resident memory. VmHWM where there is one: ru_maxrss
+    survives exec, so a peer started from our process would report at least our resident set
+    at the time it was spawned."""
+    hwm = _status_bytes("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def rss_bytes() -> int:
     """The process's resident memory now (VmRSS): what the steps hold, unlike the lifetime peak
     that compiling and start-up may set."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return max_rss_bytes()   # no /proc (macOS): the peak is the best bound at hand
+    rss = _status_bytes("VmRSS")
+    return rss if rss is not None else max_rss_bytes()   # no /proc (macOS): the peak bounds it
 
 
 def timed(step, n: int, times: list, cpu: list):
@@ -86,6 +96,8 @@ def worker():
             loss = timed(lambda: step(phase), int(n), times, cpu)
             print(json.dumps({"times": times, "cpu": cpu, "loss": loss,
                               "rss_bytes": rss_bytes()}), flush=True)
+        elif line.startswith("trim"):
+            print(json.dumps({"trimmed": perf.trim_host_memory()}), flush=True)
         else:
             print(json.dumps({"max_rss_bytes": max_rss_bytes()}), flush=True)
             return

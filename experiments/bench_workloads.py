@@ -48,6 +48,7 @@ class Workload:
     titles = {"train": "training step", "infer": "inference (eval-mode forward)"}
     has_input_pipeline = True
     steps_per_call = 0      # > 0: a timed call runs that many sequential steps (ms per step)
+    bytes = {}              # {phase: least bytes a timed call moves} where memory bounds it
 
     def note(self) -> str:
         return ""
@@ -314,6 +315,10 @@ class DecodeWorkload(Workload):
         self.units_per_step = {p: n * self.new_tokens for p, n in zip(self.phases, self.batches)}
         per_token = gpt.decode_flops_per_token(self.cfg, self.prompt_len, self.new_tokens)
         self.flops = {p: per_token for p in self.phases}
+        # Each decoding step reads every weight once and each row's cached keys and values.
+        self.bytes = {p: self.new_tokens * gpt.decode_bytes_per_step(
+                          self.cfg, n, self.prompt_len, self.new_tokens)
+                      for p, n in zip(self.phases, self.batches)}
         self.prompts = np.random.default_rng(0).integers(
             0, self.cfg.vocab_size, (max(self.batches), self.prompt_len)).tolist()
 

@@ -22,7 +22,8 @@ object: for the training step `<unit>s_per_sec`, `mfu`, `step_s`, `compile_s`, a
 `peer_<unit>s_per_sec`, `ratio`, `ratio_rounds`; the inference phase the same keys with
 `infer_` after any `peer_` (`infer_images_per_sec`, `peer_infer_images_per_sec`, `infer_ratio`).
 Memory: `max_rss_bytes` (the process's lifetime peak, compiling included) and `step_rss_bytes`
-(resident right after the timed steps), each also with `peer_`.
+(resident right after the timed steps; both sides trim the host allocator after compiling and
+warming up, so it is what the steps hold), each also with `peer_`.
 """
 
 import json
@@ -123,6 +124,9 @@ class Peer(Side):
             self.cpu[phase] += r["cpu"]
             self.step_rss_bytes = r["rss_bytes"]
 
+    def trim(self) -> None:
+        self._ask("trim")
+
     def close(self) -> int:
         try:
             return self._ask("quit")["max_rss_bytes"]
@@ -133,8 +137,10 @@ class Peer(Side):
 # --------------------------------------------------------------------------------- report
 
 def summary(times, cpu, units_per_step, flops_per_unit, peak, workers, unit,
-            steps_per_call=0) -> dict:
-    """steps_per_call > 0 (decoding: tokens per row): also the milliseconds per step."""
+            steps_per_call=0, bytes_per_step=0.0, bandwidth=0.0) -> dict:
+    """steps_per_call > 0 (decoding: tokens per row): also the milliseconds per step.
+    bytes_per_step and bandwidth > 0: the memory traffic a step needs at the least, as a share
+    of the measured bandwidth (`bandwidth_use`)."""
     step = float(np.median(times))
     out = {"step_s": step, f"{unit}s_per_sec": units_per_step / step,
            "step_cpu_s": float(np.median(cpu)) / workers}
@@ -142,6 +148,8 @@ def summary(times, cpu, units_per_step, flops_per_unit, peak, workers, unit,
         out[f"ms_per_{unit}"] = step / steps_per_call * 1e3
     if peak:
         out["mfu"] = out[f"{unit}s_per_sec"] * flops_per_unit / peak
+    if bytes_per_step and bandwidth:
+        out["bandwidth_use"] = bytes_per_step / step / bandwidth
     return out
 
 
@@ -182,6 +190,7 @@ def main(config, workdir):
     on_cpu = devices[0].platform == "cpu"
     workers = len(os.sched_getaffinity(0)) if on_cpu else 1
     peak = measured_peak() if on_cpu else perf.peak_flops(devices)
+    bandwidth = perf.measure_memory_bandwidth(device=devices[0])
     # What this accelerator's matmuls really reach, beside the datasheet peak MFU divides by.
     matmul = (perf.measure_matmul_flops((4096, 8192), 10, devices[0], jnp.bfloat16)
               if not on_cpu else None)
@@ -199,6 +208,11 @@ def main(config, workdir):
         for p in peers:
             for phase in work.phases:
                 p.run(phase, FLAGS.warmup, record=False)
+    # Both sides hand compilation's and start-up's freed memory back before the timed steps,
+    # so that step_rss_bytes is what the steps hold, not what building them once took.
+    perf.trim_host_memory()
+    for p in peers:
+        p.trim()
     for _ in range(FLAGS.rounds):
         for phase in work.phases:
             ours.run(phase, FLAGS.steps)
@@ -219,7 +233,7 @@ def main(config, workdir):
     head = work.phases[0]
     result = {**work.info(), "devices": f"{len(devices)} x {devices[0].device_kind}",
               "mesh": dict(mesh.shape), "processes": jax.process_count(), "peak_flops": peak,
-              "peak_source": source}
+              "peak_source": source, "memory_bandwidth": bandwidth}
     if "train" in work.phases:
         result["first_loss"] = float(warm["train"]["loss"])
     for phase in work.phases:
@@ -228,7 +242,7 @@ def main(config, workdir):
                        {"compile_s": step.compile_s, **step.memory}.items()})
     rows = phase_rows(work, ours, result, peak, workers)
     rows[head][0][1]["max_rss_bytes"] = result["max_rss_bytes"] = max_rss_bytes()
-    result["step_rss_bytes"] = step_rss
+    rows[head][0][1]["step_rss_bytes"] = result["step_rss_bytes"] = step_rss
     if matmul:
         result["matmul_bf16_flops"] = matmul
         result["mfu_of_measured_matmul"] = (result[f"{work.unit}s_per_sec"]
@@ -245,7 +259,7 @@ def main(config, workdir):
         for phase, row in phase_rows(work, p, result, peak, workers).items():
             rows[phase] += row
             compare(work, ours, p, phase, result)
-        result[f"{p.key}_step_rss_bytes"] = p.step_rss_bytes
+        rows[head][-1][1]["step_rss_bytes"] = result[f"{p.key}_step_rss_bytes"] = p.step_rss_bytes
         rows[head][-1][1]["max_rss_bytes"] = result[f"{p.key}_max_rss_bytes"] = p.close()
     result["load_average"] = os.getloadavg()[0]
     if jax.process_index() == 0:
@@ -258,7 +272,8 @@ def phase_rows(work, side: Side, result: dict, peak, workers: int) -> dict:
     rows = {}
     for phase in work.phases:
         r = summary(side.times[phase], side.cpu[phase], work.units_per_step[phase],
-                    work.flops[phase], peak, workers, work.unit, work.steps_per_call)
+                    work.flops[phase], peak, workers, work.unit, work.steps_per_call,
+                    work.bytes.get(phase, 0.0), result.get("memory_bandwidth", 0.0))
         result.update({side.result_key(phase, k): v for k, v in r.items()})
         rows[phase] = [(side.name, r)]
     return rows
@@ -287,7 +302,8 @@ def device_peak_memory() -> int | None:
 def print_table(work, rows: dict, result: dict, workers: int, peers: list[Peer]):
     rate = f"{work.unit}s/s"
     print(f"\n{result['devices']}, {workers} cores; {work.describe()}; peak "
-          f"{result['peak_flops'] / 1e9:.0f} GFLOP/s ({result['peak_source']}); load avg "
+          f"{result['peak_flops'] / 1e9:.0f} GFLOP/s ({result['peak_source']}), memory "
+          f"{result['memory_bandwidth'] / 1e9:.1f} GB/s; load avg "
           f"{result['load_average']:.1f}")
     if "matmul_bf16_flops" in result:
         print(f"measured bf16 matmul {result['matmul_bf16_flops'] / 1e12:.0f} TFLOP/s: ours at "
@@ -295,14 +311,19 @@ def print_table(work, rows: dict, result: dict, workers: int, peers: list[Peer])
     head, per_step = work.phases[0], f"ms/{work.unit}"
     for phase in work.phases:
         title = work.titles[phase]
+        bw = bool(work.bytes)
         print(f"{title + ':':30s} {'step (ms)':>9s} {'cpu (ms)':>8s} {rate:>9s} {'MFU':>6s} "
-              + (f"{per_step:>9s} " if work.steps_per_call else "") + f"{'RSS (MB)':>9s}")
+              + (f"{'BW':>6s} " if bw else "")
+              + (f"{per_step:>9s} " if work.steps_per_call else "")
+              + f"{'MB peak':>8s} {'MB step':>8s}")
         for name, r in rows[phase]:
-            rss = f" {r['max_rss_bytes'] / 2**20:9.0f}" if "max_rss_bytes" in r else ""
+            rss = (f" {r['max_rss_bytes'] / 2**20:8.0f} {r['step_rss_bytes'] / 2**20:8.0f}"
+                   if "max_rss_bytes" in r else "")
             latency = f" {r[f'ms_per_{work.unit}']:9.2f}" if work.steps_per_call else ""
+            use = f" {r.get('bandwidth_use', float('nan')):6.1%}" if bw else ""
             print(f"  {name:28s} {r['step_s'] * 1e3:9.1f} {r['step_cpu_s'] * 1e3:8.1f} "
                   f"{r[f'{work.unit}s_per_sec']:9.1f} {r.get('mfu', float('nan')):6.1%}"
-                  f"{latency}{rss}")
+                  f"{use}{latency}{rss}")
     compiles = ", ".join(f"{phase} {result[prefix(phase, head) + 'compile_s']:.1f} s"
                          for phase in work.phases)
     if work.has_input_pipeline:

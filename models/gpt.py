@@ -234,6 +234,16 @@ def decode_flops_per_token(cfg: GPTConfig, prompt_len: int, new_tokens: int) -> 
     return 2 * matmul_params(cfg) + 4 * cfg.n_layer * cfg.n_head * cfg.d_head * mean_keys
 
 
+def decode_bytes_per_step(cfg: GPTConfig, batch: int, prompt_len: int, new_tokens: int) -> float:
+    """Memory traffic of one cached decoding step at the least: every matmul weight (as
+    matmul_params counts them) once, plus each row's cached keys and values over the mean
+    number of positions attended to, in the parameters' and compute dtype's bytes."""
+    mean_keys = prompt_len + (new_tokens - 1) / 2
+    itemsize = jnp.dtype(cfg.dtype).itemsize
+    cache = 2 * cfg.n_layer * cfg.n_head * cfg.d_head * mean_keys * batch * itemsize
+    return matmul_params(cfg) * jnp.dtype(cfg.param_dtype).itemsize + cache
+
+
 @functools.partial(jax.jit, static_argnames="cfg")
 def token_scores(cfg: GPTConfig, params, inputs, targets):
     """log P(target_t | inputs_<=t) and whether target_t is the argmax, per position. Compiled

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from test_trainer import ROOT
 
+from train import perf
+
 SMALL = ["--config.model.n_layer=1", "--config.model.d_model=64", "--config.model.n_head=2",
          "--config.model.vocab_size=512", "--config.model.n_ctx=32", "--config.data.seq_len=32",
          "--config.train.batch_size=4", "--rounds=1", "--steps=1", "--warmup=1",
@@ -144,6 +146,15 @@ def test_decode_benchmark_against_transformers_generate():
     assert r["flops_per_token"] == 2 * n + 4 * 32 * 8
     assert "first_loss" not in r and "input_batch_ms" not in r
     assert "batch3: " in out.stdout and "not compared" in out.stdout
+    # Each of the 7 steps reads every matmul weight (float32) and each row's cached keys and
+    # values over the mean 8 positions; bandwidth_use is that traffic over the measured rate.
+    assert r["memory_bandwidth"] > 0
+    for batch, key in ((1, ""), (3, "batch3_")):
+        traffic = 7 * (4 * n + 2 * 1 * 32 * 8 * batch * 4)
+        assert r[f"{key}bandwidth_use"] == pytest.approx(
+            traffic / r[f"{key}step_s"] / r["memory_bandwidth"])
+        assert r[f"peer_{key}bandwidth_use"] > 0
+    assert " BW " in out.stdout
 
 
 def test_workload_follows_the_config_files_experiment():
@@ -232,6 +243,36 @@ def test_host_allocator_keeps_freed_memory():
     pages = (256 << 20) // 4096
     assert run("default") > pages / 2
     assert run("keep") < pages / 20
+
+
+TRIM = """
+import ctypes
+from train import perf, hostmem
+from experiments.bench_peers import rss_bytes
+assert perf.keep_host_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+p = libc.malloc(256 << 20)
+ctypes.memset(p, 1, 256 << 20)
+libc.free(p)
+held = rss_bytes()
+assert hostmem.trim_host_memory()
+print(held - rss_bytes())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_trimming_returns_freed_memory_that_keep_host_memory_holds():
+    """keep_host_memory holds a freed 256 MB buffer resident (what compiling frees stays in the
+    step's RSS); trim_host_memory, called once the programs are built, gives it back."""
+    released = int(subprocess.run([sys.executable, "-c", TRIM], cwd=ROOT, check=True,
+                                  capture_output=True, text=True).stdout)
+    assert released > 200 << 20
+
+
+def test_memory_bandwidth_probe_counts_a_read_and_a_write_per_byte():
+    rate = perf.measure_memory_bandwidth(nbytes=16 << 20, repeats=3)
+    assert 1e8 < rate < 1e14     # bytes/s: any real machine's memory, not a unit slip
 
 
 # The Transformer against Marian: one layer each side, 64 wide, a 301-token vocabulary.

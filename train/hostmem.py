@@ -21,3 +21,14 @@ def keep_host_memory() -> bool:
     m_trim_threshold, m_top_pad, m_mmap_max, m_arena_max = -1, -2, -4, -8
     return all(libc.mallopt(option, value) == 1 for option, value in (
         (m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 64 << 20)))
+
+
+def trim_host_memory() -> bool:
+    """Give the memory that compiling freed back to the kernel (glibc's malloc_trim), once the
+    steps' programs are built: keep_host_memory never trims, so without this the resident set
+    stays at compilation's peak for the life of the process. Freed pages of the heap's middle
+    are released too; the step's own buffers fault back in once and then stay. Returns whether
+    anything was released (False off glibc)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(ctypes.CDLL(None).malloc_trim(0))

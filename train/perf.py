@@ -8,7 +8,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from train.hostmem import keep_host_memory  # noqa: F401  (the benchmark peers call it here)
+from train.hostmem import keep_host_memory, trim_host_memory  # noqa: F401  (the benchmark peers call them here)
 
 # Datasheet dense bf16 rates (no sparsity), FLOP/s per device.
 DATASHEET_BF16 = {
@@ -88,6 +88,30 @@ def measure_matmul_flops(sizes=(1024,), repeats: int = 10, device=None,
             f(a).block_until_ready()
             rate = max(rate, 2 * n ** 3 / (time.perf_counter() - t))
     return rate
+
+
+def measure_memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 10, device=None) -> float:
+    """Memory bandwidth of one device (by default the host CPU, all its cores) in bytes/s: the
+    best over repeats of y = x * c on a float32 array of `nbytes`, which reads and writes each
+    byte once (2 nbytes of traffic) and computes next to nothing; the array is far larger than
+    the caches. The physical limit of steps that compute little per byte: decoding one token,
+    which reads every weight, and BatchNorm."""
+    device = device or jax.devices("cpu")[0]
+    x = jax.device_put(jnp.ones((nbytes // 4,), jnp.float32), device)
+    f = _scale(device.platform)
+    f(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(x).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * nbytes / best
+
+
+@functools.cache
+def _scale(platform: str):
+    del platform    # one kept executable per platform, as _matmul
+    return jax.jit(lambda x: x * 1.0001)
 
 
 @functools.cache

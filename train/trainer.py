@@ -34,6 +34,7 @@ from train import evaluators, init_from, optim, sharding
 from train.checkpoint import Checkpointer, WorkdirLock, abstract_like
 from train.logging import (MetricWriter, clear_finished, progress_line, quiet_library_logging,
                            write_finished)
+from train.hostmem import trim_host_memory
 from train.perf import compiler_options, mfu, peak_flops
 
 
@@ -464,6 +465,7 @@ def _fit(config, workdir, program, train_data, data, predict_fn, eval_fns, start
                 window.append(metrics)
                 if window_start is None:   # the first step compiles: time from its end
                     jax.block_until_ready(metrics)
+                    trim_host_memory()
                     window_start, window_steps = time.perf_counter(), 0
                 else:
                     window_steps += 1
