@@ -2,7 +2,7 @@
 on the offline sentences (experiments/configs/transformer.py: SWEEPS).
 
     python -m experiments.table3 table --sweep_dirs=runs/table3-base_row,runs/table3-A,...
-    python -m experiments.table3 averaging --sweep_dir=runs/table3-base_row [--average_last=5]
+    python -m experiments.table3 averaging --sweep_dir=runs/table3-base_row [--average_last=N, 5 if unset]
     python -m experiments.table3 baseline --sweep_dirs=runs/table3-base_row,runs/table3-baseline
     python -m experiments.table3 data_size --sweep_dirs=runs/table3-data_size,runs/table3-base_row,runs/table3-baseline
 
@@ -246,7 +246,7 @@ def main(argv):
     if command == "table":
         text = table(dirs, out)
     elif command == "averaging":
-        text = averaging(dirs[0], FLAGS.average_last)
+        text = averaging(dirs[0], FLAGS.average_last or 5)   # experiments.evaluate's flag
     elif command == "baseline":
         text = baseline(dirs, FLAGS.reach)
     else:
@@ -257,7 +257,6 @@ def main(argv):
 if __name__ == "__main__":
     flags.DEFINE_string("sweep_dir", "", "A sweep's directory.")
     flags.DEFINE_list("sweep_dirs", [], "Sweep directories, in the order of the report.")
-    flags.DEFINE_integer("average_last", 5, "averaging: checkpoints averaged.", lower_bound=2)
     flags.DEFINE_float("reach", 60.0, "baseline: the dev BLEU (greedy) whose steps are counted.")
     flags.DEFINE_string("out", "", "The figure's path (default docs/figures/transformer-NAME.png).")
     app.run(main)

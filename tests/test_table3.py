@@ -3,12 +3,16 @@ a sweep's files (runs written here by hand: nothing is trained)."""
 
 import csv
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from experiments import table3
 from experiments.configs import transformer as configs
+from test_trainer import ROOT
 
 COLUMNS = ["model.n_head", "seed", "run", "params", "wall_s", "val/perplexity", "val/bleu_beam",
            "test/bleu", "test/bleu_greedy"]
@@ -54,6 +58,12 @@ def test_table_has_the_papers_columns_and_mean_and_std_over_seeds(tmp_path):
                         "0.141 | 62.0 ± 2.8 | 299,008 | 62.0 ± 1.4 | 60.0 ± 1.4 | 2 |")
     assert lines[3].startswith("| A | 2 | 64 | 256 | 16 | 4 | 4 |")
     assert out.stat().st_size > 0
+    # the command line writes the same table beside the sweep
+    done = subprocess.run([sys.executable, "-m", "experiments.table3", "table",
+                           f"--sweep_dirs={sweep}", f"--out={tmp_path / 'cli.png'}"], cwd=ROOT,
+                          capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (sweep / "table3-table.md").read_text() == text + "\n"
 
 
 def test_steps_to_reach_interpolates_between_evaluations():
