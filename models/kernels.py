@@ -155,18 +155,18 @@ def depthwise_as_shifts(x, w, strides, padding):
     # From zeros, so the traced program counts 2 f_h f_w FLOPs per output, as a convolution
     # does (XLA drops the zero when it compiles).
     y = jnp.zeros((x.shape[0], h, wd, x.shape[3]), jnp.result_type(x, w))
-    for u in range(f_h):
-        for v in range(f_w):
-            y = y + x[:, u:u + s_h * (h - 1) + 1:s_h, v:v + s_w * (wd - 1) + 1:s_w] * w[u, v, 0]
+    for u, v, view in _windows(x, (f_h, f_w), (s_h, s_w), (h, wd)):
+        y = y + view * w[u, v, 0]
     return y
 
 
-def _windows(x, f: int, s: int, out: tuple[int, int]):
-    """The f*f strided views x[:, s i + u, s j + v] of an already padded x, with their (u, v)."""
-    (h, w) = out
-    for u in range(f):
-        for v in range(f):
-            yield u, v, x[:, u:u + s * (h - 1) + 1:s, v:v + s * (w - 1) + 1:s]
+def _windows(x, f: tuple[int, int], s: tuple[int, int], out: tuple[int, int]):
+    """The f_h * f_w strided views x[:, s_h i + u, s_w j + v] of an already padded x, with
+    their (u, v): the taps of depthwise convolution and max pooling."""
+    (f_h, f_w), (s_h, s_w), (h, w) = f, s, out
+    for u in range(f_h):
+        for v in range(f_w):
+            yield u, v, x[:, u:u + s_h * (h - 1) + 1:s_h, v:v + s_w * (w - 1) + 1:s_w]
 
 
 def _pool_geometry(x, f, s, pads):
@@ -188,7 +188,7 @@ def max_pool_as_shifts(x, f: int, s: int, pads: tuple):
 
 def _max_pool_forward(x, f, s, pads):
     xp, out = _pool_geometry(x, f, s, pads)
-    y = functools.reduce(jnp.maximum, (view for _, _, view in _windows(xp, f, s, out)))
+    y = functools.reduce(jnp.maximum, (view for _, _, view in _windows(xp, (f, f), (s, s), out)))
     return y, (x, y)
 
 
@@ -198,7 +198,7 @@ def _max_pool_backward(f, s, pads, residuals, dy):
     taken = jnp.zeros(y.shape, bool)
     dxp = jnp.zeros(xp.shape, dy.dtype)
     zero = jnp.zeros((), dy.dtype)
-    for u, v, view in _windows(xp, f, s, (h, w)):
+    for u, v, view in _windows(xp, (f, f), (s, s), (h, w)):
         hit = (view == y) & ~taken
         taken = taken | hit
         # dy where this tap was the window's maximum, placed at s i + u, s j + v
