@@ -226,21 +226,26 @@ def matmul_params(cfg: GPTConfig) -> int:
     return count_params(cfg, non_embedding=True) + cfg.padded_vocab * cfg.d_model
 
 
+def _cached_values_per_row(cfg: GPTConfig, prompt_len: int, new_tokens: int) -> float:
+    """L h d_head t: one row's cached keys (or values) over the mean number t of positions a
+    decoding step attends to (the prompt, then half the new tokens on average)."""
+    mean_keys = prompt_len + (new_tokens - 1) / 2
+    return cfg.n_layer * cfg.n_head * cfg.d_head * mean_keys
+
+
 def decode_flops_per_token(cfg: GPTConfig, prompt_len: int, new_tokens: int) -> float:
     """FLOPs per generated token of cached greedy decoding: the forward's 2 N (N as in
     matmul_params) + 4 L d_attn t for scores and weighted sum over the t keys it attends
     to, averaged over the steps; the prefill's work is not counted."""
-    mean_keys = prompt_len + (new_tokens - 1) / 2
-    return 2 * matmul_params(cfg) + 4 * cfg.n_layer * cfg.n_head * cfg.d_head * mean_keys
+    return 2 * matmul_params(cfg) + 4 * _cached_values_per_row(cfg, prompt_len, new_tokens)
 
 
 def decode_bytes_per_step(cfg: GPTConfig, batch: int, prompt_len: int, new_tokens: int) -> float:
     """Memory traffic of one cached decoding step at the least: every matmul weight (as
     matmul_params counts them) once, plus each row's cached keys and values over the mean
     number of positions attended to, in the parameters' and compute dtype's bytes."""
-    mean_keys = prompt_len + (new_tokens - 1) / 2
     itemsize = jnp.dtype(cfg.dtype).itemsize
-    cache = 2 * cfg.n_layer * cfg.n_head * cfg.d_head * mean_keys * batch * itemsize
+    cache = 2 * _cached_values_per_row(cfg, prompt_len, new_tokens) * batch * itemsize
     return matmul_params(cfg) * jnp.dtype(cfg.param_dtype).itemsize + cache
 
 

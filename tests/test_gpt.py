@@ -109,3 +109,14 @@ def test_import_rejects_another_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(conf))
     with pytest.raises(ValueError, match="h.1"):
         hf.gpt2_from_pretrained(tmp_path)
+
+
+def test_decode_costs_count_weights_and_the_mean_cache():
+    cfg = gpt.preset("gpt2-124m")
+    n = gpt.matmul_params(cfg)
+    # 10 prompt tokens, 5 new ones: steps attend to 10..14 keys, 12 on average
+    keys = 12 * 12 * 12 * 64                      # L h d_head t
+    assert gpt.decode_flops_per_token(cfg, 10, 5) == 2 * n + 4 * keys
+    itemsize = jnp.dtype(cfg.param_dtype).itemsize
+    assert gpt.decode_bytes_per_step(cfg, 3, 10, 5) == (
+        n * itemsize + 2 * keys * 3 * jnp.dtype(cfg.dtype).itemsize)
