@@ -33,11 +33,11 @@ A base config is built first; each preset then overrides model, data and train f
 
 Named sweeps (SWEEPS below), one command each. On tiny (run; docs/papers/transformer.md):
 label_smoothing and positions 2 runs, about 6 min each; heads 4 runs, about 12 min; beam 1
-training run (3 min) and two evaluation-only runs of the test split. On sentences (not yet
-run): Table 3's rows A-E and its base row, the recurrent baseline and the data-size curve, 3
-seeds each; at about 10 minutes a Transformer run and 19 a recurrent one (the two presets'
-times at load 8-13), A 12 runs (2 h), B 6 (1 h), C 18 (3 h), D 12 (2 h), E 3 and base_row 3
-(30 min each), baseline 6 (1.5 h), data_size 24 (6 h).
+training run (3 min) and two evaluation-only runs of the test split. On sentences
+(docs/papers/transformer.md): Table 3's rows A-E and its base row, the recurrent baseline and
+the data-size curve, 3 seeds each; a Transformer run takes 2.5-4 min alone on 2 cores, 4-7 min
+two at a time, a recurrent one 8-10 min two at a time: A 12 runs (33 min at --parallel=2),
+data_size 18 (61 min), baseline 3 (20 min).
 """
 
 import ml_collections
@@ -64,7 +64,7 @@ SWEEPS = {
              "overrides": {"init_from": "{sweep_dir}/train", "train.steps": 0}},
 }
 
-# Table 3 on the sentences (not yet run), each row one command of 3 seeds:
+# Table 3 on the sentences, each row one command of 3 seeds:
 #   python -m experiments.sweep --config=experiments/configs/transformer.py:sentences \
 #       --name=A --workdir=DIR
 # The miniature's base: N 2, d_model 64, d_ff 256, h 4, d_k = d_v 16, P_drop 0.1, eps_ls 0.1,
