@@ -37,7 +37,7 @@ training run (3 min) and two evaluation-only runs of the test split. On sentence
 (docs/papers/transformer.md): Table 3's rows A-E and its base row, the recurrent baseline and
 the data-size curve, 3 seeds each; a Transformer run takes 2.5-4 min alone on 2 cores, 4-7 min
 two at a time, a recurrent one 8-10 min two at a time: A 12 runs (33 min at --parallel=2),
-data_size 18 (61 min), baseline 3 (20 min).
+C 18 (53 min), data_size 18 (61 min), baseline 3 (20 min).
 """
 
 import ml_collections
