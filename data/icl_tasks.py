@@ -517,11 +517,12 @@ def _outputs(task: Task, cfg, context) -> tuple[frozenset, str]:
 
 
 def episodes(cfg, k: int, with_description: bool, queries: int = 16,
-             layout: str | None = None, order: int = 0) -> list[Episode]:
+             layout: str | None = None, order: int = 0, seen: bool = False) -> list[Episode]:
     """The few-shot evaluation at k examples: per task, `queries` queries, each with k
     examples of the task's pretraining items (never the query).
 
-    Pretraining tasks are queried on held-out items; held-out tasks on any item. The queries,
+    Pretraining tasks are queried on held-out items (seen=True: on pretraining items, what
+    the model could have memorised); held-out tasks on any item. The queries,
     each query's examples and its mapping (labels) depend on the seed only, and the examples
     at k are the first k of the same draw for every k, so the curves over k compare like with
     like. layout: the lines' layout (the task's own when None); order > 0: the same k
@@ -534,10 +535,10 @@ def episodes(cfg, k: int, with_description: bool, queries: int = 16,
     out = []
     for name, task in TASKS.items():
         group = "tasks" if name in held_tasks else "items"
-        rng, asked = _rng("queries", name, c["seed"]), set()
+        rng, asked = _rng("queries", name, c["seed"], *(("seen",) if seen else ())), set()
         for q in range(queries):
             context = task.context(rng) if task.context else None
-            query = draw_pairs(task, rng, items, 1, None if group == "tasks" else True,
+            query = draw_pairs(task, rng, items, 1, None if group == "tasks" else not seen,
                                context, avoid=frozenset(asked))
             if not query:       # every item of the split asked already
                 break

@@ -15,7 +15,11 @@ precedence, so checkpoints can be scored again) and writes DIR/icl.md:
   - exact match, the share of answers of the queried task and the log-likelihood of the
     correct answer, with and without the description, on held-out items and held-out tasks;
 
-and the figure: the headline and each group against K, a line per size.
+  - exact match per task at K = 0, 1, 16 per size, and on pretraining items where measured;
+
+and the figures: the headline and each group against K, a line per size (icl.png); random
+insertion (RI) against K per size, with and without the description (icl-ri.png, GPT-3
+figure 1.2's look).
 """
 
 import json
@@ -43,7 +47,9 @@ VARIANTS = {"order/k8/min": "worst order", "order/k8/mean": "mean over orders",
             "order/k8/max": "best order", "layout/arrow/k8/acc": "`x => y`",
             "layout/colon/k8/acc": "`x: y`", "layout/qa/k8/acc": "`Q: x A: y`",
             "layout/quoted/k8/acc": "quoted", "layout/json/k8/acc": "JSON",
-            "layout/json/k8/format_ok": "JSON parses", "context_score": "in-context score"}
+            "layout/json/k8/format_ok": "JSON parses",
+            "layout/json/k0/acc": "JSON, K=0 (described only)",
+            "layout/json/k0/format_ok": "JSON parses, K=0", "context_score": "in-context score"}
 
 
 def read_rows(path: pathlib.Path, axis: str) -> list[dict]:
@@ -118,6 +124,72 @@ def family_tables(rows: list[dict], axis: str) -> str:
             parts += [f"Exact match, {family}, no description:", "",
                       _stat_table(rows, axis, columns, "model"), ""]
     return "\n".join(parts)
+
+
+def task_table(rows: list[dict], axis: str, shown: tuple[int, ...] = (0, 1, 16)) -> str:
+    """Exact match per task (no description, held-out items) at the K of `shown` the runs
+    have, per model, mean ± std over seeds; and on pretraining items (seen) where measured."""
+    ks = [k for k in shown if k in _shots(rows, rf"{EVAL}/k(\d+)/nodesc/task/\w+/acc")]
+    seen = _shots(rows, rf"{EVAL}/seen/k(\d+)/acc")
+    tasks = list(dict.fromkeys(m[1] for r in rows for key in r
+                               if (m := re.fullmatch(rf"{EVAL}/k\d+/nodesc/task/(\w+)/acc", key))))
+    models = _by_model(rows, axis)
+    columns = [(model, f"k{k}/nodesc/task/{{}}/acc", f"K={k}") for model in models for k in ks]
+    columns += [(model, f"seen/k{k}/task/{{}}/acc", f"K={k}, seen") for model in models
+                for k in seen]
+    columns.sort(key=lambda c: list(models).index(c[0]))
+    lines = ["| task | " + " | ".join(f"{m} {title}" for m, _, title in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for task in tasks:
+        cells = []
+        for model, key, _ in columns:
+            runs = models[model]
+            s = mean_std(r.get(f"{EVAL}/{key.format(task)}") for r in runs)
+            cells.append(cell(s, len(runs)) if s else "")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def task_curves(rows: list[dict], axis: str, task: str) -> dict:
+    """{(model, described): {K: (mean, std, n)}} of one task's exact match, over seeds."""
+    out: dict = {}
+    pattern = re.compile(rf"{EVAL}/k(\d+)(/nodesc)?/task/{task}/acc$")
+    for model, runs in _by_model(rows, axis).items():
+        for key in dict.fromkeys(k for r in runs for k in r):
+            if m := pattern.match(key):
+                if s := mean_std(r.get(key) for r in runs):
+                    out.setdefault((model, m[2] is None), {})[int(m[1])] = s
+    return out
+
+
+def plot_task(path: pathlib.Path, curves: dict, task: str) -> None:
+    """GPT-3 figure 1.2's look: one task's exact match against K, a colour per model, solid
+    with the description (the natural-language prompt), dashed without; bars: ± std."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    models = list(dict.fromkeys(m for m, _ in curves))
+    ks = sorted({k for c in curves.values() for k in c})
+    x = {k: i for i, k in enumerate(ks)}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, model in enumerate(models):
+        colour = plt.cm.viridis(i / max(len(models) - 1, 1) * 0.85)
+        for described, style in ((True, "-"), (False, "--")):
+            c = curves.get((model, described), {})
+            if c:
+                ax.errorbar([x[k] for k in sorted(c)], [c[k][0] for k in sorted(c)],
+                            yerr=[c[k][1] for k in sorted(c)], fmt=style, marker="o",
+                            capsize=2, color=colour,
+                            label=f"{model}, {'description' if described else 'no prompt'}")
+    ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+    ax.set(xlabel="examples in context (K)", ylabel="exact match (mean ± std over seeds)",
+           title=f"{task}: held-out words (GPT-3 figure 1.2 in miniature)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def table(ks: list[int], curves: dict, metric: str = "acc") -> str:
@@ -196,6 +268,8 @@ def main(argv):
     rows = read_rows(sweep / "results.csv", FLAGS.axis)
     parts = ["Exact match, scrambling + arithmetic, held-out items, no description:", "",
              headline_table(rows, FLAGS.axis), "", family_tables(rows, FLAGS.axis),
+             "Exact match per task, held-out items (seen: pretraining items), no description:",
+             "", task_table(rows, FLAGS.axis), "",
              "Prompt variants at K=8 (no description) and the in-context score:", "",
              _stat_table(rows, FLAGS.axis, VARIANTS, "model"), ""]
     by_metric = {}
@@ -209,8 +283,10 @@ def main(argv):
                 for model, runs in _by_model(rows, FLAGS.axis).items()}
     figure = pathlib.Path(FLAGS.figure or sweep / "icl.png")
     plot(figure, ks, by_metric, {m: c for m, c in headline.items() if c})
+    ri = figure.with_name(figure.stem + "-ri" + figure.suffix)
+    plot_task(ri, task_curves(rows, FLAGS.axis, "ri"), "ri")
     print(text)
-    print(f"written: {sweep / 'icl.md'}, {figure}", file=sys.stderr)
+    print(f"written: {sweep / 'icl.md'}, {figure}, {ri}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -245,8 +245,8 @@ def icl_eval_fns(cfg: gpt.GPTConfig, config, tokenizer, must_fit: int = 16) -> d
         too_long = {x.task for x, ids in zip(eps, widths) if len(ids) + new_tokens > cfg.n_ctx}
         return [x for x in eps if x.task not in too_long]
 
-    def make(k, described, queries, layout=None, order=0):
-        return fitting(icl_tasks.episodes(icl, k, described, queries, layout, order))
+    def make(k, described, queries, layout=None, order=0, seen=False):
+        return fitting(icl_tasks.episodes(icl, k, described, queries, layout, order, seen))
 
     for name, e in specs.items():   # the prompts that must fit: say so now
         settings = [(k, True, None) for k in e.shots if k <= must_fit]

@@ -272,8 +272,8 @@ def render(e) -> str:
 
 
 def make_episodes(cfg, queries=2):
-    return lambda k, d, layout=None, order=0: icl_tasks.episodes(cfg, k, d, queries, layout,
-                                                                 order)
+    return lambda k, d, layout=None, order=0, seen=False: icl_tasks.episodes(
+        cfg, k, d, queries, layout, order, seen)
 
 
 VARIANTS = dict(families=("scramble", "arithmetic"), orders=5,
@@ -303,7 +303,8 @@ def test_oracle_scores_one_and_a_wrong_scorer_zero():
     assert m["icl/k0/nodesc/family/knowledge/acc"] < 1
     assert {m[f"icl/exact_match_k{k}{s}"] for k in (0, 1) for s in ("", "_desc")} == {1.0}
     for key in ("icl/k1/nodesc/family/scramble/acc", "icl/k0/task/a2/acc", "icl/k1/tasks/acc",
-                "icl/k0/nodesc/task/labels/logp", "icl/order/k4/std", "icl/layout/json/k4/acc"):
+                "icl/k0/nodesc/task/labels/logp", "icl/order/k4/std", "icl/layout/json/k4/acc",
+                "icl/layout/json/k0/format_ok"):
         assert key in m
     assert m["icl/order/k4/mean"] == 1.0 and m["icl/order/k4/std"] == 0.0
     wrong = fewshot_metrics(lambda ps: ["?" for _ in ps], make, (0, 4), prefix="icl",
@@ -327,6 +328,30 @@ def test_oracle_scores_one_and_a_wrong_scorer_zero():
         fewshot_metrics(oracle, make, ())
     with pytest.raises(ValueError, match="families"):
         fewshot_metrics(oracle, make, (0,), orders=5)
+
+
+def test_seen_items_are_pretraining_items_and_scored_apart():
+    """seen_k queries the pretraining tasks on their pretraining items (the model's memory),
+    never on held-out ones; its headline and per-task scores are logged beside the rest."""
+    cfg = small()
+    items = icl_tasks.Items(cfg)
+    seen = [e for e in icl_tasks.episodes(cfg, 4, False, 6, seen=True) if e.group == "items"]
+    held = [e for e in icl_tasks.episodes(cfg, 4, False, 6) if e.group == "items"]
+    words = [e.answer for e in seen if e.family == "scramble"]
+    assert words and not set(words) & set(items.words(True))
+    assert {e.answer for e in held if e.family == "scramble"} <= set(items.words(True))
+    for e in seen:
+        if e.family == "arithmetic" and (m := re.search(r"What is (\d+) (\w+) (\d+)\?",
+                                                         e.prompt.splitlines()[-1])):
+            assert not items.question_held(icl_tasks._canonical(int(m[1]), m[2], int(m[3])))
+    make = make_episodes(cfg)
+    right = {e.prompt: render(e) for e in make(4, False, seen=True)}
+    only_seen = lambda ps: [right.get(p, " ?") for p in ps]  # noqa: E731
+    m = fewshot_metrics(only_seen, make, (4,), families=("scramble", "arithmetic"),
+                        seen_k=4)
+    assert m["fewshot/seen/k4/acc"] == 1.0 and m["fewshot/seen/k4/task/rw/acc"] == 1.0
+    assert m["fewshot/exact_match_k4"] == 0.0
+    assert "fewshot/seen/k4/task/en_fr/acc" not in m     # the headline families only
 
 
 def test_order_spread_and_context_score():
@@ -462,3 +487,31 @@ def test_report_tables_and_figure(tmp_path):
     assert curves[("l", False, "tasks")][0] == pytest.approx((0.3 + 0.9) / 2)
     icl_report.plot(tmp_path / "icl.png", ks, {"acc": curves, "logp": curves})
     assert (tmp_path / "icl.png").stat().st_size > 1000
+
+
+def test_report_per_task_table_and_ri_figure(tmp_path):
+    """Per task: mean ± std over seeds at each shown K, and on pretraining items; RI against
+    K with and without the description."""
+    from experiments import icl_report
+    rows = []
+    for size in ("s", "l"):
+        for seed in (0, 1):
+            base = 0.5 if size == "l" else 0.0
+            rows.append({"size": size, "seed": str(seed),
+                         "test/icl/k0/nodesc/task/ri/acc": str(0.1 * seed),
+                         "test/icl/k16/nodesc/task/ri/acc": str(base + 0.2 * seed),
+                         "test/icl/k16/task/ri/acc": str(base + 0.3),
+                         "test/icl/k16/nodesc/task/cl/acc": "0.0",
+                         "test/icl/seen/k16/acc": "0.5",
+                         "test/icl/seen/k16/task/ri/acc": str(base + 0.4)})
+    table = icl_report.task_table(rows, "size")
+    assert table.splitlines()[0] == ("| task | s K=0 | s K=16 | s K=16, seen | l K=0 | l K=16 | "
+                                     "l K=16, seen |")
+    assert "| ri | 0.05 ± 0.071 | 0.1 ± 0.14 | 0.4 ± 0 | 0.05 ± 0.071 | 0.6 ± 0.14 | 0.9 ± 0 |" \
+        in table
+    assert "| cl |  | 0 ± 0 |  |  | 0 ± 0 |  |" in table
+    curves = icl_report.task_curves(rows, "size", "ri")
+    assert curves[("l", True)][16][0] == pytest.approx(0.8)
+    assert curves[("s", False)][16] == pytest.approx((0.1, 0.2 / 2 ** 0.5, 2))
+    icl_report.plot_task(tmp_path / "ri.png", curves, "ri")
+    assert (tmp_path / "ri.png").stat().st_size > 1000

@@ -93,7 +93,7 @@ EVAL_TYPE_FIELDS = {
                          iters=100),
     "fewshot": dict(shots=(0, 1, 2, 4, 8, 16), queries=16, per_task=True,
                     families=("scramble", "arithmetic"), orders=0, layouts=(), variant_k=8,
-                    score_positions=(50, 500)),
+                    seen_k=-1, score_positions=(50, 500)),
     "bleu": dict(beam_size=4, alpha=0.6, extra_len=50, show=3, key="bleu"),
 }
 
@@ -156,6 +156,7 @@ DESCRIPTIONS = {
     "evals.*.orders": "fewshot: orders of the same variant_k examples scored (0: none)",
     "evals.*.layouts": "fewshot: line layouts scored at variant_k (data/prompts.py: LAYOUTS)",
     "evals.*.variant_k": "fewshot: examples in the prompt variants",
+    "evals.*.seen_k": "fewshot: K of the headline on pretraining items too (-1: not scored)",
     "evals.*.score_positions": "fewshot: early and late position of the in-context score",
     "evals.*.beam_size": "bleu: beam width (1: greedy)",
     "evals.*.alpha": "bleu: length penalty of the beam search",

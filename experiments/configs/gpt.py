@@ -106,7 +106,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                                     eval_steps=4, ckpt_every=ICL_STEPS // 2, log_every=20)
         config.evals.icl = eval_spec(
             type="fewshot", split="test", every=0, shots=(0, 1, 2, 4, 8, 16), queries=8,
-            orders=5, layouts=("arrow", "colon", "qa", "quoted", "json"), variant_k=8)
+            orders=5, layouts=("arrow", "colon", "qa", "quoted", "json"), variant_k=8,
+            seen_k=16)
         config.sample.num_tokens = 0
     elif arg == "bench-cpu":
         # The CPU benchmark target (experiments/benchmark.py); attention in head-major layout

@@ -11,11 +11,12 @@ a structured answer read by parse_json_answer). The in-context learning score (O
 
 The experiment gives fit()
 
-    eval_fns["fewshot_episodes"](k, with_description, queries, layout, order) -> [episode]
-        each with .prompt, .answer, .task, .family, .group ("items": held-out items of a
-        pretraining task, "tasks": a task held out of pretraining), .correct(line),
+    eval_fns["fewshot_episodes"](k, with_description, queries, layout, order, seen)
+        -> [episode], each with .prompt, .answer, .task, .family, .group ("items": held-out
+        items of a pretraining task, "tasks": a task held out of pretraining), .correct(line),
         .read(line) (the answer in the line; None when it has none) and .in_task(answer);
-        layout None is each task's own, order 0 the examples as drawn
+        layout None is each task's own, order 0 the examples as drawn; seen True queries
+        the pretraining items instead of the held-out ones
     eval_fns["complete"](params, prompts) -> [the line each prompt's continuation writes]
     eval_fns["answer_logp"](params, prompts, answers) -> [log p(answer | prompt) per token]
         (optional)
@@ -34,7 +35,11 @@ and this evaluator logs, under its name NAME:
                                   are an output of the queried task, right or wrong
     NAME/order/k{K}/{mean,min,max,std}    the headline over the orders of the same examples
     NAME/layout/{layout}/k{K}/acc         the headline in each layout
-    NAME/layout/json/k{K}/format_ok       the share of answers that parse as the JSON asked for
+    NAME/layout/json/k{K}/format_ok       the share of answers that parse as the JSON asked for;
+                                  also at K = 0, where only the request line describes it
+    NAME/seen/k{K}/acc, .../task/{task}/acc   the headline and each task's exact match on
+                                  pretraining items (seen_k = K >= 0, no description): what
+                                  the model does on items it was trained on
     NAME/context_score            loss at score_positions[1] minus at score_positions[0]
     NAME/context_loss_early, NAME/context_loss_late
 
@@ -120,28 +125,34 @@ def fewshot_metrics(complete: Callable[[list[str]], list[str]], episodes: Callab
                     shots: Sequence[int], per_task: bool = False, prefix: str = "fewshot",
                     answer_logp: Callable[[list[str], list[str]], list[float]] | None = None,
                     families: Sequence[str] = (), orders: int = 0,
-                    layouts: Sequence[str] = (), variant_k: int = 8) -> dict[str, float]:
+                    layouts: Sequence[str] = (), variant_k: int = 8,
+                    seen_k: int = -1) -> dict[str, float]:
     """Exact match of `complete`'s lines to the episodes of every setting (module docstring).
-    episodes(k, described, layout=None, order=0) -> [episode]. Every distinct prompt goes to
+    episodes(k, described, layout=None, order=0, seen=False) -> [episode]. Every distinct
+    prompt goes to
     `complete` once, all in one list, so it can batch them as it likes."""
     if not shots or any(int(k) < 0 for k in shots):
         raise ValueError(f"shots must be a non-empty list of K >= 0, got {list(shots)}")
-    if orders and not families or layouts and not families:
-        raise ValueError("prompt variants (orders, layouts) are scored on the headline "
-                         "families: name them (families)")
+    if (orders or layouts or seen_k >= 0) and not families:
+        raise ValueError("prompt variants (orders, layouts, seen_k) are scored on the "
+                         "headline families: name them (families)")
     # A K whose prompts the context cannot hold has no episodes, and no metrics.
     cells = [c for k in shots for d in (True, False)
              if (c := _Cell(_grid(prefix, int(k), d), episodes(int(k), d), logp=True)).episodes]
     if not cells:
         raise ValueError(f"no episodes at any K of {list(shots)}")
 
-    def variant(head, **kw):
-        eps = [e for e in episodes(variant_k, False, **kw) if e.family in families]
+    def variant(head, k=variant_k, **kw):
+        eps = [e for e in episodes(k, False, **kw) if e.family in families]
         cells.append(_Cell(head, eps))
+    if seen_k >= 0:
+        variant(f"{prefix}/seen/k{seen_k}", k=seen_k, seen=True)
     for i in range(orders):
         variant(f"{prefix}/order/{i}", order=i)
     for layout in layouts:
         variant(f"{prefix}/layout/{layout}/k{variant_k}", layout=layout)
+    if "json" in layouts and variant_k:     # the format only described, shown by no example
+        variant(f"{prefix}/layout/json/k0", k=0, layout="json")
     _complete(cells, complete, answer_logp)
 
     out = {}
@@ -165,6 +176,12 @@ def fewshot_metrics(complete: Callable[[list[str]], list[str]], episodes: Callab
             out[f"{cell.head}/acc"] = headline(rows, families)
             if "/layout/json/" in cell.head:
                 out[f"{cell.head}/format_ok"] = _mean(r.read for r in rows)
+        if "/seen/" in cell.head and cell.episodes:
+            rows = _scored(cell)
+            out[f"{cell.head}/acc"] = headline(rows, families)
+            for task in dict.fromkeys(r.task for r in rows):
+                out[f"{cell.head}/task/{task}/acc"] = _mean(r.hit for r in rows
+                                                            if r.task == task)
     return out
 
 
@@ -205,7 +222,7 @@ class FewShot(Evaluator):
 
     defaults = dict(shots=(0, 1, 2, 4, 8, 16), queries=16, per_task=True,
                     families=("scramble", "arithmetic"), orders=0, layouts=(), variant_k=8,
-                    score_positions=(50, 500))
+                    seen_k=-1, score_positions=(50, 500))
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -219,11 +236,12 @@ class FewShot(Evaluator):
         make, logp = fns["fewshot_episodes"], fns.get("answer_logp")
         out = fewshot_metrics(
             lambda prompts: fns["complete"](state.params, prompts),
-            lambda k, d, layout=None, order=0: make(k, d, int(cfg.queries), layout, order),
+            lambda k, d, layout=None, order=0, seen=False: make(k, d, int(cfg.queries), layout,
+                                                                order, seen),
             tuple(cfg.shots), bool(cfg.per_task), prefix=self.name,
             answer_logp=logp and (lambda p, a: logp(state.params, p, a)),
             families=tuple(cfg.families), orders=int(cfg.orders), layouts=tuple(cfg.layouts),
-            variant_k=int(cfg.variant_k))
+            variant_k=int(cfg.variant_k), seen_k=int(cfg.seen_k))
         if "position_losses" in fns and cfg.score_positions:
             out.update(context_score(fns["position_losses"](state.params),
                                      cfg.score_positions, self.name))
