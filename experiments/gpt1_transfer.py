@@ -30,6 +30,8 @@ import time
 from absl import app, flags
 
 from experiments.configs import gpt1
+from experiments.figures import fmt_ms
+from experiments.sweeps.results import mean_std
 
 SETTINGS = tuple(s["label"] for s in gpt1.SETTINGS)
 LABELS = {"scratch_l2": "scratch, L2", "pretrained_l2": "pretrained, L2",
@@ -47,29 +49,38 @@ FLAGS = flags.FLAGS
 
 
 def read_table(workdir: pathlib.Path) -> tuple[dict, list[str], dict]:
-    """(test accuracy by (task, setting), task names, (kind, chance) by task) from the
-    sweep's results.csv (mean over seeds)."""
+    """(test accuracies by (task, setting), each a {seed: accuracy}, task names, (kind,
+    chance) by task) from the sweep's results.csv."""
     with (workdir / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     acc, info = {}, {}
     for r in rows:
-        key = (r["task"], r["setting"])
-        acc.setdefault(key, []).append(float(r["test/accuracy"]))
+        acc.setdefault((r["task"], r["setting"]), {})[r["seed"]] = float(r["test/accuracy"])
         info[r["task"]] = (TRANSFORMATIONS.get(r["task"], ""), float(r["test/chance"]))
     names = list(dict.fromkeys(r["task"] for r in rows))
-    return {k: sum(v) / len(v) for k, v in acc.items()}, names, info
+    return acc, names, info
+
+
+def l3_gain(acc: dict, name: str) -> tuple[float, float, int] | None:
+    """L3 minus L2 on the pretrained decoder, paired by seed: (mean, std, n)."""
+    l2, l3 = acc.get((name, "pretrained_l2"), {}), acc.get((name, "pretrained_l3"), {})
+    return mean_std(l3[s] - l2[s] for s in l2 if s in l3)
 
 
 def write_table(acc: dict, names: list[str], task_info: dict, workdir: pathlib.Path) -> str:
-    """transfer.md and transfer.png; returns the markdown table."""
+    """transfer.md and transfer.png; returns the markdown table (test accuracy in %, mean ±
+    sample std over seeds, and L3's paired gain over L2)."""
+    seeds = max(len(v) for v in acc.values())
     lines = ["| task | transformation | chance | " + " | ".join(LABELS[s] for s in SETTINGS)
-             + " |", "|---|---|---|" + "---|" * len(SETTINGS)]
+             + " | L3 - L2 |", "|---|---|---|" + "---|" * (len(SETTINGS) + 1)]
     for name in names:
         kind, chance = task_info[name]
-        cells = [f"{acc[(name, s)]:.3f}" if (name, s) in acc else "" for s in SETTINGS]
-        lines.append(f"| {name} | {kind} | {chance:.3f} | " + " | ".join(cells) + " |")
+        cells = [fmt_ms(mean_std(acc.get((name, s), {}).values())) for s in SETTINGS]
+        lines.append(f"| {name} | {kind} | {100 * chance:.1f} | " + " | ".join(cells)
+                     + f" | {fmt_ms(l3_gain(acc, name))} |")
     table = "\n".join(lines) + "\n"
-    (workdir / "transfer.md").write_text("Test accuracy\n\n" + table)
+    (workdir / "transfer.md").write_text(
+        f"Test accuracy (%), mean ± std over {seeds} fine-tuning seed(s)\n\n" + table)
     plot(acc, names, task_info, workdir / "transfer.png")
     return table
 
@@ -83,12 +94,14 @@ def plot(acc: dict, names: list[str], task_info: dict, path: pathlib.Path) -> No
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(names), 3.6))
     for j, setting in enumerate(SETTINGS):
         xs = [i + (j - (len(SETTINGS) - 1) / 2) * width for i in range(len(names))]
-        ax.bar(xs, [acc.get((n, setting), 0.0) for n in names], width, label=LABELS[setting])
+        stats = [mean_std(acc.get((n, setting), {}).values()) or (0.0, 0.0, 0) for n in names]
+        ax.bar(xs, [m for m, _, _ in stats], width, yerr=[sd for _, sd, _ in stats],
+               capsize=2, label=LABELS[setting])
     for i, name in enumerate(names):
         ax.hlines(task_info[name][1], i - 0.45, i + 0.45, colors="black", linestyles="dashed",
                   label="chance" if i == 0 else None)
     ax.set_xticks(range(len(names)), [f"{n}\n({task_info[n][0]})" for n in names], fontsize=8)
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="upper left", ncols=2)
     fig.tight_layout()

@@ -101,6 +101,27 @@ def test_init_from_grows_the_embedding_for_the_task_tokens():
     assert problems == ["mis-shaped h_0/ln_1/scale: source (8,), model (16,)"]
 
 
+def test_transfer_table_is_mean_and_std_over_seeds(tmp_path):
+    """Cells are mean ± sample std over seeds; L3 - L2 pairs the two settings by seed."""
+    from experiments import gpt1_transfer
+    fields = ["task", "setting", "seed", "test/accuracy", "test/chance"]
+    acc = {("scratch_l2", "0"): 0.5, ("scratch_l2", "1"): 0.7,
+           ("pretrained_l2", "0"): 0.6, ("pretrained_l2", "1"): 0.8,
+           ("pretrained_l3", "0"): 0.7, ("pretrained_l3", "1"): 0.8}
+    with (tmp_path / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        for (setting, seed), a in acc.items():
+            w.writerow({"task": "claims", "setting": setting, "seed": seed,
+                        "test/accuracy": a, "test/chance": 0.5})
+    table = gpt1_transfer.write_table(*gpt1_transfer.read_table(tmp_path), tmp_path)
+    # scratch 60 ± 14.1, pretrained L2 70 ± 14.1, L3 75 ± 7.1; L3 - L2 per seed +10, 0.
+    assert ("| claims | entailment | 50.0 | 60.0 ± 14.1 | 70.0 ± 14.1 | 75.0 ± 7.1 | "
+            "5.0 ± 7.1 |") in table
+    assert "over 2 fine-tuning seed(s)" in (tmp_path / "transfer.md").read_text()
+    assert gpt1.SWEEPS["transfer"]["seeds"] >= 5
+
+
 # --------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
