@@ -451,7 +451,7 @@ def test_presets_and_sweep():
         0, 1, 2, 4, 8, 16)
     assert config.evals.icl.orders >= 5 and "json" in config.evals.icl.layouts
     sweep = gpt_configs.SWEEPS["icl"]
-    assert [s["label"] for s in sweep["size"]] == ["s", "m", "l"] and sweep["seeds"] == 3
+    assert [s["label"] for s in sweep["size"]] == ["l", "m", "s"] and sweep["seeds"] == 3
     assert sweep["metric"] == "test/icl/exact_match_k16"
     with pytest.raises(ValueError, match="heldout_tasks"):
         icl_tasks.heldout_task_names(small(heldout_tasks="en_fr,klingon"))
