@@ -29,6 +29,7 @@ import time
 
 from absl import app, flags
 
+from experiments import launch  # noqa: F401  (--workdir, shared by the experiments)
 from experiments.configs import gpt1
 from experiments.figures import fmt_ms
 from experiments.sweeps.results import mean_std
@@ -42,7 +43,7 @@ TRANSFORMATIONS = {"package": "classification", "claims": "entailment",
                    "same_package": "similarity", "next_line": "multiple_choice",
                    "docstring": "entailment", "module": "similarity"}
 
-flags.DEFINE_string("workdir", None, "Directory of the sweep.")
+flags.declare_key_flag("workdir")   # the sweep's directory; listed by --help
 flags.DEFINE_string("config", "experiments/configs/gpt1.py:transfer",
                     "The fine-tuning preset; its named sweep has the preset's name.")
 FLAGS = flags.FLAGS
