@@ -115,13 +115,14 @@ def headline_table(rows: list[dict], axis: str) -> str:
     return _stat_table(rows, axis, {f"exact_match_k{k}": f"K={k}" for k in ks}, "model")
 
 
-def family_tables(rows: list[dict], axis: str) -> str:
-    ks = _shots(rows, rf"{EVAL}/k(\d+)/nodesc/family/\w+/acc")
+def family_tables(rows: list[dict], axis: str, metric: str = "acc") -> str:
+    ks = _shots(rows, rf"{EVAL}/k(\d+)/nodesc/family/\w+/{metric}")
+    title = {"acc": "Exact match"}.get(metric, METRICS[metric].capitalize())
     parts = []
     for family in FAMILIES:
-        columns = {f"k{k}/nodesc/family/{family}/acc": f"K={k}" for k in ks}
+        columns = {f"k{k}/nodesc/family/{family}/{metric}": f"K={k}" for k in ks}
         if any(f"{EVAL}/{c}" in r for r in rows for c in columns):
-            parts += [f"Exact match, {family}, no description:", "",
+            parts += [f"{title}, {family}, no description:", "",
                       _stat_table(rows, axis, columns, "model"), ""]
     return "\n".join(parts)
 
@@ -268,6 +269,7 @@ def main(argv):
     rows = read_rows(sweep / "results.csv", FLAGS.axis)
     parts = ["Exact match, scrambling + arithmetic, held-out items, no description:", "",
              headline_table(rows, FLAGS.axis), "", family_tables(rows, FLAGS.axis),
+             family_tables(rows, FLAGS.axis, "logp"),
              "Exact match per task, held-out items (seen: pretraining items), no description:",
              "", task_table(rows, FLAGS.axis), "",
              "Prompt variants at K=8 (no description) and the in-context score:", "",

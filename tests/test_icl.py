@@ -465,6 +465,7 @@ def test_report_tables_and_figure(tmp_path):
     keys += [f"test/icl/k{k}/nodesc/family/{f}/acc" for k in (0, 4)
              for f in ("scramble", "arithmetic")]
     keys += ["test/icl/order/k8/min", "test/icl/layout/json/k8/acc", "test/icl/context_score"]
+    keys += [f"test/icl/k{k}/nodesc/family/scramble/logp" for k in (0, 4)]
     rows = [dict(size=s, seed=seed, **{key: str(0.1 * i + 0.01 * seed) for i, key in
                                        enumerate(keys)}) for s in ("s", "l") for seed in (0, 1)]
     with open(tmp_path / "results.csv", "w") as f:
@@ -480,6 +481,9 @@ def test_report_tables_and_figure(tmp_path):
     assert "| l | 1.605 ± 0.0071 | 1.705 ± 0.0071 |" in icl_report.headline_table(read, "size")
     families = icl_report.family_tables(read, "size")
     assert "Exact match, arithmetic, no description:" in families and "mapping" not in families
+    logp = icl_report.family_tables(read, "size", "logp")
+    assert logp.startswith("Log-likelihood of the answer per token, scramble, no description:")
+    assert "arithmetic" not in logp and "| K=0 | K=4 |" in logp
     (tmp_path / "size=l,seed=1").mkdir()
     (tmp_path / "size=l,seed=1" / "evaluate-test-200.json").write_text(json.dumps(
         {"step": 200, "split": "test", "icl/k0/nodesc/tasks/acc": 0.9}))
