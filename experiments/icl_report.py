@@ -135,10 +135,9 @@ def task_table(rows: list[dict], axis: str, shown: tuple[int, ...] = (0, 1, 16))
     tasks = list(dict.fromkeys(m[1] for r in rows for key in r
                                if (m := re.fullmatch(rf"{EVAL}/k\d+/nodesc/task/(\w+)/acc", key))))
     models = _by_model(rows, axis)
-    columns = [(model, f"k{k}/nodesc/task/{{}}/acc", f"K={k}") for model in models for k in ks]
-    columns += [(model, f"seen/k{k}/task/{{}}/acc", f"K={k}, seen") for model in models
-                for k in seen]
-    columns.sort(key=lambda c: list(models).index(c[0]))
+    columns = [column for model in models for column in
+               [(model, f"k{k}/nodesc/task/{{}}/acc", f"K={k}") for k in ks]
+               + [(model, f"seen/k{k}/task/{{}}/acc", f"K={k}, seen") for k in seen]]
     lines = ["| task | " + " | ".join(f"{m} {title}" for m, _, title in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for task in tasks:
