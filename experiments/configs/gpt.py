@@ -13,7 +13,7 @@
     gpt2-124m   GPT-2 small (and gpt2-355m, gpt2-774m, gpt2-1.5b): context 1024, batch 512
     gpt3-125m   ... gpt3-175b: GPT-3 Table 2.1 (width, depth, heads, lr, batch in tokens)
     icl-s       in-context learning in miniature (GPT-3 figure 1.2, section 3.9): bytes as
-    icl-m       tokens (data.tokenizer="bytes"), context 640, the same 1200 x 8 x 640 tokens
+    icl-m       tokens (data.tokenizer="bytes"), context 640, the same 1600 x 8 x 640 tokens
     icl-l       of the mixture (3:1) of task lists and text (data.source=icl,
                 data/icl_tasks.py) for every size, 100k to 1.4M parameters (ICL_SIZES); at the
                 end the evaluator `icl` scores K = 0..16 examples with and without the
@@ -38,10 +38,10 @@ GPT3_TRAIN = {"gpt3-125m": (6e-4, 0.5e6), "gpt3-350m": (3e-4, 0.5e6),
 
 
 # In-context learning in miniature: (n_layer, n_head, d_model, peak lr) per size, each trained
-# on ICL_STEPS batches of ICL_BATCH windows of the 640-byte context (6.1M bytes): the nine
+# on ICL_STEPS batches of ICL_BATCH windows of the 640-byte context (8.2M bytes): the nine
 # runs of the sweep then fit about 90 minutes on 2 CPU cores.
 ICL_SIZES = {"icl-s": (2, 2, 48, 5e-3), "icl-m": (3, 4, 96, 4e-3), "icl-l": (4, 4, 160, 3e-3)}
-ICL_STEPS, ICL_BATCH, ICL_CTX = 1200, 8, 640
+ICL_STEPS, ICL_BATCH, ICL_CTX = 1600, 8, 640
 
 SWEEPS = {"icl": {
     "size": [{"label": name.split("-")[1], "model.n_layer": n_layer, "model.n_head": n_head,
