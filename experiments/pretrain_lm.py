@@ -200,27 +200,28 @@ def answer_scorer(cfg: gpt.GPTConfig, tokenizer, batch: int = 64, quantum: int =
     return answer_logp
 
 
-def position_losses(cfg: gpt.GPTConfig, tokenizer, texts: list[str], windows: int = 32,
+def position_losses(cfg: gpt.GPTConfig, tokenizer, texts: list[str], windows: int = 128,
                     batch: int = 8):
     """losses(params) -> the mean loss of the prediction at each context position 0 ..
-    n_ctx - 1 over the first `windows` windows of n_ctx + 1 tokens of `texts` (each followed
-    by <|endoftext|>)."""
+    n_ctx - 1 over the first n_ctx + 1 tokens of the first `windows` texts that hold that
+    many: each window starts at its document's start, so position p has p tokens of the same
+    document before it (Olsson et al. 2022), never the tail of another."""
     cfg = dataclasses.replace(cfg, dtype="float32", dropout=0.0, attn_dropout=0.0)
-    stream, eot = [], tokenizer.eot_id
+    width, rows = cfg.n_ctx + 1, []
     for ids in tokenizer.encode_batch(texts):
-        stream += ids + [eot]
-        if len(stream) >= windows * (cfg.n_ctx + 1):
+        if len(ids) >= width:
+            rows.append(ids[:width])
+        if len(rows) == windows:
             break
-    n = min(windows, len(stream) // (cfg.n_ctx + 1))
-    if n < 1:
-        raise ValueError(f"the natural text holds {len(stream)} tokens, less than one window "
-                         f"of {cfg.n_ctx + 1}")
-    rows = np.asarray(stream[:n * (cfg.n_ctx + 1)], np.int32).reshape(n, cfg.n_ctx + 1)
+    if not rows:
+        raise ValueError(f"none of the {len(texts)} natural texts holds a window of "
+                         f"{width} tokens")
+    rows = np.asarray(rows, np.int32)
 
     def losses(params) -> np.ndarray:
         logp = [np.asarray(gpt.token_scores(cfg, params, rows[s:s + batch, :-1],
                                             rows[s:s + batch, 1:])[0])
-                for s in range(0, n, batch)]
+                for s in range(0, len(rows), batch)]
         return -np.concatenate(logp).mean(0)
     return losses
 
@@ -258,7 +259,7 @@ def icl_eval_fns(cfg: gpt.GPTConfig, config, tokenizer, must_fit: int = 16) -> d
                 raise ValueError(f"config.evals.{name}: {k}-shot prompts of {dropped} and "
                                  f"their answers ({new_tokens} tokens) exceed the context "
                                  f"model.n_ctx {cfg.n_ctx}")
-    texts = [d["text"] for d in itertools.islice(icl_tasks.text_documents(icl, "test"), 200)]
+    texts = [d["text"] for d in itertools.islice(icl_tasks.text_documents(icl, "test"), 1000)]
     return {"fewshot_episodes": make,
             "complete": completer(cfg, tokenizer, new_tokens),
             "answer_logp": answer_scorer(cfg, tokenizer),

@@ -375,7 +375,12 @@ def test_order_spread_and_context_score():
     assert got["icl/context_score"] == pytest.approx(losses[500] - losses[50])
     assert got["icl/context_score"] < 0
     with pytest.raises(ValueError, match="inside the context"):
-        context_score(losses, (50, 600), "icl")
+        context_score(losses, (50, 595), "icl")
+    with pytest.raises(ValueError, match="10 positions either side"):
+        context_score(losses, (5, 500), "icl")
+    noisy = losses + np.where(np.arange(600) == 500, 9.0, 0.0)    # one outlier is averaged out
+    assert context_score(noisy, (50, 500), "icl")["icl/context_score"] == pytest.approx(
+        losses[500] - losses[50] + 9.0 / 21)
 
 
 def hf_gpt2(tmp_path, n_ctx=320):
@@ -428,6 +433,18 @@ def test_evaluator_on_an_imported_gpt2(tmp_path):
             pytest.approx(want, abs=1e-4)
     losses = fns["position_losses"](params)
     assert losses.shape == (320,) and np.all(losses > 0)
+    # Each window is a document's first 321 tokens; a shorter document is passed over.
+    texts = ["short", "the first long one " * 20, "and the second, " * 25]
+    want = []
+    with torch.no_grad():
+        for t in texts[1:]:
+            ids = torch.tensor([tokenizer.encode(t)[:321]])
+            logp = torch.log_softmax(model(ids[:, :-1]).logits[0].double(), -1)
+            want.append(-logp.gather(1, ids[0, 1:, None])[:, 0].numpy())
+    got = pretrain_lm.position_losses(cfg, tokenizer, texts)(params)
+    np.testing.assert_allclose(got, np.mean(want, 0), atol=1e-4)
+    with pytest.raises(ValueError, match="holds a window of 321"):
+        pretrain_lm.position_losses(cfg, tokenizer, texts[:1])
     too_long = config.copy_and_resolve_references()
     too_long.evals.icl.shots = (16,)
     with pytest.raises(ValueError, match="exceed the context"):

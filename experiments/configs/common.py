@@ -157,7 +157,8 @@ DESCRIPTIONS = {
     "evals.*.layouts": "fewshot: line layouts scored at variant_k (data/prompts.py: LAYOUTS)",
     "evals.*.variant_k": "fewshot: examples in the prompt variants",
     "evals.*.seen_k": "fewshot: K of the headline on pretraining items too (-1: not scored)",
-    "evals.*.score_positions": "fewshot: early and late position of the in-context score",
+    "evals.*.score_positions": "fewshot: early and late position of the in-context score "
+                               "(each +- 10, from a document's start)",
     "evals.*.beam_size": "bleu: beam width (1: greedy)",
     "evals.*.alpha": "bleu: length penalty of the beam search",
     "evals.*.show": "bleu: translations printed",

@@ -7,7 +7,8 @@ answer is measured beside it (a graded signal where exact match is still 0). Pro
 are further evaluation settings of the same model, at K = variant_k without the description:
 `orders` orders of the same K examples, and each of `layouts` (data/prompts.py: LAYOUTS, "json"
 a structured answer read by parse_json_answer). The in-context learning score (Olsson et al.
-2022) is the mean loss at a late position of natural text minus that at an early one.
+2022) is the mean loss at a late position of natural text minus that at an early one, each
+position counted from its document's start and averaged over the ten either side.
 
 The experiment gives fit()
 
@@ -203,16 +204,18 @@ def _complete(cells: list[_Cell], complete, answer_logp) -> None:
             c.scores = [score_of[(e.prompt, e.answer)] for e in c.episodes]
 
 
-def context_score(losses: np.ndarray, positions: Sequence[int], prefix: str) -> dict:
+def context_score(losses: np.ndarray, positions: Sequence[int], prefix: str,
+                  band: int = 10) -> dict:
     """Olsson et al. 2022: the mean loss at the late position minus that at the early one
-    (negative: later tokens are predicted better, from what the context holds)."""
+    (negative: later tokens are predicted better, from what the context holds); each the mean
+    over the positions within `band` of it, so that a few hundred documents measure it."""
     early, late = (int(p) for p in positions)
-    if not 0 <= early < late < len(losses):
-        raise ValueError(f"score_positions {tuple(positions)} must be early < late inside the "
-                         f"context of {len(losses)} positions")
-    return {f"{prefix}/context_score": float(losses[late] - losses[early]),
-            f"{prefix}/context_loss_early": float(losses[early]),
-            f"{prefix}/context_loss_late": float(losses[late])}
+    if not band <= early < late < len(losses) - band:
+        raise ValueError(f"score_positions {tuple(positions)} must be early < late, each with "
+                         f"{band} positions either side inside the context of {len(losses)}")
+    at = {p: float(np.mean(losses[p - band:p + band + 1])) for p in (early, late)}
+    return {f"{prefix}/context_score": at[late] - at[early],
+            f"{prefix}/context_loss_early": at[early], f"{prefix}/context_loss_late": at[late]}
 
 
 @register("fewshot")
