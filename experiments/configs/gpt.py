@@ -39,7 +39,7 @@ GPT3_TRAIN = {"gpt3-125m": (6e-4, 0.5e6), "gpt3-350m": (3e-4, 0.5e6),
 
 # In-context learning in miniature: (n_layer, n_head, d_model, peak lr) per size, each trained
 # on ICL_STEPS batches of ICL_BATCH windows of the 640-byte context (8.2M bytes): the nine
-# runs of the sweep then fit about 90 minutes on 2 CPU cores.
+# runs of the sweep then fit about 90 minutes on 2 CPU cores, two at a time (--parallel=2).
 ICL_SIZES = {"icl-s": (2, 2, 48, 5e-3), "icl-m": (3, 4, 96, 4e-3), "icl-l": (4, 4, 160, 3e-3)}
 ICL_STEPS, ICL_BATCH, ICL_CTX = 1600, 8, 640
 

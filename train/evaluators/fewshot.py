@@ -208,7 +208,7 @@ def context_score(losses: np.ndarray, positions: Sequence[int], prefix: str,
                   band: int = 10) -> dict:
     """Olsson et al. 2022: the mean loss at the late position minus that at the early one
     (negative: later tokens are predicted better, from what the context holds); each the mean
-    over the positions within `band` of it, so that a few hundred documents measure it."""
+    over the positions within `band` of it, so that a hundred-odd documents measure it."""
     early, late = (int(p) for p in positions)
     if not band <= early < late < len(losses) - band:
         raise ValueError(f"score_positions {tuple(positions)} must be early < late, each with "
